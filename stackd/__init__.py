@@ -1,0 +1,23 @@
+"""stackd: a fast, correct Llama-Stack-style API server. This module is the public API for plugins."""
+
+from stackd.apis.inference import InferenceProvider, OpenAIResult
+from stackd.apis.models import Model, Shield
+from stackd.convert import HttpUrl, Seconds, Secret
+from stackd.providers.spec import ANONYMOUS, CallContext, Caller, ProviderSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANONYMOUS",
+    "CallContext",
+    "Caller",
+    "HttpUrl",
+    "InferenceProvider",
+    "Model",
+    "OpenAIResult",
+    "ProviderSpec",
+    "Seconds",
+    "Secret",
+    "Shield",
+    "__version__",
+]

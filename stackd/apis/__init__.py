@@ -1,0 +1,1 @@
+"""One module per API: the provider protocol and the request/response types."""

@@ -1,0 +1,59 @@
+"""The inference API: what an inference provider implements.
+
+Providers speak one shape, OpenAI's, because every upstream stackd proxies (vLLM, Ollama's
+OpenAI-style options, llama.cpp) maps onto it with the least loss. The Llama Stack native
+routes (``/v1/inference/chat-completion`` ...) are translated to and from it once, in the core
+(:mod:`stackd.apis.native`), so a plugin writes each call once.
+
+Calling convention for the three ``openai_*`` methods:
+
+- ``params`` is the client's JSON body as a dict, with ``model`` already replaced by the
+  model's ``provider_resource_id``. Fields the provider does not know must be passed on
+  unchanged (vLLM's ``guided_json``, ``seed``, ...), not dropped.
+- Without ``"stream": true`` the method returns the response body as a dict
+  (``chat.completion``, ``text_completion`` or the embeddings ``list``).
+- With ``"stream": true`` it returns an async iterator of chunk dicts
+  (``chat.completion.chunk`` / ``text_completion``). The method itself must do everything
+  that can fail before the first byte (connect, send, read the status), so such failures
+  become a proper HTTP status rather than an error frame. The iterator is closed with
+  ``aclose()`` when the client goes away: release the upstream connection in ``finally``.
+- Failures are :mod:`stackd.errors` exceptions: ``UpstreamUnavailable`` (503, cannot connect),
+  ``UpstreamTimeout`` (504), ``UpstreamClientError`` (the upstream's own 4xx and message),
+  ``UpstreamBadResponse`` (502, not JSON, truncated). Anything else is a bug and becomes 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+from stackd.apis.models import Model
+from stackd.providers.spec import CallContext
+
+__all__ = ["InferenceProvider", "OpenAIResult"]
+
+OpenAIResult = dict[str, Any] | AsyncIterator[dict[str, Any]]
+
+
+@runtime_checkable
+class InferenceProvider(Protocol):
+    async def register_model(self, model: Model) -> Model:
+        """Check that the upstream serves ``model.provider_resource_id``; return the model
+        (possibly with metadata filled in, e.g. ``embedding_dimension``).
+
+        Raise :class:`stackd.errors.NotFound` naming the models the upstream does serve
+        (and how to get the missing one, e.g. ``ollama pull NAME``)."""
+        ...
+
+    async def openai_chat_completion(self, params: dict[str, Any], ctx: CallContext) -> OpenAIResult: ...
+
+    async def openai_completion(self, params: dict[str, Any], ctx: CallContext) -> OpenAIResult: ...
+
+    async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]: ...
+
+
+# Optional provider methods, looked up with getattr by the core:
+#   async def close(self) -> None           -- on shutdown, reverse build order
+#   async def health(self) -> dict          -- {"status": "OK"} or {"status": "Error", "message": ...}
+#   def is_ready(self) -> bool              -- False while loading; calls then get 503
+#   async def list_models(self) -> list[str] -- what the upstream serves (for messages and docs)

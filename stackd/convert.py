@@ -1,0 +1,375 @@
+"""The one cattrs converter of stackd, and the small value types whose checks it owns.
+
+Config files, plugin configs and API request bodies are all structured here, so a wrong value
+reads the same everywhere: ``expected an http(s) URL @ $.providers.inference[0].config.url``.
+
+Scalars are strict: cattrs would turn ``url: 12`` into ``"12"`` and ``port: true`` into ``1``;
+here they are errors.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NewType, TypeVar, Union, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from stackd.errors import BadRequest, FieldError
+
+__all__ = [
+    "HttpUrl",
+    "Secret",
+    "Seconds",
+    "StructureError",
+    "converter",
+    "structure",
+    "unknown_keys",
+]
+
+T = TypeVar("T")
+
+HttpUrl = NewType("HttpUrl", str)
+"""An ``http://`` or ``https://`` URL, with the trailing slash removed."""
+
+Seconds = NewType("Seconds", float)
+"""A positive number of seconds."""
+
+
+class StructureError(ValueError):
+    """A value check failed; the message is what the user reads, the path is added by cattrs."""
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """A value that must never reach a log line or a response: repr and unstructure mask it."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+MASK = "********"
+
+_PRIMITIVES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+    Path: "a path",
+}
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if isinstance(value, str):
+        return value
+    raise StructureError(f"expected a string, got {_describe(value)}")
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise StructureError(f"expected an integer, got {_describe(value)}")
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise StructureError(f"expected a number, got {_describe(value)}")
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise StructureError(f"expected true or false, got {_describe(value)}")
+
+
+def _structure_path(value: Any, _: type) -> Path:
+    if isinstance(value, (str, Path)) and str(value):
+        return Path(value).expanduser()
+    raise StructureError(f"expected a path, got {_describe(value)}")
+
+
+def _structure_url(value: Any, _: type) -> HttpUrl:
+    if isinstance(value, str):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return HttpUrl(value.strip().rstrip("/"))
+    raise StructureError(f"expected an http(s) URL, got {_describe(value)}")
+
+
+def _structure_seconds(value: Any, _: type) -> Seconds:
+    seconds = _structure_float(value, float)
+    if seconds <= 0:
+        raise StructureError(f"expected a positive number of seconds, got {value!r}")
+    return Seconds(seconds)
+
+
+def _structure_secret(value: Any, _: type) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value)
+    # Never echo the value itself: it may be a key pasted in the wrong place.
+    raise StructureError(f"expected a string, got {type(value).__name__}")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, Mapping)):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_primitive_union(tp: Any) -> bool:
+    if get_origin(tp) not in (Union, types.UnionType):
+        return False
+    return all(arg in _PRIMITIVES for arg in get_args(tp))
+
+
+def _primitive_union_hook(tp: Any) -> Callable[[Any, Any], Any]:
+    members = get_args(tp)
+
+    def hook(value: Any, _: Any) -> Any:
+        for member in members:
+            if member is type(None) and value is None:
+                return None
+            if member is bool and isinstance(value, bool):
+                return value
+            if member in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return member(value)
+            if member in (str, Path) and isinstance(value, str):
+                return member(value)
+        wanted = " or ".join(_PRIMITIVES[m] for m in members)
+        raise StructureError(f"expected {wanted}, got {_describe(value)}")
+
+    return hook
+
+
+def _is_optional(tp: Any) -> bool:
+    args = get_args(tp)
+    return (
+        get_origin(tp) in (Union, types.UnionType)
+        and len(args) == 2
+        and type(None) in args
+        and not _is_primitive_union(tp)
+    )
+
+
+def _optional_hook(tp: Any) -> Callable[[Any, Any], Any]:
+    inner = next(a for a in get_args(tp) if a is not type(None))
+
+    def hook(value: Any, _: Any) -> Any:
+        if value is None:
+            return None
+        return converter.structure(value, inner)
+
+    return hook
+
+
+def _structure_dict_any(value: Any, _: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise StructureError(f"expected a mapping, got {_describe(value)}")
+
+
+def _structure_list_guard(tp: Any) -> Callable[[Any, Any], Any]:
+    inner = get_args(tp)[0] if get_args(tp) else Any
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise StructureError(f"expected a list, got {_describe(value)}")
+        errors: list[Exception] = []
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(converter.structure(item, inner))
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised with positions
+                exc.__notes__ = [*getattr(exc, "__notes__", []), f"Structuring {tp} @ index {i}"]
+                exc.__cattrs_index__ = i  # type: ignore[attr-defined]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {tp!r}", errors, tp)
+        return out
+
+    return hook
+
+
+def _mapping_guard(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    def factory(cls: Any) -> Callable[[Any, Any], Any]:
+        inner = make_dict_structure_fn(cls, conv, _cattrs_detailed_validation=True)
+
+        def hook(value: Any, tp: Any) -> Any:
+            if not isinstance(value, Mapping):
+                raise StructureError(f"expected a mapping, got {_describe(value)}")
+            return inner(value, tp)
+
+        return hook
+
+    return factory
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True)
+    conv.register_structure_hook_factory(attrs.has, _mapping_guard(conv))
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(Path, _structure_path)
+    conv.register_structure_hook(HttpUrl, _structure_url)
+    conv.register_structure_hook(Seconds, _structure_seconds)
+    conv.register_structure_hook(Secret, _structure_secret)
+    conv.register_unstructure_hook(Secret, lambda _: MASK)
+    conv.register_unstructure_hook(Path, str)
+    conv.register_structure_hook(Any, lambda v, _: v)
+    conv.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_dict_any)
+    conv.register_structure_hook_factory(_is_primitive_union, _primitive_union_hook)
+    conv.register_structure_hook_factory(_is_optional, _optional_hook)
+    conv.register_structure_hook_factory(
+        lambda t: get_origin(t) is list, _structure_list_guard
+    )
+    return conv
+
+
+converter = make_converter()
+
+
+def _walk(exc: BaseException, path: str) -> Iterator[FieldError]:
+    if isinstance(exc, ClassValidationError):
+        for sub in exc.exceptions:
+            note = _note_of(sub)
+            yield from _walk(sub, f"{path}.{note}" if note else path)
+    elif isinstance(exc, IterableValidationError):
+        for sub in exc.exceptions:
+            index = getattr(sub, "__cattrs_index__", None)
+            if index is None:
+                index = _index_of(sub)
+            yield from _walk(sub, f"{path}[{index}]" if index is not None else path)
+    elif isinstance(exc, cattrs.BaseValidationError):
+        for sub in exc.exceptions:
+            yield from _walk(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            yield FieldError(f"{path}.{key}", "unknown field")
+    elif isinstance(exc, KeyError):
+        yield FieldError(path, "required field missing")
+    elif isinstance(exc, StructureError):
+        yield FieldError(path, str(exc))
+    elif isinstance(exc, (ValueError, TypeError)):
+        yield FieldError(path, _plain_message(exc))
+    else:
+        yield FieldError(path, f"invalid value ({type(exc).__name__})")
+
+
+def _plain_message(exc: Exception) -> str:
+    text = str(exc)
+    # cattrs' own messages for unstructurable shapes mention Python types; keep them short.
+    if "takes" in text and "positional argument" in text:
+        return "expected a mapping"
+    return text or type(exc).__name__
+
+
+def _note_of(exc: BaseException) -> str | None:
+    for note in getattr(exc, "__notes__", []):
+        name = getattr(note, "name", None)
+        if name is not None:
+            return str(name)
+        if isinstance(note, str) and note.startswith("Structuring class") and "@ attribute" in note:
+            return note.rsplit("@ attribute ", 1)[1]
+    return None
+
+
+def _index_of(exc: BaseException) -> int | None:
+    for note in getattr(exc, "__notes__", []):
+        index = getattr(note, "index", None)
+        if index is not None:
+            return int(index)
+        if isinstance(note, str) and "@ index " in note:
+            return int(note.rsplit("@ index ", 1)[1])
+    return None
+
+
+def field_errors(exc: BaseException, path: str = "$") -> list[FieldError]:
+    """Every leaf problem of a cattrs failure, each with its ``$.path``."""
+    return list(_walk(exc, path))
+
+
+def structure(data: Any, cls: type[T] | Any, path: str = "$", *, what: str = "request") -> T:
+    """Structure ``data`` into ``cls`` or raise :class:`BadRequest` listing every problem."""
+    try:
+        return converter.structure(data, cls)  # type: ignore[no-any-return]
+    except (cattrs.BaseValidationError, StructureError, KeyError, ValueError, TypeError) as exc:
+        errors = field_errors(exc, path)
+        summary = "; ".join(str(e) for e in errors[:5])
+        raise BadRequest(f"invalid {what}: {summary}", errors) from None
+
+
+def unknown_keys(data: Any, tp: Any, path: str = "$") -> list[str]:
+    """Paths of mapping keys in ``data`` that no field of ``tp`` declares (for warnings)."""
+    found: list[str] = []
+    _unknown(data, tp, path, found)
+    return found
+
+
+def _unknown(data: Any, tp: Any, path: str, found: list[str]) -> None:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is not type(None) and attrs.has(arg) and isinstance(data, Mapping):
+                _unknown(data, arg, path, found)
+                return
+        return
+    if origin is list and isinstance(data, list):
+        (inner,) = get_args(tp) or (Any,)
+        for i, item in enumerate(data):
+            _unknown(item, inner, f"{path}[{i}]", found)
+        return
+    if origin is dict and isinstance(data, Mapping):
+        args = get_args(tp)
+        if len(args) == 2:
+            for key, item in data.items():
+                _unknown(item, args[1], f"{path}.{key}", found)
+        return
+    if isinstance(tp, type) and attrs.has(tp) and isinstance(data, Mapping):
+        fields = {(f.alias or f.name): f for f in attrs.fields(tp)}
+        hints = typing.get_type_hints(tp)
+        for key, item in data.items():
+            field = fields.get(key)
+            if field is None:
+                found.append(f"{path}.{key}")
+            else:
+                _unknown(item, hints.get(field.name, Any), f"{path}.{key}", found)
