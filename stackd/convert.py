@@ -28,6 +28,8 @@ __all__ = [
     "Seconds",
     "StructureError",
     "converter",
+    "field_errors",
+    "register_tagged_union",
     "structure",
     "unknown_keys",
 ]
@@ -287,6 +289,8 @@ def _walk(exc: BaseException, path: str) -> Iterator[FieldError]:
             yield FieldError(f"{path}.{key}", "unknown field")
     elif isinstance(exc, KeyError):
         yield FieldError(path, "required field missing")
+    elif isinstance(exc, _TagError):
+        yield FieldError(f"{path}.{exc.tag}", str(exc))
     elif isinstance(exc, StructureError):
         yield FieldError(path, str(exc))
     elif isinstance(exc, (ValueError, TypeError)):
@@ -373,3 +377,41 @@ def _unknown(data: Any, tp: Any, path: str, found: list[str]) -> None:
                 found.append(f"{path}.{key}")
             else:
                 _unknown(item, hints.get(field.name, Any), f"{path}.{key}", found)
+
+
+class _TagError(StructureError):
+    """A bad discriminator; carries the tag key so the path ends at it."""
+
+    def __init__(self, tag: str, message: str) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+
+def register_tagged_union(
+    union: Any,
+    tag: str,
+    classes: Mapping[str, type],
+    *,
+    default: str | None = None,
+    conv: cattrs.Converter | None = None,
+) -> None:
+    """Structure ``union`` by the value of its ``tag`` key (``type``, ``role``...).
+
+    An unknown or missing tag is reported at ``$.path.<tag>`` with the valid values listed.
+    ``default`` is the tag assumed when the key is absent.
+    """
+    conv = conv or converter
+    valid = ", ".join(sorted(classes))
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise StructureError(f"expected a mapping with '{tag}' ({valid}), got {_describe(value)}")
+        name = value.get(tag, default)
+        if name is None:
+            raise _TagError(tag, f"required field missing; expected one of {valid}")
+        cls = classes.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise _TagError(tag, f"unknown {tag} {name!r}; expected one of {valid}")
+        return conv.structure(value, cls)
+
+    conv.register_structure_hook_func(lambda t: t == union, hook)

@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from stackd.convert import Secret
+from stackd.convert import Secret, register_tagged_union
 
 __all__ = ["PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig", "StoreConfig"]
 
@@ -40,3 +40,9 @@ class RedisStoreConfig:
 
 
 StoreConfig = SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig
+
+register_tagged_union(
+    StoreConfig,
+    "type",
+    {"sqlite": SqliteStoreConfig, "postgres": PostgresStoreConfig, "redis": RedisStoreConfig},
+)
