@@ -280,7 +280,12 @@ def _walk(exc: BaseException, path: str) -> Iterator[FieldError]:
             index = getattr(sub, "__cattrs_index__", None)
             if index is None:
                 index = _index_of(sub)
-            yield from _walk(sub, f"{path}[{index}]" if index is not None else path)
+            if isinstance(index, int):
+                yield from _walk(sub, f"{path}[{index}]")
+            elif index is not None:
+                yield from _walk(sub, f"{path}.{index}")
+            else:
+                yield from _walk(sub, path)
     elif isinstance(exc, cattrs.BaseValidationError):
         for sub in exc.exceptions:
             yield from _walk(sub, path)
@@ -317,11 +322,11 @@ def _note_of(exc: BaseException) -> str | None:
     return None
 
 
-def _index_of(exc: BaseException) -> int | None:
+def _index_of(exc: BaseException) -> int | str | None:
     for note in getattr(exc, "__notes__", []):
         index = getattr(note, "index", None)
         if index is not None:
-            return int(index)
+            return index if isinstance(index, int) else str(index)
         if isinstance(note, str) and "@ index " in note:
             return int(note.rsplit("@ index ", 1)[1])
     return None

@@ -1,0 +1,426 @@
+"""Request types of the Llama Stack 0.2.x native inference routes, structured by stackd's converter.
+
+The shapes are the ones ``llama-stack-client`` 0.2.x sends. Discriminated unions (message
+``role``, content ``type``, sampling strategy ``type``, response format ``type``) get hooks of
+their own so that a wrong tag reads ``unknown message role 'bot'; expected one of 'user',
+'system', 'assistant', 'tool' @ $.messages[1].role`` instead of cattrs' union noise.
+
+Importing this module registers those hooks on :data:`stackd.convert.converter`. Unknown
+extra fields are ignored (newer clients add fields; the converter does not forbid them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NewType
+
+import attrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+
+from stackd.convert import StructureError, converter
+
+__all__ = [
+    "URL",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "Content",
+    "ContentItem",
+    "EmbeddingsRequest",
+    "GrammarFormat",
+    "GreedyStrategy",
+    "ImageItem",
+    "ImageSource",
+    "JsonSchemaFormat",
+    "LogProbConfig",
+    "Message",
+    "ResponseFormat",
+    "SamplingParams",
+    "SamplingStrategy",
+    "AssistantMessage",
+    "SystemMessage",
+    "TextItem",
+    "ToolCall",
+    "ToolConfig",
+    "ToolDefinition",
+    "ToolParamDefinition",
+    "ToolResponseMessage",
+    "TopKStrategy",
+    "TopPStrategy",
+    "UserMessage",
+]
+
+# Value checks live on small NewTypes so the message lands on the field's own path.
+Temperature = NewType("Temperature", float)
+TopP = NewType("TopP", float)
+TopK = NewType("TopK", int)
+TokenCount = NewType("TokenCount", int)
+
+ToolPromptFormat = Literal["json", "function_tag", "python_list"]
+SystemMessageBehavior = Literal["append", "replace"]
+TextTruncation = Literal["none", "start", "end"]
+EmbeddingTaskType = Literal["query", "document"]
+StopReason = Literal["end_of_turn", "end_of_message", "out_of_tokens"]
+
+
+# ---- content -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class URL:
+    uri: str
+
+
+@attrs.frozen
+class ImageSource:
+    """``{"url": {"uri": ...}}`` or ``{"data": <base64>}``; exactly one is needed."""
+
+    url: URL | None = None
+    data: str | None = None
+
+
+@attrs.frozen
+class TextItem:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@attrs.frozen
+class ImageItem:
+    image: ImageSource
+    type: Literal["image"] = "image"
+
+
+ContentItem = TextItem | ImageItem
+Content = str | TextItem | ImageItem | list[TextItem | ImageItem]
+
+
+# ---- messages ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ToolCall:
+    call_id: str
+    tool_name: str
+    # 0.2.x sends a dict; a string is what a model produced that is not valid JSON.
+    arguments: str | dict[str, Any]
+    arguments_json: str | None = None
+
+
+@attrs.frozen
+class UserMessage:
+    content: Content
+    context: Content | None = None
+    role: Literal["user"] = "user"
+
+
+@attrs.frozen
+class SystemMessage:
+    content: Content
+    role: Literal["system"] = "system"
+
+
+@attrs.frozen
+class AssistantMessage:
+    content: Content
+    stop_reason: StopReason | None = None
+    tool_calls: list[ToolCall] | None = None
+    role: Literal["assistant"] = "assistant"
+
+
+@attrs.frozen
+class ToolResponseMessage:
+    call_id: str
+    content: Content
+    role: Literal["tool"] = "tool"
+
+
+Message = UserMessage | SystemMessage | AssistantMessage | ToolResponseMessage
+
+
+# ---- sampling, formats, tools --------------------------------------------------------------
+
+
+@attrs.frozen
+class GreedyStrategy:
+    type: Literal["greedy"] = "greedy"
+
+
+@attrs.frozen
+class TopPStrategy:
+    temperature: Temperature | None = None
+    top_p: TopP | None = TopP(0.95)
+    type: Literal["top_p"] = "top_p"
+
+
+@attrs.frozen
+class TopKStrategy:
+    top_k: TopK
+    type: Literal["top_k"] = "top_k"
+
+
+SamplingStrategy = GreedyStrategy | TopPStrategy | TopKStrategy
+
+
+@attrs.frozen
+class SamplingParams:
+    strategy: SamplingStrategy = attrs.field(factory=GreedyStrategy)
+    max_tokens: TokenCount | None = TokenCount(0)  # 0 and null both mean "the model's limit"
+    repetition_penalty: float | None = 1.0
+    stop: list[str] | None = None
+
+
+@attrs.frozen
+class JsonSchemaFormat:
+    json_schema: dict[str, Any]
+    type: Literal["json_schema"] = "json_schema"
+
+
+@attrs.frozen
+class GrammarFormat:
+    bnf: dict[str, Any]
+    type: Literal["grammar"] = "grammar"
+
+
+ResponseFormat = JsonSchemaFormat | GrammarFormat
+
+
+@attrs.frozen
+class ToolParamDefinition:
+    param_type: str
+    description: str | None = None
+    required: bool | None = True
+    default: Any = None
+
+
+@attrs.frozen
+class ToolDefinition:
+    tool_name: str
+    description: str | None = None
+    parameters: dict[str, ToolParamDefinition] | None = None
+
+
+@attrs.frozen
+class ToolConfig:
+    tool_choice: str | None = "auto"  # auto | required | none | a tool's name
+    tool_prompt_format: ToolPromptFormat | None = None
+    system_message_behavior: SystemMessageBehavior | None = "append"
+
+
+@attrs.frozen
+class LogProbConfig:
+    top_k: int | None = 0
+
+
+# ---- requests ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ChatCompletionRequest:
+    model_id: str
+    messages: list[Message]
+    sampling_params: SamplingParams | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: str | None = None  # deprecated in 0.2.x in favour of tool_config; both accepted
+    tool_prompt_format: ToolPromptFormat | None = None
+    tool_config: ToolConfig | None = None
+    stream: bool | None = False
+    logprobs: LogProbConfig | None = None
+
+
+@attrs.frozen
+class CompletionRequest:
+    model_id: str
+    content: Content
+    sampling_params: SamplingParams | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool | None = False
+    logprobs: LogProbConfig | None = None
+
+
+@attrs.frozen
+class EmbeddingsRequest:
+    model_id: str
+    contents: list[str | TextItem | ImageItem]
+    text_truncation: TextTruncation | None = "none"
+    output_dimension: int | None = None
+    task_type: EmbeddingTaskType | None = None
+
+
+# ---- hooks ---------------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _at_field(name: str, message: str, tp: Any) -> ClassValidationError:
+    """An error cattrs' path walker places at ``<parent>.<name>``."""
+    error = StructureError(message)
+    error.__notes__ = [AttributeValidationNote(f"Structuring @ attribute {name}", name, str)]
+    return ClassValidationError(f"While structuring {tp!r}", [error], tp)
+
+
+def _tagged_union(tag: str, choices: Mapping[str, type], what: str) -> Callable[[Any, Any], Any]:
+    valid = ", ".join(repr(k) for k in choices)
+
+    def hook(value: Any, tp: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise StructureError(f"expected a {what} (a mapping with {tag!r}: {valid}), got {_describe(value)}")
+        kind = value.get(tag)
+        cls = choices.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            if tag not in value:
+                raise _at_field(tag, f"required field missing; a {what} needs {tag!r}: one of {valid}", tp)
+            raise _at_field(tag, f"unknown {what} {tag} {_describe(kind)}; expected one of {valid}", tp)
+        return converter.structure(value, cls)
+
+    return hook
+
+
+def _register_union(union: Any, hook: Callable[[Any, Any], Any]) -> None:
+    optional = union | None
+
+    def optional_hook(value: Any, tp: Any) -> Any:
+        return None if value is None else hook(value, tp)
+
+    converter.register_structure_hook_func(lambda t: t == union, hook)
+    converter.register_structure_hook_func(lambda t: t == optional, optional_hook)
+
+
+_content_item = _tagged_union("type", {"text": TextItem, "image": ImageItem}, "content item")
+
+
+def _content(value: Any, tp: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return _content_item(value, tp)
+    if isinstance(value, list):
+        return converter.structure(value, list[TextItem | ImageItem])
+    raise StructureError(
+        "expected a string, a content item ({type: text, text} or {type: image, image}) "
+        f"or a list of content items, got {_describe(value)}"
+    )
+
+
+def _embedding_content(value: Any, tp: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return _content_item(value, tp)
+    raise StructureError(f"expected a string or a content item {{type: text, text}}, got {_describe(value)}")
+
+
+_image_source_fields = converter.gen_structure_attrs_fromdict(ImageSource)
+
+
+def _image_source(value: Any, tp: Any) -> ImageSource:
+    if not isinstance(value, Mapping):
+        raise StructureError(f"expected {{url: {{uri}}}} or {{data: <base64>}}, got {_describe(value)}")
+    source: ImageSource = _image_source_fields(value, tp)
+    if (source.url is None) == (source.data is None):
+        raise StructureError("an image needs exactly one of url: {uri: ...} or data: <base64 string>")
+    return source
+
+
+def _tool_arguments(value: Any, _: Any) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise StructureError(f"expected a mapping or a JSON string, got {_describe(value)}")
+
+
+def _tool_parameters(value: Any, tp: Any) -> dict[str, ToolParamDefinition] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise StructureError(f"expected a mapping of parameter name to {{param_type, ...}}, got {_describe(value)}")
+    out: dict[str, ToolParamDefinition] = {}
+    errors: list[Exception] = []
+    for name, item in value.items():
+        try:
+            out[str(name)] = converter.structure(item, ToolParamDefinition)
+        except Exception as exc:  # noqa: BLE001 - collected and re-raised with the parameter's name
+            exc.__notes__ = [
+                *getattr(exc, "__notes__", []),
+                AttributeValidationNote(f"Structuring @ attribute {name}", str(name), ToolParamDefinition),
+            ]
+            errors.append(exc)
+    if errors:
+        raise ClassValidationError("While structuring tool parameters", errors, dict)
+    return out
+
+
+def _one_of(literal: Any) -> Callable[[Any, Any], Any]:
+    values = literal.__args__
+    valid = ", ".join(repr(v) for v in values)
+
+    def hook(value: Any, _: Any) -> Any:
+        if value in values and isinstance(value, str):
+            return value
+        raise StructureError(f"expected one of {valid}, got {_describe(value)}")
+
+    return hook
+
+
+def _number_hook(
+    base: type, check: Callable[[Any], bool], wanted: str, hint: str = ""
+) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        number = converter.structure(value, base)
+        if not check(number):
+            raise StructureError(f"expected {wanted}, got {_describe(value)}{hint}")
+        return number
+
+    return hook
+
+
+converter.register_structure_hook(
+    Temperature,
+    _number_hook(
+        float, lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output"
+    ),
+)
+converter.register_structure_hook(TopP, _number_hook(float, lambda x: 0 < x <= 1, "a number in (0, 1]"))
+converter.register_structure_hook(TopK, _number_hook(int, lambda x: x >= 1, "an integer of at least 1"))
+converter.register_structure_hook(TokenCount, _number_hook(int, lambda x: x >= 0, "an integer of at least 0"))
+for _literal in (ToolPromptFormat, SystemMessageBehavior, TextTruncation, EmbeddingTaskType, StopReason):
+    converter.register_structure_hook_func(lambda t, lit=_literal: t == lit, _one_of(_literal))
+
+converter.register_structure_hook(ImageSource, _image_source)
+converter.register_structure_hook_func(lambda t: t == (str | dict[str, Any]), _tool_arguments)
+converter.register_structure_hook_func(
+    lambda t: t == (dict[str, ToolParamDefinition] | None), _tool_parameters
+)
+_register_union(TextItem | ImageItem, _content_item)
+_register_union(Content, _content)
+_register_union(str | TextItem | ImageItem, _embedding_content)
+_register_union(
+    Message,
+    _tagged_union(
+        "role",
+        {"user": UserMessage, "system": SystemMessage, "assistant": AssistantMessage, "tool": ToolResponseMessage},
+        "message",
+    ),
+)
+_register_union(
+    SamplingStrategy,
+    _tagged_union(
+        "type", {"greedy": GreedyStrategy, "top_p": TopPStrategy, "top_k": TopKStrategy}, "sampling strategy"
+    ),
+)
+_register_union(
+    ResponseFormat,
+    _tagged_union("type", {"json_schema": JsonSchemaFormat, "grammar": GrammarFormat}, "response format"),
+)

@@ -1,0 +1,138 @@
+"""The run configuration, as attrs classes (API.md §1).
+
+Value checks live in structure hooks (see :mod:`stackd.convert`) so that their messages land on
+the field's path; cross-field checks (a model naming an unknown provider...) live in
+:mod:`stackd.config.checks`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, NewType
+
+import attrs
+
+from stackd.config.stores import StoreConfig
+from stackd.convert import StructureError, converter
+
+__all__ = [
+    "AuthConfig",
+    "ModelInput",
+    "Port",
+    "ProviderEntry",
+    "QuotaConfig",
+    "RoutePolicyRule",
+    "RunConfig",
+    "ServerConfig",
+    "ShieldInput",
+    "IGNORED_TOP_LEVEL_KEYS",
+]
+
+Port = NewType("Port", int)
+
+
+def _structure_port(value: Any, _: type) -> Port:
+    port = converter.structure(value, int)
+    if not 0 <= port <= 65535:
+        raise StructureError(f"expected a port number between 1 and 65535 (0 picks a free one), got {port}")
+    return Port(port)
+
+
+converter.register_structure_hook(Port, _structure_port)
+
+# Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
+IGNORED_TOP_LEVEL_KEYS = (
+    "vector_dbs",
+    "datasets",
+    "scoring_fns",
+    "benchmarks",
+    "tool_groups",
+    "logging",
+    "external_providers_dir",
+    "distribution_spec",
+    "container_image",
+    "telemetry",
+    "storage",
+)
+
+
+@attrs.frozen
+class ProviderEntry:
+    provider_type: str
+    provider_id: str | None = None
+    config: dict[str, Any] = attrs.field(factory=dict)
+    module: str | None = None  # Llama Stack external-provider field; stackd finds plugins by entry point
+
+
+@attrs.frozen
+class ModelInput:
+    model_id: str | None
+    provider_id: str | None = None
+    provider_model_id: str | None = None
+    model_type: Literal["llm", "embedding"] = "llm"
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    access_attributes: dict[str, list[str]] | None = None
+
+
+@attrs.frozen
+class ShieldInput:
+    shield_id: str | None
+    provider_id: str | None = None
+    provider_shield_id: str | None = None
+    params: dict[str, Any] = attrs.field(factory=dict)
+    access_attributes: dict[str, list[str]] | None = None
+
+
+@attrs.frozen
+class RoutePolicyRule:
+    routes: list[str]
+    allow: dict[str, list[str]] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class AuthConfig:
+    """``server.auth``; ``config`` is structured by the auth provider chosen by ``provider_type``."""
+
+    provider_type: str
+    config: dict[str, Any] = attrs.field(factory=dict)
+    route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class QuotaConfig:
+    kvstore: StoreConfig
+    anonymous_max_requests: int = 100
+    authenticated_max_requests: int = 1000
+    period: Literal["day", "hour", "minute"] = "day"
+    trusted_proxies: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: Port = Port(8321)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    tls_cafile: Path | None = None
+    auth: AuthConfig | None = None
+    quota: QuotaConfig | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class RunConfig:
+    version: int | str = 2
+    image_name: str | None = None
+    conda_env: str | None = None
+    apis: list[str] = attrs.field(factory=list)
+    providers: dict[str, list[ProviderEntry]] = attrs.field(factory=dict)
+    metadata_store: StoreConfig | None = None
+    inference_store: StoreConfig | None = None
+    models: list[ModelInput] = attrs.field(factory=list)
+    shields: list[ShieldInput] = attrs.field(factory=list)
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+
+    @property
+    def name(self) -> str:
+        return self.image_name or self.conda_env or "stackd"

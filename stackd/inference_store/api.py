@@ -1,0 +1,211 @@
+"""What every inference store backend offers, and the request checks and shapes they share.
+
+The wire shapes follow Llama Stack 0.2.x (``ListOpenAIChatCompletionResponse``: ``object``,
+``data``, ``has_more``, ``first_id``, ``last_id``; each item the ``chat.completion`` body plus
+``input_messages``) and OpenAI's ``GET /v1/chat/completions/{id}/messages`` (message items
+with ``id`` and ``content_parts``, default order ``asc``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from stackd.errors import BadRequest, FieldError, NotFound
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "InferenceStore",
+    "Order",
+    "StoredCompletion",
+    "check_completion",
+    "check_limit",
+    "check_order",
+    "check_table_name",
+    "item_of",
+    "list_page",
+    "message_page",
+    "not_found",
+    "unknown_cursor",
+]
+
+Order = Literal["asc", "desc"]
+
+DEFAULT_LIMIT = 20
+# A page is loaded into memory and serialised at once; a cap keeps one request from pulling a
+# whole table. Refused rather than silently clamped so a client never mistakes a short page
+# for the end of the list.
+MAX_LIMIT = 1000
+
+StoredCompletion = tuple[dict[str, Any], list[dict[str, Any]]]
+"""One write: the ``chat.completion`` body and the input messages that produced it."""
+
+
+@runtime_checkable
+class InferenceStore(Protocol):
+    """Stored chat completions. ``list`` and ``messages`` return the response bodies as dicts."""
+
+    async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
+        """Keep one completion; a second one with the same ``id`` replaces the first."""
+        ...
+
+    async def store_many(self, items: Sequence[StoredCompletion]) -> None:
+        """Keep several completions in one transaction."""
+        ...
+
+    async def list(
+        self,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        model: str | None = None,
+        order: str = "desc",
+    ) -> dict[str, Any]: ...
+
+    async def get(self, completion_id: str) -> dict[str, Any]: ...
+
+    async def messages(
+        self,
+        completion_id: str,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        order: str = "asc",
+    ) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+def check_order(order: Any) -> Order:
+    if order in ("asc", "desc"):
+        return order  # type: ignore[no-any-return]
+    raise BadRequest(
+        f"invalid order {order!r}: use 'asc' (oldest first) or 'desc' (newest first)",
+        [FieldError("$.query.order", "expected 'asc' or 'desc'")],
+    )
+
+
+def check_limit(limit: Any) -> int:
+    if isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= MAX_LIMIT:
+        return limit
+    raise BadRequest(
+        f"invalid limit {limit!r}: use an integer from 1 to {MAX_LIMIT}, and page on with 'after'",
+        [FieldError("$.query.limit", f"expected an integer from 1 to {MAX_LIMIT}")],
+    )
+
+
+def check_completion(completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
+    """Refuse, at the caller, a body that could not be listed or fetched later.
+
+    A ``ValueError`` here is a bug in the caller (the server stores what a provider returned
+    after checking it), so it is raised before the write is queued, not lost in a batch.
+    """
+    if not isinstance(completion, dict):
+        raise ValueError(f"a stored completion must be a dict, got {type(completion).__name__}")
+    cid = completion.get("id")
+    if not isinstance(cid, str) or not cid:
+        raise ValueError("a stored completion needs a non-empty string 'id'")
+    created = completion.get("created")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise ValueError(f"completion {cid!r}: 'created' must be an integer Unix time, got {created!r}")
+    if not isinstance(completion.get("model"), str):
+        raise ValueError(f"completion {cid!r}: 'model' must be a string")
+    if not isinstance(input_messages, list) or not all(isinstance(m, dict) for m in input_messages):
+        raise ValueError(f"completion {cid!r}: input_messages must be a list of dicts")
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def check_table_name(name: str, loc: str) -> str:
+    # The name is spliced into SQL (identifiers cannot be bound parameters), so only plain
+    # identifiers are accepted.
+    if _IDENTIFIER.fullmatch(name):
+        return name
+    raise BadRequest(
+        f"invalid table name {name!r} @ {loc}: use letters, digits and '_' (at most 63, not starting with a digit)",
+        [FieldError(loc, "expected a plain SQL identifier")],
+    )
+
+
+def not_found(completion_id: str) -> NotFound:
+    return NotFound(
+        f"chat completion {completion_id!r} not found: only completions created through this server "
+        "are stored; list them with GET /v1/chat/completions"
+    )
+
+
+def unknown_cursor(after: str, what: str = "chat completion") -> BadRequest:
+    return BadRequest(
+        f"invalid 'after' cursor {after!r}: no stored {what} has this id; pass the last_id "
+        "of the previous page, or leave 'after' out to start from the beginning",
+        [FieldError("$.query.after", f"unknown {what} id")],
+    )
+
+
+def item_of(body: dict[str, Any], input_messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The list/get item: the stored body, as returned to the client, plus its inputs."""
+    body.setdefault("object", "chat.completion")
+    body["input_messages"] = input_messages
+    return body
+
+
+def list_page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """``items`` holds up to ``limit + 1`` rows; the extra one only says that more exist."""
+    has_more = len(items) > limit
+    data = items[:limit]
+    # 0.2.12 sends "" (its fields are plain str, which llama-stack-client parses) for an empty page.
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else "",
+        "last_id": data[-1]["id"] if data else "",
+    }
+
+
+def _text_of(parts: list[Any]) -> str | None:
+    texts = [p["text"] for p in parts if isinstance(p, dict) and p.get("type") == "text" and "text" in p]
+    return "".join(texts) if texts else None
+
+
+def message_page(
+    completion_id: str,
+    input_messages: list[dict[str, Any]],
+    after: str | None,
+    limit: int,
+    order: Order,
+) -> dict[str, Any]:
+    """OpenAI's message list: each input message with the id ``<completion id>-<position>``."""
+    items: list[dict[str, Any]] = []
+    for position, message in enumerate(input_messages):
+        item: dict[str, Any] = {"id": f"{completion_id}-{position}"}
+        item.update(message)
+        content = message.get("content")
+        # OpenAI's store message keeps ``content`` a string and moves a parts array to
+        # ``content_parts``, so typed clients can still read ``content`` as text.
+        if isinstance(content, list):
+            item["content"] = _text_of(content)
+            item["content_parts"] = content
+        else:
+            item["content_parts"] = None
+        item.setdefault("name", None)
+        items.append(item)
+    if order == "desc":
+        items.reverse()
+    start = 0
+    if after is not None:
+        positions = [i for i, it in enumerate(items) if it["id"] == after]
+        if not positions:
+            raise unknown_cursor(after, f"message of chat completion {completion_id!r}")
+        start = positions[0] + 1
+    data = items[start : start + limit]
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": start + limit < len(items),
+        # OpenAI documents these as string or null.
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+

@@ -1,0 +1,196 @@
+"""The embedded default: one SQLite file through aiosqlite, so no query blocks the event loop.
+
+Rows hold the whole ``chat.completion`` body as JSON text (0.2.12 kept only ``choices`` and
+lost ``usage`` and ``system_fingerprint``). WAL lets readers run while a batch is written and
+lets several stackd processes share one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from stackd.errors import UpstreamUnavailable
+from stackd.inference_store.api import (
+    DEFAULT_LIMIT,
+    StoredCompletion,
+    check_completion,
+    check_limit,
+    check_order,
+    item_of,
+    list_page,
+    message_page,
+    not_found,
+    unknown_cursor,
+)
+
+__all__ = ["SqliteInferenceStore"]
+
+log = logging.getLogger(__name__)
+
+_TABLE = "chat_completions"
+
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+    " id TEXT PRIMARY KEY, created INTEGER NOT NULL, model TEXT NOT NULL,"
+    " body TEXT NOT NULL, input_messages TEXT NOT NULL)",
+    # (created, id) is the sort key and the cursor; the model index serves the filtered list.
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_created_id ON {_TABLE} (created, id)",
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_model_created_id ON {_TABLE} (model, created, id)",
+)
+
+_UPSERT = (
+    f"INSERT INTO {_TABLE} (id, created, model, body, input_messages) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET created = excluded.created, model = excluded.model, "
+    "body = excluded.body, input_messages = excluded.input_messages"
+)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class SqliteInferenceStore:
+    """Use :meth:`open`; one connection serves every call (aiosqlite runs it in its own thread)."""
+
+    def __init__(self, conn: aiosqlite.Connection, db_path: Path) -> None:
+        self._conn = conn
+        self._db_path = db_path
+        # Statements of one connection interleave across coroutines; the lock keeps a batch's
+        # BEGIN ... COMMIT from swallowing another writer's statements.
+        self._write_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteInferenceStore({str(self._db_path)!r})"
+
+    @classmethod
+    async def open(cls, db_path: Path) -> SqliteInferenceStore:
+        db_path = Path(db_path).expanduser()
+        try:
+            await asyncio.to_thread(db_path.parent.mkdir, parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit, so a batch is exactly one.
+            conn = await aiosqlite.connect(db_path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise UpstreamUnavailable(
+                f"cannot open the inference store at {str(db_path)!r}: {exc}; "
+                "check that the directory is writable or change inference_store.db_path"
+            ) from exc
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            # NORMAL is durable across application crashes in WAL mode; only an OS crash may
+            # lose the last commits, which is the right price for a history store.
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in _SCHEMA:
+                await conn.execute(statement)
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise UpstreamUnavailable(
+                f"cannot prepare the inference store at {str(db_path)!r}: {exc}; "
+                "is it a SQLite file of another program? Point inference_store.db_path elsewhere"
+            ) from exc
+        return cls(conn, db_path)
+
+    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
+        return UpstreamUnavailable(f"the inference store at {str(self._db_path)!r} failed: {exc}")
+
+    async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
+        await self.store_many([(completion, input_messages)])
+
+    async def store_many(self, items: Sequence[StoredCompletion]) -> None:
+        rows = []
+        for completion, input_messages in items:
+            check_completion(completion, input_messages)
+            rows.append(
+                (
+                    completion["id"],
+                    completion["created"],
+                    completion["model"],
+                    _dumps(completion),
+                    _dumps(input_messages),
+                )
+            )
+        if not rows:
+            return
+        async with self._write_lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._conn.executemany(_UPSERT, rows)
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from exc
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        try:
+            async with self._conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+
+    async def list(
+        self,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        model: str | None = None,
+        order: str = "desc",
+    ) -> dict[str, Any]:
+        direction = check_order(order)
+        limit = check_limit(limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if model is not None:
+            where.append("model = ?")
+            params.append(model)
+        if after is not None:
+            cursor_rows = await self._fetch(f"SELECT created FROM {_TABLE} WHERE id = ?", (after,))
+            if not cursor_rows:
+                raise unknown_cursor(after)
+            # Row values order by (created, id), so rows that share a second neither repeat
+            # nor vanish between pages.
+            where.append("(created, id) " + ("<" if direction == "desc" else ">") + " (?, ?)")
+            params += [cursor_rows[0][0], after]
+        sql = f"SELECT body, input_messages FROM {_TABLE}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created {direction}, id {direction} LIMIT ?"
+        params.append(limit + 1)
+        rows = await self._fetch(sql, params)
+        items = [item_of(orjson.loads(body), orjson.loads(inputs)) for body, inputs in rows]
+        return list_page(items, limit)
+
+    async def get(self, completion_id: str) -> dict[str, Any]:
+        rows = await self._fetch(
+            f"SELECT body, input_messages FROM {_TABLE} WHERE id = ?", (completion_id,)
+        )
+        if not rows:
+            raise not_found(completion_id)
+        body, inputs = rows[0]
+        return item_of(orjson.loads(body), orjson.loads(inputs))
+
+    async def messages(
+        self,
+        completion_id: str,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        direction = check_order(order)
+        limit = check_limit(limit)
+        rows = await self._fetch(f"SELECT input_messages FROM {_TABLE} WHERE id = ?", (completion_id,))
+        if not rows:
+            raise not_found(completion_id)
+        return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
+
+    async def close(self) -> None:
+        await self._conn.close()
