@@ -16,6 +16,7 @@ from typing import Any, Literal, NewType
 
 import attrs
 from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.gen import make_dict_structure_fn
 
 from stackd.convert import StructureError, converter
 
@@ -201,7 +202,8 @@ class ToolDefinition:
 
 @attrs.frozen
 class ToolConfig:
-    tool_choice: str | None = "auto"  # auto | required | none | a tool's name
+    # auto | required | none | a tool's name; null means auto, and lets a top-level tool_choice stand
+    tool_choice: str | None = None
     tool_prompt_format: ToolPromptFormat | None = None
     system_message_behavior: SystemMessageBehavior | None = "append"
 
@@ -275,7 +277,9 @@ def _tagged_union(tag: str, choices: Mapping[str, type], what: str) -> Callable[
 
     def hook(value: Any, tp: Any) -> Any:
         if not isinstance(value, Mapping):
-            raise StructureError(f"expected a {what} (a mapping with {tag!r}: {valid}), got {_describe(value)}")
+            raise StructureError(
+                f"expected a {what} (a mapping with {tag!r}: {valid}), got {_describe(value)}"
+            )
         kind = value.get(tag)
         cls = choices.get(kind) if isinstance(kind, str) else None
         if cls is None:
@@ -287,14 +291,18 @@ def _tagged_union(tag: str, choices: Mapping[str, type], what: str) -> Callable[
     return hook
 
 
+def _is(tp: Any) -> Callable[[Any], bool]:
+    return lambda t: bool(t == tp)
+
+
 def _register_union(union: Any, hook: Callable[[Any, Any], Any]) -> None:
     optional = union | None
 
     def optional_hook(value: Any, tp: Any) -> Any:
         return None if value is None else hook(value, tp)
 
-    converter.register_structure_hook_func(lambda t: t == union, hook)
-    converter.register_structure_hook_func(lambda t: t == optional, optional_hook)
+    converter.register_structure_hook_func(_is(union), hook)
+    converter.register_structure_hook_func(_is(optional), optional_hook)
 
 
 _content_item = _tagged_union("type", {"text": TextItem, "image": ImageItem}, "content item")
@@ -321,7 +329,7 @@ def _embedding_content(value: Any, tp: Any) -> Any:
     raise StructureError(f"expected a string or a content item {{type: text, text}}, got {_describe(value)}")
 
 
-_image_source_fields = converter.gen_structure_attrs_fromdict(ImageSource)
+_image_source_fields = make_dict_structure_fn(ImageSource, converter, _cattrs_detailed_validation=True)
 
 
 def _image_source(value: Any, tp: Any) -> ImageSource:
@@ -345,7 +353,9 @@ def _tool_parameters(value: Any, tp: Any) -> dict[str, ToolParamDefinition] | No
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise StructureError(f"expected a mapping of parameter name to {{param_type, ...}}, got {_describe(value)}")
+        raise StructureError(
+            f"expected a mapping of parameter name to {{param_type, ...}}, got {_describe(value)}"
+        )
     out: dict[str, ToolParamDefinition] = {}
     errors: list[Exception] = []
     for name, item in value.items():
@@ -378,7 +388,7 @@ def _number_hook(
     base: type, check: Callable[[Any], bool], wanted: str, hint: str = ""
 ) -> Callable[[Any, Any], Any]:
     def hook(value: Any, _: Any) -> Any:
-        number = converter.structure(value, base)
+        number: Any = converter.structure(value, base)
         if not check(number):
             raise StructureError(f"expected {wanted}, got {_describe(value)}{hint}")
         return number
@@ -389,20 +399,23 @@ def _number_hook(
 converter.register_structure_hook(
     Temperature,
     _number_hook(
-        float, lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output"
+        float,
+        lambda x: x > 0,
+        "a number greater than 0",
+        "; use strategy {type: greedy} for deterministic output",
     ),
 )
 converter.register_structure_hook(TopP, _number_hook(float, lambda x: 0 < x <= 1, "a number in (0, 1]"))
 converter.register_structure_hook(TopK, _number_hook(int, lambda x: x >= 1, "an integer of at least 1"))
 converter.register_structure_hook(TokenCount, _number_hook(int, lambda x: x >= 0, "an integer of at least 0"))
+
+
 for _literal in (ToolPromptFormat, SystemMessageBehavior, TextTruncation, EmbeddingTaskType, StopReason):
-    converter.register_structure_hook_func(lambda t, lit=_literal: t == lit, _one_of(_literal))
+    converter.register_structure_hook_func(_is(_literal), _one_of(_literal))
 
 converter.register_structure_hook(ImageSource, _image_source)
-converter.register_structure_hook_func(lambda t: t == (str | dict[str, Any]), _tool_arguments)
-converter.register_structure_hook_func(
-    lambda t: t == (dict[str, ToolParamDefinition] | None), _tool_parameters
-)
+converter.register_structure_hook_func(_is(str | dict[str, Any]), _tool_arguments)
+converter.register_structure_hook_func(_is(dict[str, ToolParamDefinition] | None), _tool_parameters)
 _register_union(TextItem | ImageItem, _content_item)
 _register_union(Content, _content)
 _register_union(str | TextItem | ImageItem, _embedding_content)
@@ -410,7 +423,12 @@ _register_union(
     Message,
     _tagged_union(
         "role",
-        {"user": UserMessage, "system": SystemMessage, "assistant": AssistantMessage, "tool": ToolResponseMessage},
+        {
+            "user": UserMessage,
+            "system": SystemMessage,
+            "assistant": AssistantMessage,
+            "tool": ToolResponseMessage,
+        },
         "message",
     ),
 )
