@@ -71,6 +71,8 @@ class Received:
     path: str
     body: dict[str, Any] | None
     headers: dict[str, str]
+    # The client's (host, port): equal for two requests when the client reused a connection.
+    peer: tuple[str, int] | None = None
 
 
 @attrs.define(eq=False)
@@ -115,7 +117,11 @@ class FakeOpenAI:
 
     async def start(self) -> None:
         # No access log: it costs more CPU than answering, and benchmarks measure this process.
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        # Handler cancellation: a client that hangs up on a slow answer ends it at once, so a
+        # test that timed out does not wait for the fake's sleep at shutdown.
+        self._runner = web.AppRunner(
+            self.make_app(), access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -161,8 +167,14 @@ class FakeOpenAI:
                     return _error(400, "the body must be a JSON object", "invalid_request_error")
                 body = parsed
             if self.record:
+                peer = request.transport.get_extra_info("peername") if request.transport else None
                 self.requests.append(
-                    Received(request.path, body if request.method == "POST" else None, dict(request.headers))
+                    Received(
+                        request.path,
+                        body if request.method == "POST" else None,
+                        dict(request.headers),
+                        tuple(peer[:2]) if peer else None,
+                    )
                 )
             if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return _error(401, "Incorrect API key provided", "invalid_api_key")

@@ -1,0 +1,55 @@
+"""Configuration of ``remote::vllm``, structured by stackd's converter (errors carry ``$.path``)."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from stackd import HttpUrl, Seconds, Secret
+
+__all__ = ["VLLMConfig"]
+
+
+@attrs.frozen
+class VLLMConfig:
+    """Where the OpenAI-compatible server is and how to talk to it.
+
+    ``url`` may end in ``/v1`` or not (``http://host:8000`` and ``http://host:8000/v1`` are
+    the same server). ``tls_verify`` is true, false, or the path of a CA bundle.
+    ``max_tokens`` is applied to requests that do not set one (vLLM's own default for
+    ``/v1/completions`` is 16 tokens). ``timeout`` bounds each wait for the server (the
+    answer's start, and every gap in a stream). ``max_connections`` caps the pool (0: no cap).
+    """
+
+    url: HttpUrl
+    api_token: Secret | None = None
+    tls_verify: bool | str = attrs.field(default=True)
+    max_tokens: int | None = attrs.field(default=None)
+    timeout: Seconds = Seconds(600.0)
+    max_connections: int = attrs.field(default=0)
+
+    # Validators cannot see the config path, so their messages name the field themselves.
+    @max_tokens.validator
+    def _check_max_tokens(self, _: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError(f"max_tokens must be a positive integer or null, got {value}")
+
+    @tls_verify.validator
+    def _check_tls_verify(self, _: attrs.Attribute[bool | str], value: bool | str) -> None:
+        # Checked when the config is read, so `stackd validate` catches it before start.
+        if isinstance(value, str) and not os.path.isfile(os.path.expanduser(value)):
+            raise ValueError(
+                f"tls_verify: no CA bundle at {value!r}; give true, false or the path of a PEM file"
+            )
+
+    @max_connections.validator
+    def _check_max_connections(self, _: attrs.Attribute[int], value: int) -> None:
+        if value < 0:
+            raise ValueError(f"max_connections must be 0 (no cap) or a positive integer, got {value}")
+
+    @property
+    def base_url(self) -> str:
+        """The server's root, without a trailing ``/v1``: routes are appended as ``/v1/...``."""
+        url = self.url.rstrip("/")
+        return url[: -len("/v1")] if url.endswith("/v1") else url
