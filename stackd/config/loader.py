@@ -243,6 +243,7 @@ class _Builder:
         models = self._models(run, providers)
         shields = self._shields(run, providers)
         self._server(run)
+        self._dependencies(providers)
         if self.problems:
             raise ConfigError(self.problems, self.warnings)
         return LoadedConfig(run, providers, self.warnings, missing, self.source, models, shields)
@@ -419,6 +420,14 @@ class _Builder:
             if owner is not None:
                 out.append(attrs.evolve(shield, provider_id=owner))
         return out
+
+    def _dependencies(self, providers: dict[str, ResolvedProvider]) -> None:
+        from stackd.providers.resolver import DependencyError, build_order
+
+        try:
+            build_order(providers)
+        except DependencyError as exc:
+            self.error("$.providers", str(exc))
 
     def _server(self, run: RunConfig) -> None:
         server = run.server

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_LIMIT",
     "InferenceStore",
     "Order",
+    "RejectedData",
     "StoredCompletion",
     "check_completion",
     "check_limit",
@@ -38,6 +39,10 @@ DEFAULT_LIMIT = 20
 # whole table. Refused rather than silently clamped so a client never mistakes a short page
 # for the end of the list.
 MAX_LIMIT = 1000
+
+class RejectedData(ValueError):
+    """The database refused a row for its content (a NUL byte in an id...); retrying cannot help."""
+
 
 StoredCompletion = tuple[dict[str, Any], list[dict[str, Any]]]
 """One write: the ``chat.completion`` body and the input messages that produced it."""

@@ -20,6 +20,7 @@ import orjson
 from stackd.errors import UpstreamUnavailable
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
+    RejectedData,
     StoredCompletion,
     check_completion,
     check_limit,
@@ -128,6 +129,8 @@ class SqliteInferenceStore:
                 except BaseException:
                     await self._conn.execute("ROLLBACK")
                     raise
+            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
+                raise RejectedData(f"the inference store at {str(self._db_path)!r} refused a row: {exc}") from exc
             except sqlite3.Error as exc:
                 raise self._unavailable(exc) from exc
 

@@ -99,6 +99,7 @@ class FakeOllama:
     port: int = 0
     # Records.
     requests: list[tuple[str, Any]] = attrs.field(factory=list)
+    peers: list[Any] = attrs.field(factory=list)  # client (host, port) per request: shows connection reuse
     disconnects: int = 0
     _canned: dict[str, tuple[int, bytes, str]] = attrs.field(factory=dict, init=False)
     _disconnected: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
@@ -161,6 +162,7 @@ class FakeOllama:
         return next((m for m in self.models if _canonical(m.name) == wanted), None)
 
     async def _read(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else None

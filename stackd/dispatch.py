@@ -1,0 +1,91 @@
+"""The dispatcher: every call is admitted here before a handler runs.
+
+1. authenticate  -> a :class:`Caller` (or 401; health and version stay public)
+2. quota         -> counted against the authenticated identity (or 429); a 401 costs nothing
+3. authorize     -> route policy (403); resource visibility is checked by the registry (404)
+4. route         -> the handler resolves model_id / shield_id to a provider through the registry
+
+The HTTP server, the in-process client and the tests all go through :meth:`Dispatcher.admit`.
+Auth and quota are pluggable: anything with the :class:`Authenticator` / :class:`QuotaCounter`
+shape fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import attrs
+
+from stackd.config.schema import RoutePolicyRule
+from stackd.errors import Forbidden
+from stackd.providers.spec import Caller
+
+__all__ = ["Admission", "Authenticator", "Dispatcher", "QuotaCounter", "RequestInfo", "PUBLIC_PATHS"]
+
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/version"})
+
+
+@attrs.frozen
+class RequestInfo:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    query: Mapping[str, list[str]]
+    client_address: str | None
+
+
+@attrs.frozen
+class Admission:
+    caller: Caller
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    """Response headers to add (X-RateLimit-*)."""
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, request: RequestInfo) -> Caller:
+        """The caller of ``request``; raise Unauthorized (401) or UpstreamUnavailable (503)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class QuotaCounter(Protocol):
+    async def count(self, caller: Caller) -> Mapping[str, str]:
+        """Count one request; return rate-limit headers, or raise QuotaExceeded (429) /
+        UpstreamUnavailable (503, the store failed: fail closed)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@attrs.define
+class Dispatcher:
+    authenticator: Authenticator | None = None
+    quota: QuotaCounter | None = None
+    route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
+
+    async def admit(self, request: RequestInfo) -> Admission:
+        if request.path in PUBLIC_PATHS:
+            return Admission(Caller(client_address=request.client_address))
+        if self.authenticator is not None:
+            caller = await self.authenticator.authenticate(request)
+        else:
+            caller = Caller(client_address=request.client_address)
+        headers: Mapping[str, str] = {}
+        if self.quota is not None:
+            headers = await self.quota.count(caller)
+        if self.route_policy:
+            self._check_route(request.path, caller)
+        return Admission(caller, headers)
+
+    def _check_route(self, path: str, caller: Caller) -> None:
+        for rule in self.route_policy:
+            if any(path == route or (route.endswith("/") and path.startswith(route)) for route in rule.routes):
+                for category, allowed in rule.allow.items():
+                    if set(allowed) & set(caller.attributes.get(category, ())):
+                        return
+                if not rule.allow:
+                    return
+                break
+        raise Forbidden(f"not allowed to call {path}")

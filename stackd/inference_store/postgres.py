@@ -1,0 +1,212 @@
+"""PostgreSQL through asyncpg, for several stackd replicas that share one history.
+
+Needs the ``postgres`` extra (``pip install 'stackd[postgres]'``). Bodies are stored in
+``json`` columns: validated by the server, kept byte for byte (``jsonb`` would reorder keys).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+
+from stackd.errors import UpstreamUnavailable
+from stackd.inference_store.api import (
+    DEFAULT_LIMIT,
+    RejectedData,
+    StoredCompletion,
+    check_completion,
+    check_limit,
+    check_order,
+    check_table_name,
+    item_of,
+    list_page,
+    message_page,
+    not_found,
+    unknown_cursor,
+)
+
+if TYPE_CHECKING:
+    from stackd.config.stores import PostgresStoreConfig
+
+__all__ = ["PostgresInferenceStore"]
+
+DEFAULT_TABLE = "chat_completions"
+
+# What a lost server, a refused login or a failed statement raises; all become a 503.
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# ...except these, where the row itself is the problem (SQLSTATE classes 22 and 23).
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class PostgresInferenceStore:
+    """Use :meth:`open`; a connection pool serves concurrent requests."""
+
+    def __init__(self, pool: asyncpg.Pool, table: str, where: str) -> None:
+        self._pool = pool
+        self._table = table
+        self._where = where  # "user@host:port/db", for messages; never the password
+        t = table
+        self._upsert = (
+            f"INSERT INTO {t} (id, created, model, body, input_messages) "
+            "VALUES ($1, $2, $3, $4::json, $5::json) "
+            "ON CONFLICT (id) DO UPDATE SET created = EXCLUDED.created, model = EXCLUDED.model, "
+            "body = EXCLUDED.body, input_messages = EXCLUDED.input_messages"
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresInferenceStore({self._where!r}, table={self._table!r})"
+
+    @classmethod
+    async def open(cls, config: PostgresStoreConfig) -> PostgresInferenceStore:
+        table = check_table_name(config.table_name or DEFAULT_TABLE, "$.inference_store.table_name")
+        where = f"{config.user}@{config.host}:{config.port}/{config.db}"
+        try:
+            pool = await asyncpg.create_pool(
+                host=config.host,
+                port=config.port,
+                database=config.db,
+                user=config.user,
+                password=config.password.reveal() if config.password else None,
+                min_size=1,
+                max_size=10,
+                # A hung server must not hold a request (or the writer) forever.
+                command_timeout=30,
+            )
+        except _DB_ERRORS as exc:
+            raise UpstreamUnavailable(
+                f"cannot connect to the inference store {where}: {type(exc).__name__}: {exc}; "
+                "check inference_store.host/port/db/user/password and that the server accepts connections"
+            ) from exc
+        store = cls(pool, table, where)
+        try:
+            await store._create_schema()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _create_schema(self) -> None:
+        t = self._table
+        async with self._connection() as conn, conn.transaction():
+            # Replicas that start together would race on CREATE TABLE IF NOT EXISTS (it can
+            # fail with a unique violation in pg_type); the advisory lock serialises them.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(t.encode()))
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {t} ("
+                " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"
+                " body JSON NOT NULL, input_messages JSON NOT NULL)"
+            )
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)")
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)"
+            )
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _DATA_ERRORS as exc:
+            raise RejectedData(f"the inference store {self._where} refused a row: {exc}") from exc
+        except _DB_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"the inference store {self._where} failed: {type(exc).__name__}: {exc}"
+        )
+
+    async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
+        await self.store_many([(completion, input_messages)])
+
+    async def store_many(self, items: Sequence[StoredCompletion]) -> None:
+        rows = []
+        for completion, input_messages in items:
+            check_completion(completion, input_messages)
+            rows.append(
+                (
+                    completion["id"],
+                    completion["created"],
+                    completion["model"],
+                    _dumps(completion),
+                    _dumps(input_messages),
+                )
+            )
+        if not rows:
+            return
+        async with self._connection() as conn, conn.transaction():
+            await conn.executemany(self._upsert, rows)
+
+    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+        async with self._connection() as conn:
+            return list(await conn.fetch(sql, *params))
+
+    async def list(
+        self,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        model: str | None = None,
+        order: str = "desc",
+    ) -> dict[str, Any]:
+        direction = check_order(order)
+        limit = check_limit(limit)
+        t = self._table
+        where: list[str] = []
+        params: list[Any] = []
+        if model is not None:
+            params.append(model)
+            where.append(f"model = ${len(params)}")
+        if after is not None:
+            cursor_rows = await self._fetch(f"SELECT created FROM {t} WHERE id = $1", after)
+            if not cursor_rows:
+                raise unknown_cursor(after)
+            params += [cursor_rows[0][0], after]
+            op = "<" if direction == "desc" else ">"
+            where.append(f"(created, id) {op} (${len(params) - 1}, ${len(params)})")
+        sql = f"SELECT body::text, input_messages::text FROM {t}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        params.append(limit + 1)
+        # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
+        sql += f' ORDER BY created {direction}, id COLLATE "C" {direction} LIMIT ${len(params)}'
+        rows = await self._fetch(sql, *params)
+        items = [item_of(orjson.loads(body), orjson.loads(inputs)) for body, inputs in rows]
+        return list_page(items, limit)
+
+    async def get(self, completion_id: str) -> dict[str, Any]:
+        rows = await self._fetch(
+            f"SELECT body::text, input_messages::text FROM {self._table} WHERE id = $1", completion_id
+        )
+        if not rows:
+            raise not_found(completion_id)
+        body, inputs = rows[0]
+        return item_of(orjson.loads(body), orjson.loads(inputs))
+
+    async def messages(
+        self,
+        completion_id: str,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        direction = check_order(order)
+        limit = check_limit(limit)
+        rows = await self._fetch(
+            f"SELECT input_messages::text FROM {self._table} WHERE id = $1", completion_id
+        )
+        if not rows:
+            raise not_found(completion_id)
+        return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
+
+    async def close(self) -> None:
+        await self._pool.close()
+

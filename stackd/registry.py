@@ -1,0 +1,295 @@
+"""Models and shields: from the config and from the API, persisted in the metadata kvstore.
+
+Config resources are reconciled at every start (one removed from the file is gone); those
+registered through the API persist across restarts. A lookup that misses the in-memory cache
+reads the store, so a resource registered by another replica sharing the store is found.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import attrs
+import orjson
+
+from stackd.apis.models import Model, Shield
+from stackd.config.schema import ModelInput, ShieldInput
+from stackd.convert import converter
+from stackd.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, UpstreamUnavailable
+from stackd.kvstore import KVStore
+from stackd.providers.spec import Caller
+
+__all__ = ["Registry", "can_access", "owner_of"]
+
+log = logging.getLogger("stackd.registry")
+
+R = TypeVar("R", Model, Shield)
+
+
+def owner_of(caller: Caller) -> dict[str, list[str]] | None:
+    """The access attributes a resource registered by ``caller`` is owned by."""
+    if not caller.attributes:
+        return None
+    return {k: list(v) for k, v in caller.attributes.items() if v}
+
+
+def can_access(owner: Mapping[str, list[str]] | None, caller: Caller) -> bool:
+    """For every attribute category of the owner, the caller shares at least one value."""
+    if not owner:
+        return True
+    for category, values in owner.items():
+        if not values:
+            continue
+        if not set(values) & set(caller.attributes.get(category, ())):
+            return False
+    return True
+
+
+class _Table(Generic[R]):
+    def __init__(self, kind: str, cls: type[R], kv: KVStore) -> None:
+        self.kind = kind
+        self.cls = cls
+        self.kv = kv
+        self.cache: dict[str, R] = {}
+
+    def _key(self, identifier: str) -> str:
+        return f"{self.kind}:{identifier}"
+
+    async def load(self) -> None:
+        self.cache = {}
+        for key, value in await self.kv.scan(f"{self.kind}:"):
+            try:
+                item = converter.structure(orjson.loads(value), self.cls)
+            except Exception:  # noqa: BLE001 - a bad row must not stop the server
+                log.exception("ignoring unreadable %s record %r in the metadata store", self.kind, key)
+                continue
+            self.cache[item.identifier] = item
+
+    async def put(self, item: R) -> None:
+        await self.kv.set(self._key(item.identifier), orjson.dumps(converter.unstructure(item)).decode())
+        self.cache[item.identifier] = item
+
+    async def remove(self, identifier: str) -> None:
+        await self.kv.delete(self._key(identifier))
+        self.cache.pop(identifier, None)
+
+    async def find(self, identifier: str) -> R | None:
+        item = self.cache.get(identifier)
+        if item is not None:
+            return item
+        raw = await self.kv.get(self._key(identifier))
+        if raw is None:
+            return None
+        item = converter.structure(orjson.loads(raw), self.cls)
+        self.cache[identifier] = item
+        return item
+
+
+@attrs.define
+class Registry:
+    kv: KVStore
+    providers: Mapping[str, Any]
+    """provider_id -> provider instance"""
+    provider_apis: Mapping[str, str]
+    """provider_id -> API it serves"""
+    models: _Table[Model] = attrs.field(init=False)
+    shields: _Table[Shield] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.models = _Table("model", Model, self.kv)
+        self.shields = _Table("shield", Shield, self.kv)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def reconcile(self, models: list[ModelInput], shields: list[ShieldInput]) -> None:
+        """Make the config's resources exactly those of the file; keep API registrations."""
+        await self.models.load()
+        await self.shields.load()
+        wanted_models = {m.model_id for m in models}
+        for model in list(self.models.cache.values()):
+            if model.source == "config" and model.identifier not in wanted_models:
+                log.info("model %r was removed from the config; unregistering it", model.identifier)
+                await self.models.remove(model.identifier)
+        for m in models:
+            assert m.model_id is not None and m.provider_id is not None
+            model = Model(
+                identifier=m.model_id,
+                provider_id=m.provider_id,
+                provider_resource_id=m.provider_model_id or m.model_id,
+                model_type=m.model_type,
+                metadata=dict(m.metadata),
+                owner=m.access_attributes,
+                source="config",
+            )
+            await self.models.put(await self._check_model(model, at_start=True))
+        wanted_shields = {s.shield_id for s in shields}
+        for shield in list(self.shields.cache.values()):
+            if shield.source == "config" and shield.identifier not in wanted_shields:
+                await self.shields.remove(shield.identifier)
+        for s in shields:
+            assert s.shield_id is not None and s.provider_id is not None
+            shield = Shield(
+                identifier=s.shield_id,
+                provider_id=s.provider_id,
+                provider_resource_id=s.provider_shield_id or s.shield_id,
+                params=dict(s.params),
+                owner=s.access_attributes,
+                source="config",
+            )
+            await self.shields.put(await self._check_shield(shield, at_start=True))
+        # API registrations whose provider left the config cannot be served: say so once.
+        for model in self.models.cache.values():
+            if model.provider_id not in self.providers:
+                log.warning("model %r belongs to provider %r, which is not configured; it is hidden until "
+                            "the provider returns", model.identifier, model.provider_id)
+
+    async def _check_model(self, model: Model, *, at_start: bool = False) -> Model:
+        provider = self.providers[model.provider_id]
+        register = getattr(provider, "register_model", None)
+        if register is None:
+            return model
+        try:
+            checked = await register(model)
+        except UpstreamUnavailable as exc:
+            if not at_start:
+                raise
+            # The upstream may start after stackd; the model is checked again on first use.
+            log.warning("could not check model %r with provider %r at start: %s",
+                        model.identifier, model.provider_id, exc.message)
+            return model
+        return checked if isinstance(checked, Model) else model
+
+    async def _check_shield(self, shield: Shield, *, at_start: bool = False) -> Shield:
+        provider = self.providers[shield.provider_id]
+        register = getattr(provider, "register_shield", None)
+        if register is None:
+            return shield
+        try:
+            checked = await register(shield)
+        except UpstreamUnavailable as exc:
+            if not at_start:
+                raise
+            log.warning("could not check shield %r at start: %s", shield.identifier, exc.message)
+            return shield
+        return checked if isinstance(checked, Shield) else shield
+
+    # -- models -------------------------------------------------------------------------------
+
+    def _visible(self, item: Model | Shield, caller: Caller) -> bool:
+        return item.provider_id in self.providers and can_access(item.owner, caller)
+
+    def list_models(self, caller: Caller) -> list[Model]:
+        return [m for m in self.models.cache.values() if self._visible(m, caller)]
+
+    async def get_model(self, identifier: str, caller: Caller) -> Model:
+        model = await self.models.find(identifier)
+        if model is None or not self._visible(model, caller):
+            raise NotFound(f"model {identifier!r} not found; GET /v1/models lists the available ones")
+        return model
+
+    async def register_model(
+        self,
+        caller: Caller,
+        model_id: str,
+        provider_model_id: str | None = None,
+        provider_id: str | None = None,
+        model_type: str = "llm",
+        metadata: dict[str, Any] | None = None,
+    ) -> Model:
+        provider_id = self._pick_provider("inference", provider_id, "model")
+        metadata = dict(metadata or {})
+        if model_type not in ("llm", "embedding"):
+            raise BadRequest("model_type must be 'llm' or 'embedding'",
+                             [FieldError("$.model_type", "expected 'llm' or 'embedding'")])
+        if model_type == "embedding" and "embedding_dimension" not in metadata:
+            raise BadRequest(
+                "an embedding model needs metadata.embedding_dimension",
+                [FieldError("$.metadata.embedding_dimension", "required for embedding models")],
+            )
+        existing = await self.models.find(model_id)
+        if existing is not None:
+            if existing.provider_id != provider_id:
+                raise Conflict(f"model {model_id!r} is already registered with provider "
+                               f"{existing.provider_id!r}; unregister it first or choose another model_id")
+            if not can_access(existing.owner, caller):
+                raise Forbidden(f"model {model_id!r} belongs to someone else")
+        model = Model(
+            identifier=model_id,
+            provider_id=provider_id,
+            provider_resource_id=provider_model_id or model_id,
+            model_type=model_type,  # type: ignore[arg-type]
+            metadata=metadata,
+            owner=owner_of(caller),
+            source="api",
+        )
+        model = await self._check_model(model)
+        await self.models.put(model)
+        return model
+
+    async def unregister_model(self, identifier: str, caller: Caller) -> None:
+        model = await self.get_model(identifier, caller)
+        if model.owner and not can_access(model.owner, caller):
+            raise Forbidden(f"not allowed to delete model {identifier!r}")
+        await self.models.remove(model.identifier)
+
+    # -- shields -------------------------------------------------------------------------------
+
+    def list_shields(self, caller: Caller) -> list[Shield]:
+        return [s for s in self.shields.cache.values() if self._visible(s, caller)]
+
+    async def get_shield(self, identifier: str, caller: Caller) -> Shield:
+        shield = await self.shields.find(identifier)
+        if shield is None or not self._visible(shield, caller):
+            raise NotFound(f"shield {identifier!r} not found; GET /v1/shields lists the available ones")
+        return shield
+
+    async def register_shield(
+        self,
+        caller: Caller,
+        shield_id: str,
+        provider_shield_id: str | None = None,
+        provider_id: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Shield:
+        provider_id = self._pick_provider("safety", provider_id, "shield")
+        existing = await self.shields.find(shield_id)
+        if existing is not None and existing.provider_id != provider_id:
+            raise Conflict(f"shield {shield_id!r} is already registered with provider {existing.provider_id!r}")
+        if existing is not None and not can_access(existing.owner, caller):
+            raise Forbidden(f"shield {shield_id!r} belongs to someone else")
+        shield = Shield(
+            identifier=shield_id,
+            provider_id=provider_id,
+            provider_resource_id=provider_shield_id or shield_id,
+            params=dict(params or {}),
+            owner=owner_of(caller),
+            source="api",
+        )
+        shield = await self._check_shield(shield)
+        await self.shields.put(shield)
+        return shield
+
+    async def unregister_shield(self, identifier: str, caller: Caller) -> None:
+        shield = await self.get_shield(identifier, caller)
+        await self.shields.remove(shield.identifier)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _pick_provider(self, api: str, provider_id: str | None, kind: str) -> str:
+        candidates = sorted(pid for pid, a in self.provider_apis.items() if a == api)
+        if provider_id is None:
+            if len(candidates) == 1:
+                return candidates[0]
+            if not candidates:
+                raise BadRequest(f"no {api} provider is configured, so no {kind} can be registered")
+            raise BadRequest(
+                f"provider_id is required: several {api} providers are configured ({', '.join(candidates)})",
+                [FieldError("$.provider_id", "required when several providers serve this API")],
+            )
+        if provider_id not in candidates:
+            raise NotFound(f"no {api} provider with provider_id {provider_id!r}; "
+                           f"configured: {', '.join(candidates) or 'none'}")
+        return provider_id
+

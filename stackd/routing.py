@@ -1,0 +1,154 @@
+"""Routers: resolve a model or shield through the registry and call its provider.
+
+A router is also what a provider that depends on an API receives (llama-guard gets the
+inference router), so a call from a plugin goes through the same resolution as a client's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from stackd.apis.models import Model, Shield
+from stackd.errors import BadRequest, FieldError, NotImplementedByProvider, UpstreamUnavailable
+from stackd.providers.spec import CallContext
+from stackd.registry import Registry
+
+__all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]
+
+log = logging.getLogger("stackd.routing")
+
+StoreHook = Callable[[dict[str, Any], list[Any]], None]
+"""Called with (chat.completion body, input messages) once a completion is whole; must not block."""
+
+
+def _ready(provider_id: str, impl: Any) -> None:
+    is_ready = getattr(impl, "is_ready", None)
+    if is_ready is not None and not is_ready():
+        raise UpstreamUnavailable(f"provider {provider_id!r} is not ready yet (still loading); retry shortly",
+                                  headers={"Retry-After": "5"})
+
+
+class InferenceRouter:
+    def __init__(
+        self,
+        registry: Registry,
+        providers: Mapping[str, Any],
+        store: StoreHook | None = None,
+        assemble: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.providers = providers
+        self.store = store
+        self.assemble = assemble
+
+    async def resolve(self, model_id: Any, ctx: CallContext, want: str, loc: str = "$.model") -> tuple[Model, Any]:
+        if not isinstance(model_id, str) or not model_id:
+            raise BadRequest(f"{loc[2:]} is required: the identifier of a registered model",
+                             [FieldError(loc, "required field missing" if model_id is None else "expected a string")])
+        model = await self.registry.get_model(model_id, ctx.caller)
+        if model.model_type != want:
+            raise BadRequest(
+                f"model {model_id!r} is an {model.model_type} model and cannot serve this call "
+                f"(it needs an {want} model)",
+                [FieldError(loc, f"expected an {want} model")],
+            )
+        impl = self.providers[model.provider_id]
+        _ready(model.provider_id, impl)
+        return model, impl
+
+    def _method(self, model: Model, impl: Any, name: str) -> Any:
+        method = getattr(impl, name, None)
+        if method is None:
+            raise NotImplementedByProvider(f"provider {model.provider_id!r} does not implement {name}")
+        return method
+
+    async def openai_chat_completion(self, params: dict[str, Any], ctx: CallContext) -> Any:
+        model, impl = await self.resolve(params.get("model"), ctx, "llm")
+        call = self._method(model, impl, "openai_chat_completion")
+        upstream = dict(params)
+        upstream["model"] = model.provider_resource_id
+        result = await call(upstream, ctx)
+        messages = params.get("messages") or []
+        if isinstance(result, dict):
+            result["model"] = model.identifier
+            if self.store is not None:
+                self.store(result, messages)
+            return result
+        return self._relabel_stream(result, model.identifier, messages)
+
+    async def _relabel_stream(
+        self, chunks: AsyncIterator[dict[str, Any]], identifier: str, messages: list[Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        keep: list[dict[str, Any]] | None = [] if self.store is not None and self.assemble is not None else None
+        try:
+            async for chunk in chunks:
+                chunk["model"] = identifier
+                if keep is not None:
+                    keep.append(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        # Only a stream that ran to its end is stored; assembly happens after the last byte went out.
+        if keep and self.store is not None and self.assemble is not None:
+            try:
+                self.store(self.assemble(keep), messages)
+            except Exception:  # noqa: BLE001 - storing must never break the answer
+                log.exception("could not store a streamed chat completion")
+
+    async def openai_completion(self, params: dict[str, Any], ctx: CallContext) -> Any:
+        model, impl = await self.resolve(params.get("model"), ctx, "llm")
+        call = self._method(model, impl, "openai_completion")
+        upstream = dict(params)
+        upstream["model"] = model.provider_resource_id
+        result = await call(upstream, ctx)
+        if isinstance(result, dict):
+            result["model"] = model.identifier
+            return result
+        return self._relabel(result, model.identifier)
+
+    async def _relabel(self, chunks: AsyncIterator[dict[str, Any]], identifier: str) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in chunks:
+                chunk["model"] = identifier
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        model, impl = await self.resolve(params.get("model"), ctx, "embedding")
+        call = self._method(model, impl, "openai_embeddings")
+        upstream = dict(params)
+        upstream["model"] = model.provider_resource_id
+        result: dict[str, Any] = await call(upstream, ctx)
+        result["model"] = model.identifier
+        return result
+
+
+class SafetyRouter:
+    def __init__(self, registry: Registry, providers: Mapping[str, Any]) -> None:
+        self.registry = registry
+        self.providers = providers
+
+    async def resolve(self, shield_id: Any, ctx: CallContext) -> tuple[Shield, Any]:
+        if not isinstance(shield_id, str) or not shield_id:
+            raise BadRequest("shield_id is required", [FieldError("$.shield_id", "required field missing")])
+        shield = await self.registry.get_shield(shield_id, ctx.caller)
+        impl = self.providers[shield.provider_id]
+        _ready(shield.provider_id, impl)
+        return shield, impl
+
+    async def run_shield(
+        self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext
+    ) -> dict[str, Any]:
+        shield, impl = await self.resolve(shield_id, ctx)
+        run = getattr(impl, "run_shield", None)
+        if run is None:
+            raise NotImplementedByProvider(f"provider {shield.provider_id!r} does not implement run_shield")
+        result: dict[str, Any] = await run(shield, messages, params, ctx)
+        return result

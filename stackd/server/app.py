@@ -1,0 +1,99 @@
+"""The aiohttp application: one cleanup_ctx for the stack, two middlewares, the routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from stackd.config.loader import LoadedConfig
+from stackd.dispatch import Dispatcher, RequestInfo
+from stackd.errors import NotImplementedByProvider
+from stackd.server import routes_meta, routes_openai, routes_resources
+from stackd.server.errors import error_middleware
+from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STARTED_AT
+from stackd.stack import open_stack
+
+__all__ = ["create_app", "API_PREFIXES"]
+
+log = logging.getLogger("stackd.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Route prefixes of each API, to answer 501 for an API that is listed but not installed.
+API_PREFIXES: dict[str, tuple[str, ...]] = {
+    "inference": ("/v1/inference/", "/v1/chat/", "/v1/completions", "/v1/embeddings",
+                  "/v1/openai/v1/chat/", "/v1/openai/v1/completions", "/v1/openai/v1/embeddings"),
+    "safety": ("/v1/safety/", "/v1/moderations", "/v1/openai/v1/moderations"),
+    "agents": ("/v1/agents", "/v1/responses", "/v1/openai/v1/responses"),
+    "vector_io": ("/v1/vector-io/", "/v1/vector_stores", "/v1/openai/v1/vector_stores", "/v1/vector-dbs"),
+    "telemetry": ("/v1/telemetry/",),
+    "tool_runtime": ("/v1/tool-runtime/",),
+    "files": ("/v1/files", "/v1/openai/v1/files"),
+    "datasetio": ("/v1/datasetio/",),
+    "scoring": ("/v1/scoring/",),
+    "eval": ("/v1/eval/",),
+    "post_training": ("/v1/post-training/",),
+}
+
+
+def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        for api, why in missing.items():
+            if any(path.startswith(prefix) for prefix in API_PREFIXES.get(api, ())):
+                raise NotImplementedByProvider(f"the {api} API is not available in this server: {why}")
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def dispatch_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    stack = request.app[STACK]
+    admission = await stack.dispatcher.admit(
+        RequestInfo(
+            method=request.method,
+            path=request.path,
+            headers=request.headers,
+            query={k: request.query.getall(k) for k in request.query},
+            client_address=request.remote,
+        )
+    )
+    request[CALLER] = admission.caller
+    response = await handler(request)
+    if admission.headers and not response.prepared:
+        response.headers.update(admission.headers)
+    return response
+
+
+def create_app(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) -> web.Application:
+    """The application for ``loaded``. The stack opens when the app starts and closes when it stops."""
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    if loaded.missing_apis:
+        middlewares.append(_missing_api_middleware(loaded.missing_apis))
+    middlewares.append(dispatch_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=loaded.run.server.max_body_bytes)
+    app[CONFIG] = loaded
+    app[STARTED_AT] = time.time()
+    app[MAX_BODY] = loaded.run.server.max_body_bytes
+
+    async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_stack(loaded, dispatcher=dispatcher) as stack:
+            app[STACK] = stack
+            yield
+
+    app.cleanup_ctx.append(stack_ctx)
+    app.router.add_routes(routes_meta.routes)
+    app.router.add_routes(routes_resources.routes)
+    app.router.add_routes(routes_openai.routes)
+    try:
+        from stackd.server import routes_native
+    except ImportError:
+        routes_native = None  # type: ignore[assignment]
+    if routes_native is not None:
+        app.router.add_routes(routes_native.routes)
+    return app

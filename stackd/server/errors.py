@@ -1,0 +1,67 @@
+"""Every error leaves the server in the one shape of :mod:`stackd.errors`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from stackd.errors import MethodNotAllowed, NotFound, PayloadTooLarge, StackdError
+from stackd.server.keys import MAX_BODY
+
+__all__ = ["error_middleware", "error_response"]
+
+log = logging.getLogger("stackd.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: StackdError) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        body=orjson.dumps(exc.body()),
+        content_type="application/json",
+        headers=exc.headers,
+    )
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> StackdError:
+    if exc.status == 404:
+        return NotFound(f"no route {request.method} {request.path}; GET /v1/inspect/routes lists the routes")
+    if exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        err: StackdError = MethodNotAllowed(f"{request.method} is not allowed on {request.path}"
+                                            + (f"; use {allowed}" if allowed else ""))
+        if allowed:
+            err.headers["Allow"] = allowed
+        return err
+    if exc.status == 413:
+        return PayloadTooLarge(f"request body too large (limit {request.app[MAX_BODY]} bytes; "
+                               "raise server.max_body_bytes to allow more)")
+    generic = StackdError(exc.reason or "error")
+    generic.status = exc.status  # type: ignore[misc]
+    generic.type = "http_error"  # type: ignore[misc]
+    return generic
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StackdError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http(exc, request))
+    except (ConnectionResetError, OSError) as exc:
+        # The client went away; nothing can be sent.
+        log.debug("client connection lost on %s: %s", request.path, exc)
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(StackdError("internal server error; the server log has the details"))

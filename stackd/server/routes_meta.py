@@ -1,0 +1,102 @@
+"""Health, version, providers and inspect."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+import stackd
+from stackd.convert import converter
+from stackd.errors import NotFound
+from stackd.server.http import json_response
+from stackd.server.keys import CONFIG, STACK
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/health")
+async def health(request: web.Request) -> web.Response:
+    stack = request.app.get(STACK)
+    if stack is None:
+        return json_response({"status": "Error", "message": "starting"}, status=503)
+    loading = sorted(pid for pid, ok in stack.ready().items() if not ok)
+    if loading:
+        return json_response(
+            {"status": "Error", "message": f"not ready: loading {', '.join(loading)}"}, status=503,
+            headers={"Retry-After": "5"},
+        )
+    return json_response({"status": "OK"})
+
+
+@routes.get("/v1/version")
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": stackd.__version__})
+
+
+async def _health_of(impl: Any) -> dict[str, Any]:
+    check = getattr(impl, "health", None)
+    if check is None:
+        return {"status": "Not Implemented", "message": "the provider has no health check"}
+    try:
+        result = await asyncio.wait_for(check(), timeout=2.0)
+    except asyncio.TimeoutError:
+        return {"status": "Error", "message": "health check timed out after 2 s"}
+    except Exception as exc:  # noqa: BLE001 - a failing check is a health status, not a 500
+        return {"status": "Error", "message": str(getattr(exc, "message", exc))}
+    return dict(result)
+
+
+async def _provider_info(request: web.Request, provider_id: str) -> dict[str, Any]:
+    loaded = request.app[CONFIG]
+    p = loaded.providers[provider_id]
+    return {
+        "api": p.api,
+        "provider_id": p.provider_id,
+        "provider_type": p.provider_type,
+        # Unstructuring masks every Secret field, so keys never leave the server.
+        "config": converter.unstructure(p.config),
+        "health": await _health_of(request.app[STACK].providers[provider_id]),
+    }
+
+
+@routes.get("/v1/providers")
+async def list_providers(request: web.Request) -> web.Response:
+    ids = list(request.app[CONFIG].providers)
+    data = await asyncio.gather(*(_provider_info(request, pid) for pid in ids))
+    return json_response({"data": list(data)})
+
+
+@routes.get("/v1/providers/{provider_id}")
+async def get_provider(request: web.Request) -> web.Response:
+    provider_id = request.match_info["provider_id"]
+    if provider_id not in request.app[CONFIG].providers:
+        raise NotFound(f"provider {provider_id!r} not found; GET /v1/providers lists them")
+    return json_response(await _provider_info(request, provider_id))
+
+
+@routes.get("/v1/inspect/routes")
+async def inspect_routes(request: web.Request) -> web.Response:
+    loaded = request.app[CONFIG]
+    types_by_api: dict[str, list[str]] = {}
+    for p in loaded.providers.values():
+        types_by_api.setdefault(p.api, []).append(p.provider_type)
+    data = []
+    for resource in request.app.router.resources():
+        info = resource.get_info()
+        path = info.get("path") or info.get("formatter")
+        if not path:
+            continue
+        for route in resource:
+            if route.method == "HEAD":
+                continue
+            api = route.handler.__dict__.get("stackd_api") if hasattr(route.handler, "__dict__") else None
+            data.append({
+                "route": path,
+                "method": route.method,
+                "provider_types": sorted(set(types_by_api.get(api, []))) if api else [],
+            })
+    return json_response({"data": data})

@@ -1,0 +1,108 @@
+"""Models and shields: list, get, register, unregister. Model routes serve both clients at once."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from aiohttp import web
+
+from stackd.apis.models import Model
+from stackd.convert import structure
+from stackd.server.http import json_response, read_json
+from stackd.server.keys import CALLER, STACK, STARTED_AT
+
+__all__ = ["routes", "model_json"]
+
+routes = web.RouteTableDef()
+
+
+
+@attrs.frozen
+class RegisterModelRequest:
+    model_id: str
+    provider_model_id: str | None = None
+    provider_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    model_type: Literal["llm", "embedding"] = "llm"
+
+
+@attrs.frozen
+class RegisterShieldRequest:
+    shield_id: str
+    provider_shield_id: str | None = None
+    provider_id: str | None = None
+    params: dict[str, Any] | None = None
+
+
+def model_json(model: Model, created: int) -> dict[str, Any]:
+    body = model.to_json()
+    # OpenAI's fields beside Llama Stack's, so `openai` and `llama-stack-client` both parse it.
+    body.update({"id": model.identifier, "object": "model", "created": created, "owned_by": model.provider_id})
+    return body
+
+
+def _created(request: web.Request) -> int:
+    return int(request.app[STARTED_AT])
+
+
+@routes.get("/v1/models")
+@routes.get("/v1/openai/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    models = request.app[STACK].registry.list_models(request[CALLER])
+    created = _created(request)
+    return json_response({"object": "list", "data": [model_json(m, created) for m in models]})
+
+
+@routes.get("/v1/models/{model_id:.+}")
+@routes.get("/v1/openai/v1/models/{model_id:.+}")
+async def get_model(request: web.Request) -> web.Response:
+    model = await request.app[STACK].registry.get_model(request.match_info["model_id"], request[CALLER])
+    return json_response(model_json(model, _created(request)))
+
+
+@routes.post("/v1/models")
+async def register_model(request: web.Request) -> web.Response:
+    body = structure(await read_json(request), RegisterModelRequest)
+    model = await request.app[STACK].registry.register_model(
+        request[CALLER],
+        body.model_id,
+        provider_model_id=body.provider_model_id,
+        provider_id=body.provider_id,
+        model_type=body.model_type,
+        metadata=body.metadata,
+    )
+    return json_response(model_json(model, _created(request)))
+
+
+@routes.delete("/v1/models/{model_id:.+}")
+async def unregister_model(request: web.Request) -> web.Response:
+    await request.app[STACK].registry.unregister_model(request.match_info["model_id"], request[CALLER])
+    return json_response(None)
+
+
+@routes.get("/v1/shields")
+async def list_shields(request: web.Request) -> web.Response:
+    shields = request.app[STACK].registry.list_shields(request[CALLER])
+    return json_response({"data": [s.to_json() for s in shields]})
+
+
+@routes.get("/v1/shields/{shield_id:.+}")
+async def get_shield(request: web.Request) -> web.Response:
+    shield = await request.app[STACK].registry.get_shield(request.match_info["shield_id"], request[CALLER])
+    return json_response(shield.to_json())
+
+
+@routes.post("/v1/shields")
+async def register_shield(request: web.Request) -> web.Response:
+    body = structure(await read_json(request), RegisterShieldRequest)
+    shield = await request.app[STACK].registry.register_shield(
+        request[CALLER], body.shield_id, body.provider_shield_id, body.provider_id, body.params
+    )
+    return json_response(shield.to_json())
+
+
+@routes.delete("/v1/shields/{shield_id:.+}")
+async def unregister_shield(request: web.Request) -> web.Response:
+    await request.app[STACK].registry.unregister_shield(request.match_info["shield_id"], request[CALLER])
+    return json_response(None)

@@ -1,0 +1,97 @@
+"""The running stack: stores, providers, registry, routers and dispatcher, opened and closed together."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stackd.config.loader import LoadedConfig
+from stackd.config.stores import SqliteStoreConfig, StoreConfig
+from stackd.dispatch import Dispatcher
+from stackd.kvstore import KVStore, open_kvstore
+from stackd.providers.resolver import build_providers
+from stackd.registry import Registry
+from stackd.routing import InferenceRouter, SafetyRouter
+
+__all__ = ["Stack", "open_stack", "state_dir"]
+
+log = logging.getLogger("stackd")
+
+
+def state_dir() -> Path:
+    """Where stackd keeps its files: ``$STACKD_HOME``, else ``~/.stackd``."""
+    return Path(os.environ.get("STACKD_HOME") or Path.home() / ".stackd").expanduser()
+
+
+@attrs.define
+class Stack:
+    loaded: LoadedConfig
+    metadata: KVStore
+    registry: Registry
+    providers: dict[str, Any]
+    inference: InferenceRouter
+    safety: SafetyRouter
+    dispatcher: Dispatcher
+    inference_store: Any = None
+
+    def ready(self) -> dict[str, bool]:
+        out = {}
+        for pid, impl in self.providers.items():
+            is_ready = getattr(impl, "is_ready", None)
+            out[pid] = bool(is_ready()) if is_ready is not None else True
+        return out
+
+
+def _default_store(config: StoreConfig | None, name: str, filename: str) -> StoreConfig:
+    if config is not None:
+        return config
+    return SqliteStoreConfig(db_path=state_dir() / name / filename)
+
+
+@contextlib.asynccontextmanager
+async def open_stack(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) -> AsyncIterator[Stack]:
+    run = loaded.run
+    async with contextlib.AsyncExitStack() as exits:
+        metadata = await open_kvstore(_default_store(run.metadata_store, run.name, "registry.db"))
+        exits.push_async_callback(metadata.close)
+
+        store_hook, assemble, inference_store = None, None, None
+        if "inference" in loaded.served_apis():
+            inference_store, store_hook, assemble = await _open_inference_store(loaded, exits)
+
+        providers: dict[str, Any] = {}
+        provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
+        registry = Registry(metadata, providers, provider_apis)
+        inference = InferenceRouter(registry, providers, store_hook, assemble)
+        safety = SafetyRouter(registry, providers)
+        routers = {"inference": inference, "safety": safety}
+        providers.update(await build_providers(loaded.providers, routers, exits))
+        await registry.reconcile(loaded.models, loaded.shields)
+
+        if dispatcher is None:
+            dispatcher = Dispatcher(route_policy=list(run.server.route_policy))
+        yield Stack(loaded, metadata, registry, providers, inference, safety, dispatcher, inference_store)
+
+
+async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> tuple[Any, Any, Any]:
+    try:
+        from stackd.inference_store import InferenceStoreWriter, assemble_chat_stream, open_inference_store
+    except ImportError:  # the store package is optional while it is being built
+        return None, None, None
+    config = _default_store(loaded.run.inference_store, loaded.run.name, "inference_store.db")
+    store = await open_inference_store(config)
+    exits.push_async_callback(store.close)
+    writer = InferenceStoreWriter(store)
+    await writer.start() if hasattr(writer, "start") else None
+    exits.push_async_callback(writer.aclose)
+
+    def hook(completion: dict[str, Any], messages: list[Any]) -> None:
+        writer.submit(completion, messages)
+
+    return store, hook, assemble_chat_stream
