@@ -127,9 +127,10 @@ class FakeOllama:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        assert server is not None and getattr(server, "sockets", None)
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # Port 0 means "any free port": ask the listening socket which one it got.
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets
+        self.port = int(sockets[0].getsockname()[1])
         return self
 
     async def stop(self) -> None:
@@ -145,12 +146,15 @@ class FakeOllama:
 
     # --- test helpers -------------------------------------------------------------------------
 
-    def answer_once(self, path: str, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def answer_once(
+        self, path: str, status: int, body: bytes, content_type: str = "application/json"
+    ) -> None:
         """Answer the next request to ``path`` with exactly this, whatever it asks."""
         self._canned[path] = (status, body, content_type)
 
-    async def wait_disconnect(self, timeout: float = 5.0) -> None:
-        await asyncio.wait_for(self._disconnected.wait(), timeout)
+    async def wait_disconnect(self, within: float = 5.0) -> None:
+        """Until a client has gone away mid-stream (raises TimeoutError after ``within`` s)."""
+        await asyncio.wait_for(self._disconnected.wait(), within)
 
     def bodies(self, path: str) -> list[Any]:
         return [body for p, body in self.requests if p == path]
@@ -181,7 +185,9 @@ class FakeOllama:
             return None, _error(400, "json: cannot unmarshal array into Go value of type api.Request")
         return body, None
 
-    def _model_or_error(self, body: Mapping[str, Any], capability: str) -> tuple[FakeModel | None, web.Response | None]:
+    def _model_or_error(
+        self, body: Mapping[str, Any], capability: str
+    ) -> tuple[FakeModel | None, web.Response | None]:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             return None, _error(400, "model is required")
@@ -339,9 +345,12 @@ class FakeOllama:
             prompt_tokens += _count(str(msg.get("content") or ""))
         fmt = body.get("format")
         if fmt is not None and fmt != "json" and not isinstance(fmt, dict):
-            return _error(400, f"invalid format: {orjson.dumps(fmt).decode()}; expected \"json\" or a valid JSON schema")
+            return _error(
+                400, f'invalid format: {orjson.dumps(fmt).decode()}; expected "json" or a valid JSON schema'
+            )
         name = body["model"]
         use_tools = bool(body.get("tools")) and self.tool_calls is not None
+        tokens: list[str]
         if use_tools:
             tokens, reason = [], "stop"
         else:
@@ -365,10 +374,14 @@ class FakeOllama:
             return _json(final)
         lines: list[dict[str, Any]] = []
         if self.thinking:
-            lines.append(self._chat_line(name, {"role": "assistant", "content": "", "thinking": self.thinking}))
+            lines.append(
+                self._chat_line(name, {"role": "assistant", "content": "", "thinking": self.thinking})
+            )
         lines += [self._chat_line(name, {"role": "assistant", "content": t}) for t in tokens]
         if use_tools:
-            lines.append(self._chat_line(name, {"role": "assistant", "content": "", "tool_calls": self.tool_calls}))
+            lines.append(
+                self._chat_line(name, {"role": "assistant", "content": "", "tool_calls": self.tool_calls})
+            )
         lines.append(final)
         return await self._stream(request, lines)
 
@@ -381,7 +394,7 @@ class FakeOllama:
         if err is not None:
             return err
         assert body is not None
-        model, err = self._model_or_error(body, "completion")
+        _, err = self._model_or_error(body, "completion")
         if err is not None:
             return err
         name = body["model"]
@@ -394,7 +407,9 @@ class FakeOllama:
         if not prompt:
             # An empty prompt only loads (or, with keep_alive 0, unloads) the model.
             reason = "unload" if body.get("keep_alive") in (0, "0") else "load"
-            return _json({"model": name, "created_at": _now(), "response": "", "done": True, "done_reason": reason})
+            return _json(
+                {"model": name, "created_at": _now(), "response": "", "done": True, "done_reason": reason}
+            )
         tokens, reason = self._answer_tokens(body)
         final: dict[str, Any] = {
             "model": name,
@@ -468,14 +483,17 @@ async def _serve(fake: FakeOllama) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stackd.testing.fake_ollama", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stackd.testing.fake_ollama", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument(
         "--model",
         action="append",
         metavar="NAME[=DIMS]",
-        help="a pulled model; NAME=DIMS makes an embedding model (repeatable; default llama3.2:latest, all-minilm=8)",
+        help="a pulled model; NAME=DIMS makes an embedding model "
+        "(repeatable; default llama3.2:latest, all-minilm=8)",
     )
     parser.add_argument("--reply", default=None, help="the text every completion answers")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between stream lines")

@@ -33,9 +33,18 @@ def chat(**extra: Any) -> dict[str, Any]:
 async def test_options_map_into_ollama_options(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
     await provider.openai_chat_completion(
         chat(
-            temperature=0.2, top_p=0.9, top_k=40, max_tokens=50, stop="\n", seed=7,
-            frequency_penalty=0.5, presence_penalty=0.25, min_p=0.05, num_ctx=4096,
-            user="someone", parallel_tool_calls=True,
+            temperature=0.2,
+            top_p=0.9,
+            top_k=40,
+            max_tokens=50,
+            stop="\n",
+            seed=7,
+            frequency_penalty=0.5,
+            presence_penalty=0.25,
+            min_p=0.05,
+            num_ctx=4096,
+            user="someone",
+            parallel_tool_calls=True,
         ),
         ctx,
     )
@@ -43,13 +52,23 @@ async def test_options_map_into_ollama_options(provider: Any, fake: FakeOllama, 
     assert body["model"] == "llama3.2"
     assert body["stream"] is False
     assert body["options"] == {
-        "temperature": 0.2, "top_p": 0.9, "top_k": 40, "num_predict": 50, "stop": ["\n"], "seed": 7,
-        "frequency_penalty": 0.5, "presence_penalty": 0.25, "min_p": 0.05, "num_ctx": 4096,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "top_k": 40,
+        "num_predict": 50,
+        "stop": ["\n"],
+        "seed": 7,
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.25,
+        "min_p": 0.05,
+        "num_ctx": 4096,
     }
     assert "format" not in body and "tools" not in body and "keep_alive" not in body
 
 
-async def test_max_completion_tokens_wins_and_options_passthrough(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
+async def test_max_completion_tokens_wins_and_options_passthrough(
+    provider: Any, fake: FakeOllama, ctx: CallContext
+) -> None:
     await provider.openai_chat_completion(
         chat(max_tokens=10, max_completion_tokens=20, stop=["a", "b"], options={"repeat_penalty": 1.1}), ctx
     )
@@ -106,12 +125,18 @@ async def test_messages_images_tools_round_trip(provider: Any, fake: FakeOllama,
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Tokyo"}'}}
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Tokyo"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "11 degrees"}]},
     ]
-    await provider.openai_chat_completion({"model": "llama3.2", "messages": messages, "tools": [WEATHER_TOOL]}, ctx)
+    await provider.openai_chat_completion(
+        {"model": "llama3.2", "messages": messages, "tools": [WEATHER_TOOL]}, ctx
+    )
     (body,) = fake.bodies("/api/chat")
     assert body["messages"] == [
         {"role": "system", "content": "be brief"},
@@ -119,7 +144,9 @@ async def test_messages_images_tools_round_trip(provider: Any, fake: FakeOllama,
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"id": "call_1", "function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}],
+            "tool_calls": [
+                {"id": "call_1", "function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}
+            ],
         },
         {"role": "tool", "content": "11 degrees", "tool_call_id": "call_1", "tool_name": "get_weather"},
     ]
@@ -164,7 +191,13 @@ async def test_ollama_tool_call_id_is_kept(provider: Any, fake: FakeOllama, ctx:
     [
         ({"type": "json_object"}, "json"),
         (
-            {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"answer": {"type": "string"}}}}},
+            {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "a",
+                    "schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+                },
+            },
             {"type": "object", "properties": {"answer": {"type": "string"}}},
         ),
         ({"type": "text"}, None),
@@ -218,10 +251,15 @@ async def test_stream_tool_calls(provider: Any, fake: FakeOllama, ctx: CallConte
         {"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}},
         {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
     ]
-    chunks = await collect(await provider.openai_chat_completion(chat(stream=True, tools=[WEATHER_TOOL]), ctx))
+    chunks = await collect(
+        await provider.openai_chat_completion(chat(stream=True, tools=[WEATHER_TOOL]), ctx)
+    )
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert [tc["index"] for tc in calls] == [0, 1]
-    assert [orjson.loads(tc["function"]["arguments"]) for tc in calls] == [{"city": "Tokyo"}, {"city": "Paris"}]
+    assert [orjson.loads(tc["function"]["arguments"]) for tc in calls] == [
+        {"city": "Tokyo"},
+        {"city": "Paris"},
+    ]
     assert all(tc["type"] == "function" and tc["id"].startswith("call_") for tc in calls)
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
@@ -239,13 +277,24 @@ async def test_stream_thinking_delta(provider: Any, fake: FakeOllama, ctx: CallC
         ({"logprobs": True}, "$.logprobs", "logprobs are not supported"),
         ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "$.tool_choice", "cannot force a tool call"),
         ({"tools": [{"type": "code_interpreter"}]}, "$.tools[0].type", "only function tools"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "$.response_format.json_schema.schema", "needs its JSON schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "$.response_format.json_schema.schema",
+            "needs its JSON schema",
+        ),
         ({"response_format": {"type": "yaml"}}, "$.response_format.type", "unknown response format"),
         ({"stop": [1]}, "$.stop", "expected a string or a list of strings"),
         ({"messages": []}, "$.messages", "non-empty list"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "$.messages[0].role", "unknown role"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+                    }
+                ]
+            },
             "$.messages[0].content[0].image_url.url",
             "data:image/...;base64",
         ),
@@ -255,7 +304,16 @@ async def test_stream_thinking_delta(provider: Any, fake: FakeOllama, ctx: CallC
             "'input_audio' is not supported",
         ),
         (
-            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+                        ],
+                    }
+                ]
+            },
             "$.messages[0].tool_calls[0].function.arguments",
             "JSON object encoded as a string",
         ),

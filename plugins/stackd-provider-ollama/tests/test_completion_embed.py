@@ -17,20 +17,34 @@ from .conftest import collect, make_provider
 
 async def test_completion_maps_to_generate_raw(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
     result = await provider.openai_completion(
-        {"model": "llama3.2", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0, "stop": ["\n\n"]}, ctx
+        {
+            "model": "llama3.2",
+            "prompt": "Once upon a time",
+            "max_tokens": 4,
+            "temperature": 0,
+            "stop": ["\n\n"],
+        },
+        ctx,
     )
     (body,) = fake.bodies("/api/generate")
     assert body == {
-        "model": "llama3.2", "stream": False, "prompt": "Once upon a time", "raw": True,
+        "model": "llama3.2",
+        "stream": False,
+        "prompt": "Once upon a time",
+        "raw": True,
         "options": {"temperature": 0, "num_predict": 4, "stop": ["\n\n"]},
     }
     assert result["id"].startswith("cmpl-") and result["object"] == "text_completion"
     assert result["model"] == "llama3.2"
-    assert result["choices"] == [{"index": 0, "text": "The sky is blue", "finish_reason": "length", "logprobs": None}]
+    assert result["choices"] == [
+        {"index": 0, "text": "The sky is blue", "finish_reason": "length", "logprobs": None}
+    ]
     assert result["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
 
 
-async def test_completion_templated_when_configured_or_with_suffix(fake: FakeOllama, ctx: CallContext) -> None:
+async def test_completion_templated_when_configured_or_with_suffix(
+    fake: FakeOllama, ctx: CallContext
+) -> None:
     prov = await make_provider({"url": fake.url, "raw_completions": False})
     try:
         await prov.openai_completion({"model": "llama3.2", "prompt": ["hi"]}, ctx)
@@ -40,7 +54,9 @@ async def test_completion_templated_when_configured_or_with_suffix(fake: FakeOll
 
 
 async def test_suffix_turns_default_raw_off(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
-    result = await provider.openai_completion({"model": "llama3.2", "prompt": "def f(", "suffix": "return x"}, ctx)
+    result = await provider.openai_completion(
+        {"model": "llama3.2", "prompt": "def f(", "suffix": "return x"}, ctx
+    )
     body = fake.bodies("/api/generate")[0]
     assert body["suffix"] == "return x" and "raw" not in body
     assert result["choices"][0]["finish_reason"] == "stop"
@@ -48,7 +64,8 @@ async def test_suffix_turns_default_raw_off(provider: Any, fake: FakeOllama, ctx
 
 async def test_completion_stream(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
     stream = await provider.openai_completion(
-        {"model": "llama3.2", "prompt": "Why?", "stream": True, "stream_options": {"include_usage": True}}, ctx
+        {"model": "llama3.2", "prompt": "Why?", "stream": True, "stream_options": {"include_usage": True}},
+        ctx,
     )
     chunks = await collect(stream)
     assert all(c["object"] == "text_completion" for c in chunks)
@@ -68,7 +85,9 @@ async def test_completion_stream(provider: Any, fake: FakeOllama, ctx: CallConte
         ({"prompt": "x", "n": 2}, "$.n"),
     ],
 )
-async def test_completion_unsupported(provider: Any, ctx: CallContext, params: dict[str, Any], loc: str) -> None:
+async def test_completion_unsupported(
+    provider: Any, ctx: CallContext, params: dict[str, Any], loc: str
+) -> None:
     with pytest.raises(BadRequest) as info:
         await provider.openai_completion({"model": "llama3.2", **params}, ctx)
     assert info.value.errors[0].loc == loc
@@ -83,7 +102,9 @@ async def test_embeddings_list_and_usage(provider: Any, fake: FakeOllama, ctx: C
     assert result["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
 
 
-async def test_embeddings_string_dimensions_and_base64(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
+async def test_embeddings_string_dimensions_and_base64(
+    provider: Any, fake: FakeOllama, ctx: CallContext
+) -> None:
     floats = await provider.openai_embeddings({"model": "all-minilm", "input": "hi", "dimensions": 4}, ctx)
     packed = await provider.openai_embeddings(
         {"model": "all-minilm", "input": "hi", "dimensions": 4, "encoding_format": "base64"}, ctx

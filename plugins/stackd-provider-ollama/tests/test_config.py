@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from stackd_provider_ollama.config import DEFAULT_URL, OllamaConfig
 
 from stackd.convert import structure
 from stackd.errors import BadRequest
-from stackd_provider_ollama.config import DEFAULT_URL, OllamaConfig
 
 from .conftest import load_spec, make_provider
 

@@ -24,7 +24,9 @@ def chat(**extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_refused_is_503_naming_provider_and_url(closed_port: int, ctx: CallContext, stream: bool) -> None:
+async def test_refused_is_503_naming_provider_and_url(
+    closed_port: int, ctx: CallContext, stream: bool
+) -> None:
     prov = await make_provider({"url": f"http://127.0.0.1:{closed_port}"}, provider_id="gpu-ollama")
     try:
         with pytest.raises(UpstreamUnavailable) as info:
@@ -32,7 +34,10 @@ async def test_refused_is_503_naming_provider_and_url(closed_port: int, ctx: Cal
     finally:
         await prov.close()
     assert info.value.status == 503
-    assert f"provider 'gpu-ollama': cannot connect to http://127.0.0.1:{closed_port}/api/chat" in info.value.message
+    assert (
+        f"provider 'gpu-ollama': cannot connect to http://127.0.0.1:{closed_port}/api/chat"
+        in info.value.message
+    )
 
 
 async def test_slow_answer_is_504(fake: FakeOllama, ctx: CallContext) -> None:
@@ -63,7 +68,9 @@ async def test_stall_mid_stream_is_504_from_the_iterator(fake: FakeOllama, ctx: 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_model_not_found_is_404_naming_ollama_pull(provider: Any, ctx: CallContext, stream: bool) -> None:
+async def test_model_not_found_is_404_naming_ollama_pull(
+    provider: Any, ctx: CallContext, stream: bool
+) -> None:
     with pytest.raises(UpstreamClientError) as info:
         await provider.openai_chat_completion(chat(model="phi4", stream=stream), ctx)
     assert info.value.status == 404
@@ -71,7 +78,9 @@ async def test_model_not_found_is_404_naming_ollama_pull(provider: Any, ctx: Cal
     assert "`ollama pull phi4`" in info.value.message
 
 
-async def test_old_style_not_found_message_also_names_pull(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
+async def test_old_style_not_found_message_also_names_pull(
+    provider: Any, fake: FakeOllama, ctx: CallContext
+) -> None:
     fake.answer_once("/api/embed", 404, b'{"error":"model \\"nomic\\" not found, try pulling it first"}')
     with pytest.raises(UpstreamClientError) as info:
         await provider.openai_embeddings({"model": "nomic", "input": "x"}, ctx)
@@ -80,7 +89,14 @@ async def test_old_style_not_found_message_also_names_pull(provider: Any, fake: 
 
 
 async def test_ollama_400_passes_status_and_message(provider: Any, ctx: CallContext) -> None:
-    bad_image = chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}])
+    bad_image = chat(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}],
+            }
+        ]
+    )
     with pytest.raises(UpstreamClientError) as info:
         await provider.openai_chat_completion(bad_image, ctx)
     assert info.value.status == 400
@@ -118,7 +134,9 @@ async def test_non_json_answers_are_502(provider: Any, fake: FakeOllama, ctx: Ca
 
 
 async def test_ollama_queue_full_503(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
-    fake.answer_once("/api/generate", 503, b'{"error":"server busy, please try again.  maximum pending requests exceeded"}')
+    fake.answer_once(
+        "/api/generate", 503, b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+    )
     with pytest.raises(UpstreamUnavailable) as info:
         await provider.openai_completion({"model": "llama3.2", "prompt": "x"}, ctx)
     assert "maximum pending requests exceeded" in info.value.message
@@ -150,7 +168,9 @@ async def test_stream_ending_without_done_raises(provider: Any, fake: FakeOllama
     assert "ended the stream before its final (done) object" in info.value.message
 
 
-async def test_error_line_mid_stream_raises_its_message(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
+async def test_error_line_mid_stream_raises_its_message(
+    provider: Any, fake: FakeOllama, ctx: CallContext
+) -> None:
     fake.error_after = 2
     stream = await provider.openai_chat_completion(chat(stream=True), ctx)
     got: list[dict[str, Any]] = []
@@ -164,7 +184,9 @@ async def test_error_line_mid_stream_raises_its_message(provider: Any, fake: Fak
     assert [c["choices"][0]["delta"].get("content") for c in got] == ["", "The", " sky"]
 
 
-async def test_client_going_away_closes_the_upstream_request(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
+async def test_client_going_away_closes_the_upstream_request(
+    provider: Any, fake: FakeOllama, ctx: CallContext
+) -> None:
     fake.reply = " ".join(["word"] * 200)
     fake.chunk_delay = 0.01
     stream = await provider.openai_chat_completion(chat(stream=True), ctx)
@@ -176,7 +198,9 @@ async def test_client_going_away_closes_the_upstream_request(provider: Any, fake
     assert fake.disconnects == 1
 
 
-async def test_aclose_before_first_chunk_still_closes_upstream(provider: Any, fake: FakeOllama, ctx: CallContext) -> None:
+async def test_aclose_before_first_chunk_still_closes_upstream(
+    provider: Any, fake: FakeOllama, ctx: CallContext
+) -> None:
     fake.reply = " ".join(["word"] * 200)
     fake.chunk_delay = 0.01
     stream = await provider.openai_completion({"model": "llama3.2", "prompt": "go", "stream": True}, ctx)

@@ -11,8 +11,17 @@ import orjson
 
 async def test_fake_ollama_as_a_process(closed_port: int) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stackd.testing.fake_ollama", "--port", str(closed_port),
-        "--model", "tiny:1b", "--model", "embedder=4", "--reply", "hi there",
+        sys.executable,
+        "-m",
+        "stackd.testing.fake_ollama",
+        "--port",
+        str(closed_port),
+        "--model",
+        "tiny:1b",
+        "--model",
+        "embedder=4",
+        "--reply",
+        "hi there",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -23,7 +32,9 @@ async def test_fake_ollama_as_a_process(closed_port: int) -> None:
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{url}/api/tags") as resp:
                 names = [m["name"] for m in (await resp.json())["models"]]
-            async with session.post(f"{url}/api/chat", json={"model": "tiny:1b", "messages": [{"role": "user", "content": "x"}]}) as resp:
+            async with session.post(
+                f"{url}/api/chat", json={"model": "tiny:1b", "messages": [{"role": "user", "content": "x"}]}
+            ) as resp:
                 assert resp.content_type == "application/x-ndjson"
                 lines = [orjson.loads(raw) for raw in (await resp.read()).splitlines()]
             async with session.post(f"{url}/api/embed", json={"model": "embedder", "input": "x"}) as resp:

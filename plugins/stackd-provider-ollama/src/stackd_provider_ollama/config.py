@@ -44,5 +44,5 @@ class OllamaConfig:
 
     url: HttpUrl = attrs.field(factory=_default_url)
     keep_alive: str | int | None = None
-    timeout: Seconds = Seconds(300.0)
+    timeout: Seconds = Seconds(300.0)  # noqa: RUF009 - NewType call, no shared mutable default
     raw_completions: bool = True

@@ -79,7 +79,9 @@ class OllamaInferenceProvider:
             finally:
                 resp.release()
         if not isinstance(data, dict):
-            raise UpstreamBadResponse(f"provider {self.provider_id!r}: {url} answered JSON that is not an object")
+            raise UpstreamBadResponse(
+                f"provider {self.provider_id!r}: {url} answered JSON that is not an object"
+            )
         return data
 
     async def _get_json(self, path: str) -> Any:
@@ -98,7 +100,8 @@ class OllamaInferenceProvider:
         models = data.get("models") if isinstance(data, dict) else None
         if not isinstance(models, list):
             raise self._bad_answer("/api/tags", "without a models list")
-        return [m.get("model") or m.get("name") for m in models if isinstance(m, dict)]
+        names = [m.get("model") or m.get("name") for m in models if isinstance(m, dict)]
+        return [n for n in names if isinstance(n, str)]
 
     async def register_model(self, model: Model) -> Model:
         name = model.provider_resource_id

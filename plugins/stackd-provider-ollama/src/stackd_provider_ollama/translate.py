@@ -41,10 +41,26 @@ __all__ = [
 # extra fields of an OpenAI request; they move into Ollama's ``options`` object.
 OLLAMA_OPTION_NAMES = frozenset(
     {
-        "num_keep", "num_predict", "top_k", "min_p", "typical_p", "repeat_last_n",
-        "repeat_penalty", "penalize_newline", "num_ctx", "num_batch", "num_gpu", "main_gpu",
-        "use_mmap", "num_thread", "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z",
-        "draft_num_predict", "numa",
+        "num_keep",
+        "num_predict",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_last_n",
+        "repeat_penalty",
+        "penalize_newline",
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "num_thread",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+        "draft_num_predict",
+        "numa",
     }
 )
 
@@ -112,7 +128,7 @@ def _format(params: Mapping[str, Any]) -> Any:
     if response_format is None:
         return None
     if not isinstance(response_format, Mapping):
-        raise _bad("$.response_format", "expected a mapping like {\"type\": \"json_object\"}")
+        raise _bad("$.response_format", 'expected a mapping like {"type": "json_object"}')
     kind = response_format.get("type")
     if kind in (None, "text"):
         return None
@@ -127,7 +143,9 @@ def _format(params: Mapping[str, Any]) -> Any:
                 "a json_schema response format needs its JSON schema object here",
             )
         return schema
-    raise _bad("$.response_format.type", f"unknown response format {kind!r}; use text, json_object or json_schema")
+    raise _bad(
+        "$.response_format.type", f"unknown response format {kind!r}; use text, json_object or json_schema"
+    )
 
 
 def _common(params: Mapping[str, Any], keep_alive: str | int | None, *, stream: bool) -> dict[str, Any]:
@@ -180,7 +198,7 @@ def _content(content: Any, loc: str, images: list[str] | None) -> str:
     for i, part in enumerate(content):
         ploc = f"{loc}[{i}]"
         if not isinstance(part, Mapping):
-            raise _bad(ploc, "expected a content part like {\"type\": \"text\", \"text\": ...}")
+            raise _bad(ploc, 'expected a content part like {"type": "text", "text": ...}')
         kind = part.get("type")
         if kind == "text":
             text = part.get("text")
@@ -222,7 +240,10 @@ def _chat_messages(messages: Any) -> list[dict[str, Any]]:
             out.append({"role": "system", "content": _content(msg.get("content"), f"{loc}.content", None)})
         elif role == "user":
             images: list[str] = []
-            item: dict[str, Any] = {"role": "user", "content": _content(msg.get("content"), f"{loc}.content", images)}
+            item: dict[str, Any] = {
+                "role": "user",
+                "content": _content(msg.get("content"), f"{loc}.content", images),
+            }
             if images:
                 item["images"] = images
             out.append(item)
@@ -230,7 +251,9 @@ def _chat_messages(messages: Any) -> list[dict[str, Any]]:
             item = {"role": "assistant", "content": _content(msg.get("content"), f"{loc}.content", None)}
             calls = msg.get("tool_calls")
             if calls:
-                item["tool_calls"] = [_ollama_tool_call(c, f"{loc}.tool_calls[{j}]", tool_names) for j, c in enumerate(calls)]
+                item["tool_calls"] = [
+                    _ollama_tool_call(c, f"{loc}.tool_calls[{j}]", tool_names) for j, c in enumerate(calls)
+                ]
             out.append(item)
         elif role == "tool":
             item = {"role": "tool", "content": _content(msg.get("content"), f"{loc}.content", None)}
@@ -241,19 +264,24 @@ def _chat_messages(messages: Any) -> list[dict[str, Any]]:
                     item["tool_name"] = tool_names[call_id]
             out.append(item)
         else:
-            raise _bad(f"{loc}.role", f"unknown role {role!r}; use system, developer, user, assistant or tool")
+            raise _bad(
+                f"{loc}.role", f"unknown role {role!r}; use system, developer, user, assistant or tool"
+            )
     return out
 
 
 def _ollama_tool_call(call: Any, loc: str, tool_names: dict[str, str]) -> dict[str, Any]:
     if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
-        raise _bad(loc, "expected a tool call like {\"id\", \"type\": \"function\", \"function\": {...}}")
+        raise _bad(loc, 'expected a tool call like {"id", "type": "function", "function": {...}}')
     fn = call["function"]
     name = fn.get("name")
     if not isinstance(name, str):
         raise _bad(f"{loc}.function.name", "expected the function name")
     out: dict[str, Any] = {
-        "function": {"name": name, "arguments": _arguments_object(fn.get("arguments"), f"{loc}.function.arguments")}
+        "function": {
+            "name": name,
+            "arguments": _arguments_object(fn.get("arguments"), f"{loc}.function.arguments"),
+        }
     }
     call_id = call.get("id")
     if isinstance(call_id, str):
@@ -269,7 +297,7 @@ def _tools(params: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         return None
     if choice not in (None, "auto"):
         # Ollama has no way to force a tool call; pretending would silently change the contract.
-        raise _bad("$.tool_choice", "Ollama cannot force a tool call: use tool_choice \"auto\" or \"none\"")
+        raise _bad("$.tool_choice", 'Ollama cannot force a tool call: use tool_choice "auto" or "none"')
     if not isinstance(tools, list):
         raise _bad("$.tools", "expected a list of tools")
     out: list[dict[str, Any]] = []
@@ -391,7 +419,8 @@ def completion_request(
     if not isinstance(prompt, str):
         raise _bad(
             "$.prompt",
-            f"{provider_type} takes one prompt string per request (lists of prompts and token ids are not supported)",
+            f"{provider_type} takes one prompt string per request "
+            "(lists of prompts and token ids are not supported)",
         )
     body = _common(params, keep_alive, stream=bool(params.get("stream")))
     body["prompt"] = prompt
@@ -428,7 +457,9 @@ def completion_response(data: Mapping[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def completion_chunk(cid: str, created: int, model: str, text: str, finish: str | None = None) -> dict[str, Any]:
+def completion_chunk(
+    cid: str, created: int, model: str, text: str, finish: str | None = None
+) -> dict[str, Any]:
     return {
         "id": cid,
         "object": "text_completion",
@@ -447,12 +478,15 @@ def embeddings_request(params: Mapping[str, Any], keep_alive: str | int | None) 
     if isinstance(inp, list):
         for i, item in enumerate(inp):
             if not isinstance(item, str):
-                raise _bad(f"$.input[{i}]", "Ollama embeds text only: expected a string (token ids are not supported)")
+                raise _bad(
+                    f"$.input[{i}]",
+                    "Ollama embeds text only: expected a string (token ids are not supported)",
+                )
     elif not isinstance(inp, str):
         raise _bad("$.input", "expected a string or a list of strings")
     encoding = params.get("encoding_format")
     if encoding not in (None, "float", "base64"):
-        raise _bad("$.encoding_format", "expected \"float\" or \"base64\"")
+        raise _bad("$.encoding_format", 'expected "float" or "base64"')
     body: dict[str, Any] = {"model": params["model"], "input": inp}
     ka = params.get("keep_alive", keep_alive)
     if ka is not None:
