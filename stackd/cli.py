@@ -1,0 +1,233 @@
+"""``stackd serve|validate|providers|version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+import stackd
+from stackd.config.loader import ConfigError, LoadedConfig, Problem, load_config
+from stackd.providers.discovery import Catalog, PluginLoadError
+
+__all__ = ["main"]
+
+DEFAULT_PORT = 8321
+EXIT_CONFIG = 2
+EXIT_START = 1
+
+log = logging.getLogger("stackd")
+
+
+def _starter_path() -> Path:
+    return Path(str(files("stackd").joinpath("starter.yaml")))
+
+
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"stackd: --env expects KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    extra = _parse_env(args.env or [])
+    os.environ.update(extra)  # --env sets a variable first, for the config and for plugins alike
+    path = Path(args.config) if args.config else _starter_path()
+    try:
+        loaded = load_config(path, skip_missing_apis=getattr(args, "skip_missing_apis", False))
+    except ConfigError as exc:
+        _print_problems("warning", exc.warnings)
+        _print_problems("error", exc.problems)
+        print(f"stackd: {path}: {len(exc.problems)} error(s); nothing was started", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    _print_problems("warning", loaded.warnings)
+    return loaded
+
+
+def _print_problems(kind: str, problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(f"{kind}: {problem}", file=sys.stderr)
+
+
+def _port(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    if args.port is not None:
+        return int(args.port)
+    env_port = os.environ.get("STACKD_PORT")
+    if env_port:
+        try:
+            return int(env_port)
+        except ValueError:
+            raise SystemExit(f"stackd: STACKD_PORT must be a port number, got {env_port!r}") from None
+    return int(loaded.run.server.port)
+
+
+def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
+    server = loaded.run.server
+    if server.tls_certfile is None or server.tls_keyfile is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(server.tls_certfile), str(server.tls_keyfile))
+    if server.tls_cafile is not None:
+        ctx.load_verify_locations(cafile=str(server.tls_cafile))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from stackd.server import create_app
+
+    loaded = _load(args)
+    if loaded.missing_apis:
+        for api, why in sorted(loaded.missing_apis.items()):
+            print(f"stackd: NOT SERVING the {api} API: {why}; its routes answer 501", file=sys.stderr)
+    host = args.host or loaded.run.server.host
+    port = _port(args, loaded)
+    try:
+        ssl_ctx = _ssl_context(loaded)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"stackd: cannot use the TLS files of server.tls_*: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    scheme = "https" if ssl_ctx else "http"
+    shown_host = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+    url = f"{scheme}://{shown_host}:{port}"
+
+    def announce(_: str) -> None:
+        print(f"stackd {stackd.__version__} serving {loaded.run.name} on {url}", flush=True)
+        model = next((m.model_id for m in loaded.models if m.model_type == "llm"), None)
+        if model:
+            print(
+                f"try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+                f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+                flush=True,
+            )
+
+    app = create_app(loaded)
+    loop_factory: Any = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            ssl_context=ssl_ctx,
+            print=announce,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=10,
+            loop=loop,
+        )
+    except OSError as exc:
+        print(f"stackd: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_START
+    except Exception as exc:  # noqa: BLE001 - a failed start is reported, not dumped
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        log.debug("start-up failed", exc_info=True)
+        print(f"stackd: could not start: {message}", file=sys.stderr)
+        return EXIT_START
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    apis = ", ".join(loaded.served_apis()) or "none"
+    print(f"{args.config}: OK ({len(loaded.providers)} provider(s), {len(loaded.models)} model(s), "
+          f"{len(loaded.shields)} shield(s); APIs: {apis})")
+    return 0
+
+
+def _providers(args: argparse.Namespace) -> int:
+    catalog = Catalog.from_entry_points()
+    if not catalog.plugins:
+        print("no provider plugins are installed (pip install stackd-provider-<name>)")
+        return 0
+    for name in sorted(catalog.plugins):
+        plugin = catalog.plugins[name]
+        head = f"{name}  ({plugin.distribution} {plugin.version})"
+        try:
+            spec = plugin.load()
+        except PluginLoadError as exc:
+            print(f"{head}\n  BROKEN: {exc}\n")
+            continue
+        print(f"{head}\n  api: {spec.api}" + (f"  requires: {', '.join(spec.requires)}" if spec.requires else ""))
+        if spec.description:
+            print(f"  {spec.description}")
+        for field in attrs.fields(spec.config_class):
+            default = field.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                shown = "(computed)"
+            elif default is attrs.NOTHING:
+                shown = "(required)"
+            else:
+                shown = f"= {default!r}"
+            type_name = getattr(field.type, "__name__", None) or str(field.type)
+            print(f"  config.{field.name}: {type_name} {shown}")
+        print()
+    return 0
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(f"stackd {stackd.__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stackd", description="A fast Llama-Stack-style API server.")
+    parser.add_argument("--log-level", default=os.environ.get("STACKD_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a run config (the starter when none is given)")
+    serve.add_argument("config", nargs="?", help="run config YAML (default: the embedded llama.cpp starter)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int, help="overrides STACKD_PORT and server.port")
+    serve.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an environment variable first")
+    serve.add_argument("--skip-missing-apis", action="store_true",
+                       help="start without the APIs whose plugins are not installed (their routes answer 501)")
+    serve.set_defaults(func=_serve)
+
+    validate = sub.add_parser("validate", help="check a run config without starting anything")
+    validate.add_argument("config")
+    validate.add_argument("--env", action="append", metavar="KEY=VALUE")
+    validate.add_argument("--skip-missing-apis", action="store_true")
+    validate.set_defaults(func=_validate)
+
+    providers = sub.add_parser("providers", help="list the installed provider plugins")
+    providers.set_defaults(func=_providers)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
