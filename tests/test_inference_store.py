@@ -85,7 +85,19 @@ def pg_server() -> Iterator[PgServer]:
     )  # fmt: skip
     # -F: no fsync, the data dies with the test run anyway.
     options = f"-p {port} -h 127.0.0.1 -k {base} -F"
-    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "30", "-o", options, "start")
+    run(
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-w",
+        "-t",
+        "30",
+        "-o",
+        options,
+        "start",
+    )
     try:
         run(str(PG_BIN / "createdb"), "-h", str(base), "-p", str(port), "-U", "stackd", "stackd_test")
         yield PgServer("127.0.0.1", port, "stackd", password, "stackd_test")
@@ -111,7 +123,9 @@ def no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
         # asyncpg looks for client certificates in ~/.postgresql each time it opens a pool
         # connection (sslmode "prefer"): a few stat calls, outside our control, allowed here.
         for function in bb.functions.values():
-            function.can_block_in("asyncpg/connect_utils.py", ["_dot_postgresql_path", "_parse_connect_dsn_and_args"])
+            function.can_block_in(
+                "asyncpg/connect_utils.py", ["_dot_postgresql_path", "_parse_connect_dsn_and_args"]
+            )
         yield
 
 
@@ -154,8 +168,19 @@ def completion(cid: str, created: int = 1_700_000_000, model: str = "m1", text: 
 
 INPUTS = [
     {"role": "system", "content": "be brief"},
-    {"role": "user", "content": [{"type": "text", "text": "look: "}, {"type": "image_url", "image_url": {"url": "data:x"}}, {"type": "text", "text": "what?"}]},  # noqa: E501
-    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},  # noqa: E501
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "look: "},
+            {"type": "image_url", "image_url": {"url": "data:x"}},
+            {"type": "text", "text": "what?"},
+        ],
+    },
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+    },
     {"role": "tool", "tool_call_id": "c1", "content": "42"},
     {"role": "user", "content": "thanks", "name": "ann"},
 ]
@@ -207,7 +232,13 @@ async def test_same_id_replaces(store: InferenceStore) -> None:
 
 
 async def test_empty_list(store: InferenceStore) -> None:
-    assert await store.list() == {"object": "list", "data": [], "has_more": False, "first_id": "", "last_id": ""}
+    assert await store.list() == {
+        "object": "list",
+        "data": [],
+        "has_more": False,
+        "first_id": "",
+        "last_id": "",
+    }
 
 
 async def test_list_orders_by_created_then_id_and_pages_stably(store: InferenceStore) -> None:
@@ -233,7 +264,9 @@ async def test_list_orders_by_created_then_id_and_pages_stably(store: InferenceS
 
 async def test_list_model_filter(store: InferenceStore) -> None:
     for i in range(12):
-        await store.store(completion(f"c{i:02d}", created=2000 + i, model="big" if i % 3 == 0 else "small"), [])
+        await store.store(
+            completion(f"c{i:02d}", created=2000 + i, model="big" if i % 3 == 0 else "small"), []
+        )
     assert await page_through(store, 2, model="big") == ["c09", "c06", "c03", "c00"]
     assert await page_through(store, 3, model="small", order="asc") == [
         f"c{i:02d}" for i in range(12) if i % 3
@@ -273,7 +306,13 @@ async def test_messages_shape_and_paging(store: InferenceStore) -> None:
     assert page["last_id"] == "chatcmpl-m-4"
     data = page["data"]
     assert [m["id"] for m in data] == [f"chatcmpl-m-{i}" for i in range(5)]
-    assert data[0] == {"id": "chatcmpl-m-0", "role": "system", "content": "be brief", "content_parts": None, "name": None}
+    assert data[0] == {
+        "id": "chatcmpl-m-0",
+        "role": "system",
+        "content": "be brief",
+        "content_parts": None,
+        "name": None,
+    }
     assert data[1]["content"] == "look: what?"  # text of the parts; the parts themselves beside it
     assert data[1]["content_parts"] == INPUTS[1]["content"]
     assert data[2]["tool_calls"] == INPUTS[2]["tool_calls"]
@@ -351,7 +390,9 @@ async def test_sqlite_unusable_path_says_where(tmp_path: Path) -> None:
 
 
 async def test_config_from_yaml_shape_opens_the_right_backend(tmp_path: Path) -> None:
-    config = structure({"type": "sqlite", "db_path": str(tmp_path / "s.db")}, StoreConfig, "$.inference_store")
+    config = structure(
+        {"type": "sqlite", "db_path": str(tmp_path / "s.db")}, StoreConfig, "$.inference_store"
+    )
     s = await open_inference_store(config)
     await s.close()
     with pytest.raises(BadRequest) as info:
@@ -453,6 +494,8 @@ async def test_writer_batches_and_drains_on_aclose(store_config: StoreConfig) ->
 
 async def test_writer_reads_see_queued_writes(store: InferenceStore) -> None:
     writer = InferenceStoreWriter(store)
+    assert isinstance(writer, InferenceStore)  # the server can use it in place of the store
+    assert isinstance(store, InferenceStore)
     writer.submit(completion("fresh"), INPUTS)
     assert (await writer.get("fresh"))["id"] == "fresh"
     writer.submit(completion("fresh2", created=1_800_000_000), INPUTS)
@@ -507,16 +550,18 @@ async def test_writer_keeps_batches_through_an_outage(tmp_path: Path) -> None:
 
 
 async def test_writer_gives_up_at_shutdown_when_the_database_stays_down(tmp_path: Path) -> None:
-    backend = FlakyStore(await open_inference_store(SqliteStoreConfig(db_path=tmp_path / "s.db")), outage=10**9)
+    backend = FlakyStore(
+        await open_inference_store(SqliteStoreConfig(db_path=tmp_path / "s.db")), outage=10**9
+    )
     writer = InferenceStoreWriter(backend, retry_delay=0.01, max_retry_delay=0.05)
     for i in range(7):
         writer.submit(completion(f"d{i}"), [])
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await writer.aclose(timeout=0.3)
+    await writer.aclose(give_up_after=0.3)
     assert loop.time() - started < 2
     assert writer.failed == 7
-    assert await writer.flush(timeout=0.1)  # nobody waits forever on abandoned writes
+    await asyncio.wait_for(writer.flush(), 0.1)  # nobody waits forever on abandoned writes
     await backend.inner.close()
 
 
@@ -608,9 +653,25 @@ def test_assemble_split_tool_call_arguments() -> None:
 
     chunks = [
         chunk([delta(role="assistant", content=None)]),
-        chunk([delta(tool_calls=[call(0, id="call_a", type="function", function={"name": "weather", "arguments": ""})])]),  # noqa: E501
+        chunk(
+            [
+                delta(
+                    tool_calls=[
+                        call(0, id="call_a", type="function", function={"name": "weather", "arguments": ""})
+                    ]
+                )
+            ]
+        ),
         chunk([delta(tool_calls=[call(0, function={"arguments": '{"ci'})])]),
-        chunk([delta(tool_calls=[call(1, id="call_b", type="function", function={"name": "time", "arguments": '{"tz"'})])]),  # noqa: E501
+        chunk(
+            [
+                delta(
+                    tool_calls=[
+                        call(1, id="call_b", type="function", function={"name": "time", "arguments": '{"tz"'})
+                    ]
+                )
+            ]
+        ),
         chunk([delta(tool_calls=[call(0, function={"arguments": 'ty": "Paris"}'})])]),
         chunk([delta(tool_calls=[call(1, function={"arguments": ': "CET"}'})])]),
         chunk([delta(finish="tool_calls")], usage=USAGE),
@@ -623,7 +684,11 @@ def test_assemble_split_tool_call_arguments() -> None:
         "content": None,
         "refusal": None,
         "tool_calls": [
-            {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}},
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+            },
             {"id": "call_b", "type": "function", "function": {"name": "time", "arguments": '{"tz": "CET"}'}},
         ],
     }
@@ -633,7 +698,15 @@ def test_assemble_split_tool_call_arguments() -> None:
 def test_assemble_tool_calls_without_index_and_whole_calls() -> None:
     # Ollama sends each call whole in one chunk, without "index".
     chunks = [
-        chunk([delta(role="assistant", content="", tool_calls=[{"id": "c1", "function": {"name": "a", "arguments": "{}"}}])]),  # noqa: E501
+        chunk(
+            [
+                delta(
+                    role="assistant",
+                    content="",
+                    tool_calls=[{"id": "c1", "function": {"name": "a", "arguments": "{}"}}],
+                )
+            ]
+        ),
         chunk([delta(tool_calls=[{"id": "c2", "function": {"name": "b", "arguments": '{"x":1}'}}])]),
         chunk([delta(finish="tool_calls")]),
     ]

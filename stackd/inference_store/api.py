@@ -40,6 +40,7 @@ DEFAULT_LIMIT = 20
 # for the end of the list.
 MAX_LIMIT = 1000
 
+
 class RejectedData(ValueError):
     """The database refused a row for its content (a NUL byte in an id...); retrying cannot help."""
 
@@ -128,7 +129,8 @@ def check_table_name(name: str, loc: str) -> str:
     if _IDENTIFIER.fullmatch(name):
         return name
     raise BadRequest(
-        f"invalid table name {name!r} @ {loc}: use letters, digits and '_' (at most 63, not starting with a digit)",
+        f"invalid table name {name!r} @ {loc}: use letters, digits and '_' "
+        "(at most 63, not starting with a digit)",
         [FieldError(loc, "expected a plain SQL identifier")],
     )
 
@@ -213,4 +215,3 @@ def message_page(
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
-

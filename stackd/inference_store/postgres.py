@@ -6,12 +6,13 @@ Needs the ``postgres`` extra (``pip install 'stackd[postgres]'``). Bodies are st
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import orjson
 
 from stackd.errors import UpstreamUnavailable
@@ -106,9 +107,7 @@ class PostgresInferenceStore:
                 " body JSON NOT NULL, input_messages JSON NOT NULL)"
             )
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)")
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)"
-            )
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)")
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -121,9 +120,7 @@ class PostgresInferenceStore:
             raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        return UpstreamUnavailable(
-            f"the inference store {self._where} failed: {type(exc).__name__}: {exc}"
-        )
+        return UpstreamUnavailable(f"the inference store {self._where} failed: {type(exc).__name__}: {exc}")
 
     async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
         await self.store_many([(completion, input_messages)])
@@ -208,5 +205,8 @@ class PostgresInferenceStore:
         return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
 
     async def close(self) -> None:
-        await self._pool.close()
-
+        try:
+            # close() waits for borrowed connections; a stuck query must not hold the shutdown.
+            await asyncio.wait_for(self._pool.close(), 10)
+        except TimeoutError:
+            self._pool.terminate()

@@ -73,7 +73,7 @@ class SqliteInferenceStore:
 
     @classmethod
     async def open(cls, db_path: Path) -> SqliteInferenceStore:
-        db_path = Path(db_path).expanduser()
+        # ``db_path`` comes from the converter with ``~`` already expanded.
         try:
             await asyncio.to_thread(db_path.parent.mkdir, parents=True, exist_ok=True)
             # isolation_level=None: transactions are explicit, so a batch is exactly one.
@@ -130,7 +130,9 @@ class SqliteInferenceStore:
                     await self._conn.execute("ROLLBACK")
                     raise
             except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
-                raise RejectedData(f"the inference store at {str(self._db_path)!r} refused a row: {exc}") from exc
+                raise RejectedData(
+                    f"the inference store at {str(self._db_path)!r} refused a row: {exc}"
+                ) from exc
             except sqlite3.Error as exc:
                 raise self._unavailable(exc) from exc
 
@@ -173,9 +175,7 @@ class SqliteInferenceStore:
         return list_page(items, limit)
 
     async def get(self, completion_id: str) -> dict[str, Any]:
-        rows = await self._fetch(
-            f"SELECT body, input_messages FROM {_TABLE} WHERE id = ?", (completion_id,)
-        )
+        rows = await self._fetch(f"SELECT body, input_messages FROM {_TABLE} WHERE id = ?", (completion_id,))
         if not rows:
             raise not_found(completion_id)
         body, inputs = rows[0]

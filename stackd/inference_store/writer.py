@@ -15,10 +15,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from stackd.errors import UpstreamUnavailable
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     InferenceStore,
@@ -27,7 +29,6 @@ from stackd.inference_store.api import (
     check_limit,
     check_order,
 )
-from stackd.errors import UpstreamUnavailable
 
 __all__ = ["InferenceStoreWriter"]
 
@@ -75,7 +76,7 @@ class InferenceStoreWriter:
         self.dropped = 0
         self.failed = 0
         self.written = 0
-        self._last_drop_log = 0.0
+        self._last_drop_log = -math.inf
 
     def __repr__(self) -> str:
         return (
@@ -88,18 +89,29 @@ class InferenceStoreWriter:
         return len(self._queue)
 
     def submit(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
-        """Queue one completion; returns at once. Raises ``ValueError`` for an unusable body."""
+        """Queue one completion; returns at once. Raises ``ValueError`` for an unusable body.
+
+        The dicts are serialised later, in the background: do not change them afterwards.
+        """
         if self._closing:
             raise RuntimeError("the inference store writer is closed")
         check_completion(completion, input_messages)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="inference-store-writer")
+            self._task.add_done_callback(self._task_done)
         if len(self._queue) >= self._max_queue:
             self._drop_oldest()
         self._submitted += 1
         self._queue.append((self._submitted, (completion, input_messages)))
         self._pending_ids[completion["id"]] += 1
         self._wake.set()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # _write survives every database error, so this is a bug; say so instead of letting
+        # the queue grow silently behind a dead task.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("inference store writer stopped", exc_info=task.exception())
+            self._task = None  # the next submit starts a new one
 
     async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
         self.submit(completion, input_messages)
@@ -203,19 +215,18 @@ class InferenceStoreWriter:
             exc,
         )
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every write queued before this call is finished; False on timeout."""
+    async def flush(self) -> None:
+        """Wait until every write queued before this call is finished (written or given up)."""
         target = self._submitted
+        while self._done < target:
+            await self._progress.wait()
 
-        async def reached() -> None:
-            while self._done < target:
-                await self._progress.wait()
-
-        try:
-            await asyncio.wait_for(reached(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def _flush_for_read(self) -> None:
+        # A read waits a little for writes it could see, but a database that is away must not
+        # hold it: the read then runs (and most likely reports the outage itself).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._read_wait):
+                await self.flush()
 
     async def list(
         self,
@@ -227,12 +238,12 @@ class InferenceStoreWriter:
         # Check first: a bad request is answered at once, not after the queue drains.
         check_order(order)
         check_limit(limit)
-        await self.flush(self._read_wait)
+        await self._flush_for_read()
         return await self.store_backend.list(after=after, limit=limit, model=model, order=order)
 
     async def get(self, completion_id: str) -> dict[str, Any]:
         if completion_id in self._pending_ids:
-            await self.flush(self._read_wait)
+            await self._flush_for_read()
         return await self.store_backend.get(completion_id)
 
     async def messages(
@@ -243,13 +254,13 @@ class InferenceStoreWriter:
         order: str = "asc",
     ) -> dict[str, Any]:
         if completion_id in self._pending_ids:
-            await self.flush(self._read_wait)
+            await self._flush_for_read()
         return await self.store_backend.messages(completion_id, after=after, limit=limit, order=order)
 
-    async def aclose(self, timeout: float = 30.0) -> None:
+    async def aclose(self, give_up_after: float = 30.0) -> None:
         """Write everything still queued, then stop the task. Later ``submit`` calls fail.
 
-        If the database stays away for ``timeout`` seconds, what is left is logged as lost
+        If the database stays away for ``give_up_after`` seconds, what is left is logged as lost
         rather than holding the shutdown forever.
         """
         self._closing = True
@@ -258,7 +269,7 @@ class InferenceStoreWriter:
         if task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
+            await asyncio.wait_for(asyncio.shield(task), give_up_after)
         except TimeoutError:
             lost = len(self._queue) + self._in_flight_size
             task.cancel()
@@ -271,7 +282,7 @@ class InferenceStoreWriter:
                 "inference store %r: still unavailable after %.0f s at shutdown; "
                 "%d queued completion(s) not stored",
                 self.store_backend,
-                timeout,
+                give_up_after,
                 lost,
             )
             self.failed += lost
