@@ -34,11 +34,15 @@ async def _start(config: dict[str, Any]) -> LlamaCppInference:
     return provider
 
 
-async def wait_ready(provider: LlamaCppInference, timeout: float = 60) -> None:
-    async with asyncio.timeout(timeout):
-        while not provider.is_ready():
-            assert provider._load_error is None, provider._load_error
-            await asyncio.sleep(0.02)
+async def wait_loaded(provider: LlamaCppInference) -> None:
+    """Until loading has ended, well or badly."""
+    assert provider._load_task is not None
+    await asyncio.wait_for(asyncio.shield(provider._load_task), 60)
+
+
+async def wait_ready(provider: LlamaCppInference) -> None:
+    await wait_loaded(provider)
+    assert provider.is_ready(), provider._load_error
 
 
 @pytest.fixture(scope="session")

