@@ -64,8 +64,11 @@ class InferenceRouter:
             raise NotImplementedByProvider(f"provider {model.provider_id!r} does not implement {name}")
         return method
 
-    async def openai_chat_completion(self, params: dict[str, Any], ctx: CallContext) -> Any:
-        model, impl = await self.resolve(params.get("model"), ctx, "llm")
+    async def openai_chat_completion(
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True
+    ) -> Any:
+        """``store=False`` for calls that are not OpenAI chat completions of a client (native routes)."""
+        model, impl = await self.resolve(params.get("model"), ctx, "llm", loc)
         call = self._method(model, impl, "openai_chat_completion")
         upstream = dict(params)
         upstream["model"] = model.provider_resource_id
@@ -73,9 +76,11 @@ class InferenceRouter:
         messages = params.get("messages") or []
         if isinstance(result, dict):
             result["model"] = model.identifier
-            if self.store is not None:
+            if store and self.store is not None:
                 self.store(result, messages)
             return result
+        if not store:
+            return self._relabel(result, model.identifier)
         return self._relabel_stream(result, model.identifier, messages)
 
     async def _relabel_stream(
@@ -99,8 +104,8 @@ class InferenceRouter:
             except Exception:  # noqa: BLE001 - storing must never break the answer
                 log.exception("could not store a streamed chat completion")
 
-    async def openai_completion(self, params: dict[str, Any], ctx: CallContext) -> Any:
-        model, impl = await self.resolve(params.get("model"), ctx, "llm")
+    async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:
+        model, impl = await self.resolve(params.get("model"), ctx, "llm", loc)
         call = self._method(model, impl, "openai_completion")
         upstream = dict(params)
         upstream["model"] = model.provider_resource_id
@@ -120,8 +125,10 @@ class InferenceRouter:
             if aclose is not None:
                 await aclose()
 
-    async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-        model, impl = await self.resolve(params.get("model"), ctx, "embedding")
+    async def openai_embeddings(
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model"
+    ) -> dict[str, Any]:
+        model, impl = await self.resolve(params.get("model"), ctx, "embedding", loc)
         call = self._method(model, impl, "openai_embeddings")
         upstream = dict(params)
         upstream["model"] = model.provider_resource_id

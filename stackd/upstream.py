@@ -132,6 +132,20 @@ async def read_json(resp: aiohttp.ClientResponse, provider_id: str) -> Any:
         ) from None
 
 
+async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body's lines, however long (aiohttp's readline caps a line at its buffer limit)."""
+    pending = b""
+    async for block in resp.content.iter_any():
+        if pending:
+            block = pending + block
+        lines = block.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 async def iter_sse(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncIterator[dict[str, Any]]:
     """The JSON payloads of an OpenAI-style SSE stream, up to ``data: [DONE]``.
 
@@ -139,11 +153,10 @@ async def iter_sse(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncItera
     into one error frame.
     """
     done = False
-    async for raw in resp.content:
-        line = raw.strip()
-        if not line or not line.startswith(b"data:"):
-            continue  # comments, event:/id: fields, keep-alives
-        payload = line[5:].strip()
+    async for raw in _lines(resp):
+        if not raw.startswith(b"data:"):
+            continue  # blank separators, comments, event:/id: fields, keep-alives
+        payload = raw[5:].strip()
         if payload == b"[DONE]":
             done = True
             break
@@ -160,7 +173,7 @@ async def iter_sse(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncItera
 
 async def iter_ndjson(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncIterator[dict[str, Any]]:
     """Objects of a newline-delimited JSON stream (Ollama's streaming format)."""
-    async for raw in resp.content:
+    async for raw in _lines(resp):
         line = raw.strip()
         if not line:
             continue

@@ -11,7 +11,7 @@ from aiohttp import web
 from stackd.config.loader import LoadedConfig
 from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import NotImplementedByProvider
-from stackd.server import routes_meta, routes_openai, routes_resources
+from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
 from stackd.server.errors import error_middleware
 from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STARTED_AT
 from stackd.stack import open_stack
@@ -90,10 +90,5 @@ def create_app(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) ->
     app.router.add_routes(routes_meta.routes)
     app.router.add_routes(routes_resources.routes)
     app.router.add_routes(routes_openai.routes)
-    try:
-        from stackd.server import routes_native
-    except ImportError:
-        routes_native = None  # type: ignore[assignment]
-    if routes_native is not None:
-        app.router.add_routes(routes_native.routes)
+    app.router.add_routes(routes_native.routes)
     return app

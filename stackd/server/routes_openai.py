@@ -16,13 +16,14 @@ from stackd.server.http import json_response, read_json
 from stackd.server.keys import STACK, context
 from stackd.server.sse import stream_sse
 
-__all__ = ["routes"]
+__all__ = ["routes", "served"]
 
 routes = web.RouteTableDef()
 PREFIXES = ("/v1", "/v1/openai/v1")
 
 
-def _served(api: str) -> Any:
+def served(api: str) -> Any:
+    """Tag a handler with the API it serves, for /v1/inspect/routes."""
     def mark(handler: Any) -> Any:
         handler.stackd_api = api
         return handler
@@ -58,7 +59,7 @@ async def _answer(request: web.Request, result: Any, stream: bool) -> web.Stream
     return json_response(result)
 
 
-@_served("inference")
+@served("inference")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _check(body, "model", str, "a string")
@@ -70,7 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _answer(request, result, stream)
 
 
-@_served("inference")
+@served("inference")
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _check(body, "model", str, "a string")
@@ -80,7 +81,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _answer(request, result, stream)
 
 
-@_served("inference")
+@served("inference")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check(body, "model", str, "a string")
@@ -89,7 +90,7 @@ async def embeddings(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@_served("inference")
+@served("inference")
 async def list_chat_completions(request: web.Request) -> web.Response:
     store = _store(request)
     q = request.query
@@ -102,12 +103,12 @@ async def list_chat_completions(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@_served("inference")
+@served("inference")
 async def get_chat_completion(request: web.Request) -> web.Response:
     return json_response(await _store(request).get(request.match_info["completion_id"]))
 
 
-@_served("inference")
+@served("inference")
 async def get_chat_completion_messages(request: web.Request) -> web.Response:
     q = request.query
     try:
