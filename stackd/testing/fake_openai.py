@@ -120,7 +120,11 @@ class FakeOpenAI:
         # Handler cancellation: a client that hangs up on a slow answer ends it at once, so a
         # test that timed out does not wait for the fake's sleep at shutdown.
         self._runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -186,14 +190,14 @@ class FakeOpenAI:
                     return _error(fault.status, fault.message, fault.error_type)
                 if fault.non_json:
                     return web.Response(
-                        status=200, body=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+                        status=200,
+                        body=b"<html><body>502 Bad Gateway</body></html>",
+                        content_type="text/html",
                     )
             if request.method == "POST":
                 model = body.get("model")
                 if model not in self.models:
-                    return _error(
-                        404, f"The model `{model}` does not exist.", "NotFoundError", param="model"
-                    )
+                    return _error(404, f"The model `{model}` does not exist.", "NotFoundError", param="model")
             return await handler(request, body)
 
         return wrapped
@@ -278,9 +282,12 @@ class FakeOpenAI:
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
-            return _error(400, "'input' must be a string or a non-empty list", "invalid_request_error", "input")
+            return _error(
+                400, "'input' must be a string or a non-empty list", "invalid_request_error", "input"
+            )
         as_base64 = body.get("encoding_format") == "base64"
-        dim = body.get("dimensions") if isinstance(body.get("dimensions"), int) else self.embedding_dim
+        dimensions = body.get("dimensions")
+        dim = dimensions if isinstance(dimensions, int) and dimensions > 0 else self.embedding_dim
         data = []
         for i, text in enumerate(inputs):
             vector = _vector(str(text), dim)
@@ -338,7 +345,10 @@ def _sse(obj: dict[str, Any]) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _chat_events(model: str, n: int, finish: str) -> tuple[bytes, ...]:
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": _CREATED, "model": model}
-    first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    first = {
+        **base,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+    }
     events = [_sse(first)]
     for i in range(n):
         choice = {"index": 0, "delta": {"content": _token(i)}, "finish_reason": None}
@@ -383,7 +393,9 @@ def _completion_events(model: str, n: int, finish: str) -> tuple[bytes, ...]:
     for i in range(n):
         choice = {"index": 0, "text": _token(i), "logprobs": None, "finish_reason": None}
         events.append(_sse({**base, "choices": [choice]}))
-    events.append(_sse({**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}]}))
+    events.append(
+        _sse({**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}]})
+    )
     return tuple(events)
 
 

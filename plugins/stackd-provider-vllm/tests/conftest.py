@@ -16,12 +16,12 @@ from typing import Any
 
 import attrs
 import pytest
-
-from stackd.convert import structure
-from stackd.testing.fake_openai import FakeOpenAI
 from stackd_provider_vllm import spec
 from stackd_provider_vllm.config import VLLMConfig
 from stackd_provider_vllm.inference import VLLMInferenceProvider
+
+from stackd.convert import structure
+from stackd.testing.fake_openai import FakeOpenAI
 
 MakeProvider = Callable[..., Awaitable[VLLMInferenceProvider]]
 
@@ -38,7 +38,7 @@ async def make_provider() -> AsyncIterator[MakeProvider]:
     built: list[VLLMInferenceProvider] = []
 
     async def make(provider_id: str = "vllm-test", **config: Any) -> VLLMInferenceProvider:
-        cfg = structure(config, VLLMConfig, "$.providers.inference[0].config")
+        cfg: VLLMConfig = structure(config, VLLMConfig, "$.providers.inference[0].config")
         provider = await spec.factory(cfg, {"__provider_id__": provider_id})
         assert isinstance(provider, VLLMInferenceProvider)
         built.append(provider)

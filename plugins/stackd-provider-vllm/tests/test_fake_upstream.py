@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
+from stackd_provider_vllm.inference import VLLMInferenceProvider
 
-from stackd import CallContext, Model
+from stackd import CallContext, Model, OpenAIResult
 from stackd.errors import (
     BadRequest,
     NotFound,
@@ -19,7 +21,6 @@ from stackd.errors import (
     UpstreamUnavailable,
 )
 from stackd.testing.fake_openai import FakeOpenAI, Fault
-from stackd_provider_vllm.inference import VLLMInferenceProvider
 
 from .conftest import MakeProvider, free_port
 
@@ -32,6 +33,12 @@ def chat(**extra: Any) -> dict[str, Any]:
 
 async def collect(stream: Any) -> list[dict[str, Any]]:
     return [event async for event in stream]
+
+
+def as_stream(result: OpenAIResult) -> AsyncGenerator[dict[str, Any], None]:
+    """The stream a ``"stream": true`` call returns: an async generator, so it has ``aclose()``."""
+    assert isinstance(result, AsyncGenerator), type(result)
+    return result
 
 
 # -- configuration ----------------------------------------------------------------------------------
@@ -120,7 +127,9 @@ async def test_health(provider: VLLMInferenceProvider, fake: FakeOpenAI, make_pr
 # -- pass-through -----------------------------------------------------------------------------------
 
 
-async def test_every_field_reaches_the_server_unchanged(provider: VLLMInferenceProvider, fake: FakeOpenAI) -> None:
+async def test_every_field_reaches_the_server_unchanged(
+    provider: VLLMInferenceProvider, fake: FakeOpenAI
+) -> None:
     params = chat(
         n=2,
         logprobs=True,
@@ -151,7 +160,9 @@ async def test_stream_options_kept_as_given(provider: VLLMInferenceProvider, fak
     assert events[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 8, "total_tokens": 10}
 
 
-async def test_completions_and_embeddings_pass_through(provider: VLLMInferenceProvider, fake: FakeOpenAI) -> None:
+async def test_completions_and_embeddings_pass_through(
+    provider: VLLMInferenceProvider, fake: FakeOpenAI
+) -> None:
     completion = await provider.openai_completion(
         {"model": "fake-model", "prompt": "a b c", "max_tokens": 3, "logprobs": 2, "echo": False}, CTX
     )
@@ -180,9 +191,7 @@ async def test_completion_stream(provider: VLLMInferenceProvider) -> None:
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-async def test_default_max_tokens_only_when_absent(
-    fake: FakeOpenAI, make_provider: MakeProvider
-) -> None:
+async def test_default_max_tokens_only_when_absent(fake: FakeOpenAI, make_provider: MakeProvider) -> None:
     provider = await make_provider(url=fake.url, max_tokens=3)
     await provider.openai_chat_completion(chat(), CTX)
     await provider.openai_chat_completion(chat(max_tokens=5), CTX)
@@ -243,7 +252,9 @@ async def test_provider_data_token_without_configured_token(
         await provider.openai_chat_completion(chat(), CTX)
     assert info.value.status == 401
     assert "Authorization" not in fake.requests[-1].headers
-    answer = await provider.openai_chat_completion(chat(), CallContext(provider_data={"vllm_api_token": "only-this"}))
+    answer = await provider.openai_chat_completion(
+        chat(), CallContext(provider_data={"vllm_api_token": "only-this"})
+    )
     assert isinstance(answer, dict)
 
 
@@ -267,18 +278,21 @@ async def test_stream_events_in_order(provider: VLLMInferenceProvider) -> None:
     assert all(e["object"] == "chat.completion.chunk" for e in events)
 
 
-async def test_finished_streams_reuse_the_connection(provider: VLLMInferenceProvider, fake: FakeOpenAI) -> None:
+async def test_finished_streams_reuse_the_connection(
+    provider: VLLMInferenceProvider, fake: FakeOpenAI
+) -> None:
     for _ in range(3):
         await collect(await provider.openai_chat_completion(chat(stream=True), CTX))
         await provider.openai_chat_completion(chat(), CTX)
     assert len({r.peer for r in fake.requests}) == 1
 
 
-async def test_aclose_closes_the_upstream_connection(provider: VLLMInferenceProvider, fake: FakeOpenAI) -> None:
+async def test_aclose_closes_the_upstream_connection(
+    provider: VLLMInferenceProvider, fake: FakeOpenAI
+) -> None:
     fake.chunks = 200
     fake.chunk_delay = 0.01
-    stream = await provider.openai_chat_completion(chat(stream=True), CTX)
-    assert hasattr(stream, "aclose")
+    stream = as_stream(await provider.openai_chat_completion(chat(stream=True), CTX))
     seen = [await anext(stream), await anext(stream)]
     assert seen[1]["choices"][0]["delta"]["content"] == "tok0 "
     await stream.aclose()
@@ -291,8 +305,8 @@ async def test_aclose_before_the_first_event_closes_too(
 ) -> None:
     fake.chunks = 200
     fake.chunk_delay = 0.01
-    stream = await provider.openai_chat_completion(chat(stream=True), CTX)
-    await stream.aclose()  # type: ignore[union-attr]
+    stream = as_stream(await provider.openai_chat_completion(chat(stream=True), CTX))
+    await stream.aclose()
     await asyncio.wait_for(fake.disconnected.wait(), 2)
 
 
@@ -324,8 +338,8 @@ async def test_slow_upstream_is_504(fake: FakeOpenAI, make_provider: MakeProvide
 async def test_stall_mid_stream_is_504(fake: FakeOpenAI, make_provider: MakeProvider) -> None:
     provider = await make_provider(url=fake.url, timeout=0.2)
     fake.chunk_delay = 3
-    stream = await provider.openai_chat_completion(chat(stream=True), CTX)
-    await anext(stream)  # type: ignore[arg-type]
+    stream = as_stream(await provider.openai_chat_completion(chat(stream=True), CTX))
+    await anext(stream)
     with pytest.raises(UpstreamTimeout):
         await collect(stream)
 
@@ -380,10 +394,10 @@ async def test_stream_cut_midway_raises_502_from_the_iterator(
     provider: VLLMInferenceProvider, fake: FakeOpenAI
 ) -> None:
     fake.fault = Fault(cut_after=3)
-    stream = await provider.openai_chat_completion(chat(stream=True), CTX)
+    stream = as_stream(await provider.openai_chat_completion(chat(stream=True), CTX))
     got: list[dict[str, Any]] = []
     with pytest.raises(UpstreamBadResponse) as info:
-        async for event in stream:  # type: ignore[union-attr]
+        async for event in stream:
             got.append(event)
     assert len(got) == 3
     assert "'vllm-test'" in info.value.message
@@ -398,7 +412,9 @@ async def test_mid_stream_error_event_is_502(make_provider: MakeProvider) -> Non
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b'data: {"id":"x","object":"chat.completion.chunk","choices":[]}\n\n')
-        await resp.write(b'data: {"error":{"message":"engine died","type":"InternalServerError","code":500}}\n\n')
+        await resp.write(
+            b'data: {"error":{"message":"engine died","type":"InternalServerError","code":500}}\n\n'
+        )
         await resp.write(b"data: [DONE]\n\n")
         return resp
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from stackd_provider_vllm.inference import VLLMInferenceProvider
 
 from stackd import CallContext, Model
 from stackd.errors import NotFound, UpstreamClientError
-from stackd_provider_vllm.inference import VLLMInferenceProvider
 
 from .conftest import MakeProvider, RealServer
 
@@ -21,7 +21,10 @@ CTX = CallContext()
 @pytest.fixture
 async def real(llama_server: RealServer, make_provider: MakeProvider) -> VLLMInferenceProvider:
     # The /v1 form of the URL, as people copy it from vLLM's docs.
-    return await make_provider("llama", url=f"{llama_server.url}/v1", max_tokens=64)
+    provider: VLLMInferenceProvider = await make_provider(
+        "llama", url=f"{llama_server.url}/v1", max_tokens=64
+    )
+    return provider
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
@@ -36,7 +39,9 @@ async def test_register_model(real: VLLMInferenceProvider, llama_server: RealSer
     assert await real.health() == {"status": "OK"}
 
 
-async def test_register_unknown_model_lists_served(real: VLLMInferenceProvider, llama_server: RealServer) -> None:
+async def test_register_unknown_model_lists_served(
+    real: VLLMInferenceProvider, llama_server: RealServer
+) -> None:
     with pytest.raises(NotFound) as info:
         await real.register_model(Model("x", "llama", "llama-3-70b"))
     assert f"the server serves '{llama_server.model}'" in info.value.message
@@ -82,7 +87,12 @@ async def test_chat_stream(real: VLLMInferenceProvider, llama_server: RealServer
 
 async def test_completions(real: VLLMInferenceProvider, llama_server: RealServer) -> None:
     answer = await real.openai_completion(
-        {"model": llama_server.model, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0.0},
+        {
+            "model": llama_server.model,
+            "prompt": "The capital of France is",
+            "max_tokens": 4,
+            "temperature": 0.0,
+        },
         CTX,
     )
     assert isinstance(answer, dict)

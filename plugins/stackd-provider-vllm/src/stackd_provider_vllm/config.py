@@ -26,7 +26,7 @@ class VLLMConfig:
     api_token: Secret | None = None
     tls_verify: bool | str = attrs.field(default=True)
     max_tokens: int | None = attrs.field(default=None)
-    timeout: Seconds = Seconds(600.0)
+    timeout: Seconds = attrs.field(default=Seconds(600.0))
     max_connections: int = attrs.field(default=0)
 
     # Validators cannot see the config path, so their messages name the field themselves.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import attrs
@@ -69,12 +69,12 @@ class VLLMInferenceProvider:
         """The ids the server serves (``GET /v1/models``)."""
         return await self._list_models(None)
 
-    async def _list_models(self, timeout: aiohttp.ClientTimeout | None) -> list[str]:
+    async def _list_models(self, client_timeout: aiohttp.ClientTimeout | None) -> list[str]:
         url = str(self._models_url)
         try:
             with upstream_errors(self.provider_id, url):
                 async with self._session.get(
-                    self._models_url, headers=self._auth_header(None), timeout=timeout
+                    self._models_url, headers=self._auth_header(None), timeout=client_timeout
                 ) as resp:
                     body = await read_json(resp, self.provider_id)
         except UpstreamClientError as exc:
@@ -116,7 +116,9 @@ class VLLMInferenceProvider:
     async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         result = await self._call(self._embeddings_url, params, ctx)
         if not isinstance(result, dict):
-            raise UpstreamBadResponse(f"provider {self.provider_id!r}: the embeddings answer is not an object")
+            raise UpstreamBadResponse(
+                f"provider {self.provider_id!r}: the embeddings answer is not an object"
+            )
         return result
 
     def _with_default_max_tokens(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +167,8 @@ class VLLMInferenceProvider:
         return events
 
     async def _events(self, resp: aiohttp.ClientResponse, url: str) -> AsyncGenerator[dict[str, Any], None]:
-        sse = iter_sse(resp, self.provider_id)
+        # Declared an AsyncIterator, built as an async generator: closed explicitly below.
+        sse = cast(AsyncGenerator[dict[str, Any], None], iter_sse(resp, self.provider_id))
         finished = False
         try:
             yield _PRIMER
