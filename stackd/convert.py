@@ -185,14 +185,14 @@ def _is_optional(tp: Any) -> bool:
     args = get_args(tp)
     return (
         get_origin(tp) in (Union, types.UnionType)
-        and len(args) == 2
         and type(None) in args
         and not _is_primitive_union(tp)
     )
 
 
 def _optional_hook(tp: Any) -> Callable[[Any, Any], Any]:
-    inner = next(a for a in get_args(tp) if a is not type(None))
+    rest = tuple(a for a in get_args(tp) if a is not type(None))
+    inner = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007 - built at run time
 
     def hook(value: Any, _: Any) -> Any:
         if value is None:

@@ -263,7 +263,7 @@ class _Builder:
 
     def _providers(self, run: RunConfig) -> tuple[dict[str, ResolvedProvider], dict[str, str]]:
         resolved: dict[str, ResolvedProvider] = {}
-        first_seen: dict[str, str] = {}
+        first_seen: dict[tuple[str, str], str] = {}
         missing: dict[str, str] = {}
         apis = set(run.apis)
         for i, api in enumerate(run.apis):
@@ -283,14 +283,21 @@ class _Builder:
                 path = f"$.providers.{api}[{i}]"
                 if not entry.provider_id or entry.provider_id == DISABLED:
                     continue  # disabled through ${env.X:+id}
-                if entry.provider_id in first_seen:
+                # Llama Stack scopes ids by API (agents and telemetry both say meta-reference).
+                if (api, entry.provider_id) in first_seen:
                     self.error(f"{path}.provider_id", f"provider_id {entry.provider_id!r} is already used "
-                               f"at {first_seen[entry.provider_id]}; provider ids must be unique")
+                               f"at {first_seen[api, entry.provider_id]}; provider ids must be unique")
                     continue
-                first_seen[entry.provider_id] = path
+                first_seen[api, entry.provider_id] = path
                 provider = self._provider(api, path, entry, missing)
-                if provider is not None:
-                    resolved[entry.provider_id] = provider
+                if provider is None:
+                    continue
+                if entry.provider_id in resolved:
+                    other = resolved[entry.provider_id].api
+                    self.error(f"{path}.provider_id", f"provider_id {entry.provider_id!r} is also used by the "
+                               f"{other} API; give each served provider its own id")
+                    continue
+                resolved[entry.provider_id] = provider
         for api in run.apis:
             if api in KNOWN_APIS and api not in missing and not any(p.api == api for p in resolved.values()):
                 if not run.providers.get(api):
@@ -344,8 +351,10 @@ class _Builder:
         if provider_id is None:
             if len(candidates) == 1:
                 return candidates[0]
+            if not candidates and self.failed:
+                return None  # its provider's own error is reported already
             if not candidates:
-                self.error(path, f"this {kind} needs a {api} provider, and none is configured")
+                self.error(path, f"this {kind} needs a provider of the {api} API, and none is configured")
             else:
                 self.error(f"{path}.provider_id", f"provider_id is required: several {api} providers are "
                            f"configured ({', '.join(sorted(candidates))})")
