@@ -80,18 +80,17 @@ async def open_stack(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = No
 
 
 async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> tuple[Any, Any, Any]:
-    try:
-        from stackd.inference_store import InferenceStoreWriter, assemble_chat_stream, open_inference_store
-    except ImportError:  # the store package is optional while it is being built
-        return None, None, None
+    from stackd.inference_store import InferenceStoreWriter, assemble_chat_stream, open_inference_store
+
     config = _default_store(loaded.run.inference_store, loaded.run.name, "inference_store.db")
     store = await open_inference_store(config)
     exits.push_async_callback(store.close)
     writer = InferenceStoreWriter(store)
-    await writer.start() if hasattr(writer, "start") else None
     exits.push_async_callback(writer.aclose)
 
     def hook(completion: dict[str, Any], messages: list[Any]) -> None:
         writer.submit(completion, messages)
 
-    return store, hook, assemble_chat_stream
+    # Reads go through the writer: it waits for queued writes, so a client that reads a
+    # completion right after creating it finds it.
+    return writer, hook, assemble_chat_stream
