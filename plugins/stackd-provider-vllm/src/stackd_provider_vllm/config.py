@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -22,7 +23,7 @@ class VLLMConfig:
     answer's start, and every gap in a stream). ``max_connections`` caps the pool (0: no cap).
     """
 
-    url: HttpUrl
+    url: HttpUrl = attrs.field()
     api_token: Secret | None = None
     tls_verify: bool | str = attrs.field(default=True)
     max_tokens: int | None = attrs.field(default=None)
@@ -34,6 +35,12 @@ class VLLMConfig:
     def _check_max_tokens(self, _: attrs.Attribute[int | None], value: int | None) -> None:
         if value is not None and value <= 0:
             raise ValueError(f"max_tokens must be a positive integer or null, got {value}")
+
+    @url.validator
+    def _check_url(self, _: attrs.Attribute[HttpUrl], value: HttpUrl) -> None:
+        # Credentials in the URL would reach error messages and reprs; the token has a masked home.
+        if "@" in urlsplit(value).netloc:
+            raise ValueError("url: put credentials in api_token, not in the URL")
 
     @tls_verify.validator
     def _check_tls_verify(self, _: attrs.Attribute[bool | str], value: bool | str) -> None:
