@@ -29,6 +29,8 @@ import asyncio
 import base64
 import functools
 import hashlib
+import itertools
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -86,10 +88,14 @@ class FakeOpenAI:
     embedding_dim: int = 8
     api_key: str | None = None  # when set, other bearer tokens get 401
     record: bool = True  # keep every request body; off for benchmarks
+    # A fresh chat completion id per answer, as real servers give: stores keyed by id (Llama
+    # Stack's) reject a repeated one. Off by default, so tests can expect "chatcmpl-fake".
+    unique_ids: bool = False
     fault: Fault | None = None
     fault_on: tuple[str, ...] = _INFERENCE_ROUTES
     host: str = "127.0.0.1"
     port: int = 0
+    ssl_context: ssl.SSLContext | None = None  # serve https (tests of tls_verify)
 
     requests: list[Received] = attrs.field(factory=list, init=False)
     # Streams whose client went away before the end (the write failed).
@@ -104,7 +110,8 @@ class FakeOpenAI:
     def url(self) -> str:
         if self._bound_port is None:
             raise RuntimeError("FakeOpenAI is not started; use `async with FakeOpenAI() as fake`")
-        return f"http://{self.host}:{self._bound_port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self._bound_port}"
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -127,7 +134,9 @@ class FakeOpenAI:
             shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         await site.start()
         self._bound_port = int(self._runner.addresses[0][1])
 
@@ -262,8 +271,14 @@ class FakeOpenAI:
             options = body.get("stream_options")
             if isinstance(options, dict) and options.get("include_usage"):
                 events.append(_chat_usage_event(model, prompt_tokens, n))
+            if self.unique_ids:
+                fresh = _fresh_id()
+                events = [event.replace(_CHAT_ID, fresh) for event in events]
             return await self._stream(request, events)
-        return await self._send(request, _chat_answer(model, n, finish, prompt_tokens))
+        answer = _chat_answer(model, n, finish, prompt_tokens)
+        if self.unique_ids:
+            answer = answer.replace(_CHAT_ID, _fresh_id())
+        return await self._send(request, answer)
 
     async def _completions(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         n, finish = self._length(body)
@@ -306,6 +321,15 @@ class FakeOpenAI:
 
 
 # -- wire format: built once per (model, length) --------------------------------------------------
+
+
+_CHAT_ID = b'"chatcmpl-fake"'
+_ids = itertools.count(1)
+
+
+def _fresh_id() -> bytes:
+    # Cached events are patched with bytes.replace: cheaper than serialising them again.
+    return b'"chatcmpl-%016x"' % next(_ids)
 
 
 def _error(status: int, message: str, error_type: str, param: str | None = None) -> web.Response:
@@ -447,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--api-key", default=None, help="require this bearer token")
     parser.add_argument("--record", action="store_true", help="keep request bodies in memory (tests only)")
+    parser.add_argument("--unique-ids", action="store_true", help="a fresh chat completion id per answer")
     args = parser.parse_args(argv)
     fake = FakeOpenAI(
         models=tuple(m for m in args.models.split(",") if m),
@@ -455,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         embedding_dim=args.embedding_dim,
         api_key=args.api_key,
         record=args.record,
+        unique_ids=args.unique_ids,
         host=args.host,
         port=args.port,
     )

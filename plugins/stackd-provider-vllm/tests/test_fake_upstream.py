@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 from stackd_provider_vllm.inference import VLLMInferenceProvider
 
@@ -431,3 +434,25 @@ async def test_mid_stream_error_event_is_502(make_provider: MakeProvider) -> Non
         assert info.value.message == "provider 'vllm-test' failed mid-stream: engine died"
     finally:
         await runner.cleanup()
+
+
+# -- TLS --------------------------------------------------------------------------------------------
+
+
+async def test_tls_verify_with_a_ca_bundle(make_provider: MakeProvider, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with FakeOpenAI(models=("m",), ssl_context=server_ctx) as tls_fake:
+        assert tls_fake.url.startswith("https://")
+        trusted = await make_provider("tls", url=tls_fake.url, tls_verify=str(bundle))
+        assert await trusted.list_models() == ["m"]
+        unverified = await make_provider("tls", url=tls_fake.url, tls_verify=False)
+        assert await unverified.list_models() == ["m"]
+        system_cas = await make_provider("tls", url=tls_fake.url)
+        with pytest.raises(UpstreamUnavailable) as info:
+            await system_cas.openai_chat_completion({"model": "m", "messages": []}, CTX)
+        assert f"provider 'tls': cannot connect to {tls_fake.url}/v1/chat/completions" in info.value.message
+        assert "certificate" in info.value.message.lower()
