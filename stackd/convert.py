@@ -357,10 +357,16 @@ def unknown_keys(data: Any, tp: Any, path: str = "$") -> list[str]:
 def _unknown(data: Any, tp: Any, path: str, found: list[str]) -> None:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
+        # The member that explains the most keys is the one meant (tagged unions included).
+        best: list[str] | None = None
         for arg in get_args(tp):
-            if arg is not type(None) and attrs.has(arg) and isinstance(data, Mapping):
-                _unknown(data, arg, path, found)
-                return
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            _unknown(data, arg, path, trial)
+            if best is None or len(trial) < len(best):
+                best = trial
+        found.extend(best or [])
         return
     if origin is list and isinstance(data, list):
         (inner,) = get_args(tp) or (Any,)

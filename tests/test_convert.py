@@ -1,0 +1,132 @@
+"""The one converter: strict scalars, value types, paths, and config classes that round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stackd.config.schema import ModelInput, QuotaConfig, RunConfig, ServerConfig, ShieldInput
+from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
+from stackd.convert import HttpUrl, Secret, Seconds, converter, structure, unknown_keys
+from stackd.errors import BadRequest
+
+
+@attrs.frozen
+class Inner:
+    url: HttpUrl
+    timeout: Seconds = Seconds(5.0)
+    token: Secret | None = None
+
+
+@attrs.frozen
+class Outer:
+    name: str
+    count: int
+    flag: bool
+    items: list[Inner] = attrs.field(factory=list)
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+def errors_of(data: Any, cls: Any = Outer) -> list[tuple[str, str]]:
+    with pytest.raises(BadRequest) as info:
+        structure(data, cls)
+    return [(e.loc, e.msg) for e in info.value.errors]
+
+
+def test_strict_scalars_are_not_coerced() -> None:
+    assert errors_of({"name": 12, "count": True, "flag": "yes"}) == [
+        ("$.name", "expected a string, got 12"),
+        ("$.count", "expected an integer, got true"),
+        ("$.flag", "expected true or false, got 'yes'"),
+    ]
+
+
+def test_numeric_strings_are_numbers() -> None:
+    assert structure({"name": "n", "count": "7", "flag": "true"}, Outer) == Outer("n", 7, True)
+
+
+def test_value_types_report_on_their_field() -> None:
+    data = {"name": "n", "count": 1, "flag": False,
+            "items": [{"url": "ftp://x"}, {"url": "http://ok/", "timeout": 0}, {"url": "http://ok", "token": 5}]}
+    assert errors_of(data) == [
+        ("$.items[0].url", "expected an http(s) URL, got 'ftp://x'"),
+        ("$.items[1].timeout", "expected a positive number of seconds, got 0"),
+        ("$.items[2].token", "expected a string, got int"),
+    ]
+
+
+def test_shapes_are_checked_before_fields() -> None:
+    assert errors_of("text") == [("$", "expected a mapping, got 'text'")]
+    assert errors_of({"name": "n", "count": 1, "flag": True, "items": "abc"}) == [
+        ("$.items", "expected a list, got 'abc'")
+    ]
+    assert errors_of({"name": "n", "count": 1, "flag": True, "extra": [1]}) == [("$.extra", "expected a mapping, got a list")]
+
+
+def test_missing_fields_are_all_reported() -> None:
+    assert errors_of({}) == [
+        ("$.name", "required field missing"),
+        ("$.count", "required field missing"),
+        ("$.flag", "required field missing"),
+    ]
+
+
+def test_secrets_never_show() -> None:
+    inner = structure({"url": "http://h", "token": "s3cret-value"}, Inner)
+    assert "s3cret" not in repr(inner)
+    assert converter.unstructure(inner)["token"] == "********"
+    assert inner.token is not None and inner.token.reveal() == "s3cret-value"
+
+
+def test_url_is_normalised() -> None:
+    assert structure({"url": " https://h:8000/v1/ "}, Inner).url == "https://h:8000/v1"
+
+
+def test_unknown_keys_found_at_every_level() -> None:
+    data = {"name": "n", "nme": 1, "items": [{"url": "u", "tls": 1}]}
+    assert unknown_keys(data, Outer) == ["$.nme", "$.items[0].tls"]
+
+
+_text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+_stores = st.one_of(
+    st.builds(SqliteStoreConfig, db_path=st.builds(Path, _text)),
+    st.builds(PostgresStoreConfig, host=_text, port=st.integers(1, 65535), password=st.none()),
+    st.builds(RedisStoreConfig, host=_text, db=st.integers(0, 15)),
+)
+_models = st.builds(
+    ModelInput,
+    model_id=_text,
+    provider_id=st.one_of(st.none(), _text),
+    model_type=st.sampled_from(["llm", "embedding"]),
+    metadata=st.dictionaries(_text, st.integers(), max_size=2),
+)
+_server = st.builds(
+    ServerConfig,
+    host=_text,
+    port=st.integers(0, 65535),
+    quota=st.one_of(st.none(), st.builds(QuotaConfig, kvstore=_stores, anonymous_max_requests=st.integers(0, 10**6))),
+    max_body_bytes=st.integers(1024, 10**9),
+)
+_runs = st.builds(
+    RunConfig,
+    version=st.one_of(st.integers(1, 3), _text),
+    image_name=st.one_of(st.none(), _text),
+    apis=st.lists(st.sampled_from(["inference", "safety"]), max_size=2),
+    metadata_store=st.one_of(st.none(), _stores),
+    models=st.lists(_models, max_size=3),
+    shields=st.lists(st.builds(ShieldInput, shield_id=_text), max_size=2),
+    server=_server,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_runs)
+def test_run_config_round_trips(run: RunConfig) -> None:
+    data = converter.unstructure(run)
+    assert converter.structure(data, RunConfig) == run
+    assert unknown_keys(data, RunConfig) == []
