@@ -19,9 +19,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: StackdError) -> web.Response:
+    body = exc.body()
+    if exc.status == 400 and not body.get("errors"):
+        # A 400 raised without a field (by a provider, or passed on from an upstream) still
+        # carries errors[].loc, as API.md §3 promises; the whole request is the place.
+        body["errors"] = [{"loc": "$", "msg": exc.message}]
     return web.Response(
         status=exc.status,
-        body=orjson.dumps(exc.body()),
+        body=orjson.dumps(body),
         content_type="application/json",
         headers=exc.headers,
     )

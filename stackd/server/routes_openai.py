@@ -39,6 +39,43 @@ def _check(body: dict[str, Any], field: str, kind: type | tuple[type, ...], what
         raise BadRequest(f"{field} must be {what}", [FieldError(f"$.{field}", f"expected {what}")])
 
 
+_INT = "an integer"
+_NUMBER = "a number"
+_OBJECT = "an object"
+# The standard OpenAI fields whose type every provider relies on. They are checked here, once,
+# so that an in-process provider never meets `max_tokens: "ten"` (that would be a 500).
+_FIELD_TYPES: dict[str, tuple[str, ...]] = {
+    "max_tokens": (_INT,), "max_completion_tokens": (_INT,), "n": (_INT,), "seed": (_INT,),
+    "top_logprobs": (_INT,), "dimensions": (_INT,),
+    "temperature": (_NUMBER,), "top_p": (_NUMBER,), "frequency_penalty": (_NUMBER,),
+    "presence_penalty": (_NUMBER,),
+    "stream_options": (_OBJECT,), "response_format": (_OBJECT,), "logit_bias": (_OBJECT,),
+    "tools": ("a list",), "stop": ("a string", "a list"), "user": ("a string",),
+}
+
+
+def _is(value: Any, what: str) -> bool:
+    if what == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if what == _NUMBER:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if what == _OBJECT:
+        return isinstance(value, dict)
+    if what == "a list":
+        return isinstance(value, list)
+    return isinstance(value, str)
+
+
+def _check_types(body: dict[str, Any]) -> None:
+    bad = [
+        FieldError(f"$.{name}", f"expected {' or '.join(kinds)}")
+        for name, kinds in _FIELD_TYPES.items()
+        if body.get(name) is not None and not any(_is(body[name], k) for k in kinds)
+    ]
+    if bad:
+        raise BadRequest("; ".join(f"{e.loc[2:]}: {e.msg}" for e in bad), bad)
+
+
 def _stream_flag(body: dict[str, Any]) -> bool:
     stream = body.get("stream", False)
     if stream is None:
@@ -66,6 +103,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     _check(body, "messages", list, "a list of messages")
     if not body["messages"]:
         raise BadRequest("messages must not be empty", [FieldError("$.messages", "expected at least one message")])
+    # Only the shape every provider relies on is checked; the rest passes through untouched.
+    bad = [FieldError(f"$.messages[{i}]", "expected a message object with a string 'role'")
+           for i, m in enumerate(body["messages"]) if not isinstance(m, dict) or not isinstance(m.get("role"), str)]
+    if bad:
+        raise BadRequest("every message must be an object with a string 'role'", bad)
+    _check_types(body)
     stream = _stream_flag(body)
     result = await request.app[STACK].inference.openai_chat_completion(body, context(request))
     return await _answer(request, result, stream)
@@ -76,6 +119,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _check(body, "model", str, "a string")
     _check(body, "prompt", (str, list), "a string or a list")
+    _check_types(body)
     stream = _stream_flag(body)
     result = await request.app[STACK].inference.openai_completion(body, context(request))
     return await _answer(request, result, stream)
@@ -86,6 +130,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check(body, "model", str, "a string")
     _check(body, "input", (str, list), "a string or a list of strings")
+    _check_types(body)
     result = await request.app[STACK].inference.openai_embeddings(body, context(request))
     return json_response(result)
 
