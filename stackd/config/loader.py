@@ -303,6 +303,9 @@ class _Builder:
                 if not run.providers.get(api):
                     self.error("$.apis", f"API {api!r} is listed but no provider serves it; add one under "
                                f"providers.{api}")
+                elif not self.failed:
+                    self.warn(f"$.providers.{api}", f"every provider of the {api} API is disabled, so its "
+                              "routes will answer 404 for every model")
         return resolved, missing
 
     def _provider(
