@@ -140,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"stackd: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_START
-    except Exception as exc:  # noqa: BLE001 - a failed start is reported, not dumped
+    except Exception as exc:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log.debug("start-up failed", exc_info=True)
         print(f"stackd: could not start: {message}", file=sys.stderr)

@@ -17,8 +17,8 @@ from typing import Any, NewType, TypeVar, Union, get_args, get_origin
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 from stackd.errors import BadRequest, FieldError
 
@@ -192,7 +192,7 @@ def _is_optional(tp: Any) -> bool:
 
 def _optional_hook(tp: Any) -> Callable[[Any, Any], Any]:
     rest = tuple(a for a in get_args(tp) if a is not type(None))
-    inner = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007 - built at run time
+    inner: Any = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007 - built at run time
 
     def hook(value: Any, _: Any) -> Any:
         if value is None:
@@ -244,6 +244,10 @@ def _mapping_guard(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any
     return factory
 
 
+def _is_list(tp: Any) -> bool:
+    return get_origin(tp) is list
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook_factory(attrs.has, _mapping_guard(conv))
@@ -261,9 +265,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_dict_any)
     conv.register_structure_hook_factory(_is_primitive_union, _primitive_union_hook)
     conv.register_structure_hook_factory(_is_optional, _optional_hook)
-    conv.register_structure_hook_factory(
-        lambda t: get_origin(t) is list, _structure_list_guard
-    )
+    conv.register_structure_hook_factory(_is_list, _structure_list_guard)
     return conv
 
 
@@ -337,10 +339,10 @@ def field_errors(exc: BaseException, path: str = "$") -> list[FieldError]:
     return list(_walk(exc, path))
 
 
-def structure(data: Any, cls: type[T] | Any, path: str = "$", *, what: str = "request") -> T:
+def structure(data: Any, cls: type[T], path: str = "$", *, what: str = "request") -> T:
     """Structure ``data`` into ``cls`` or raise :class:`BadRequest` listing every problem."""
     try:
-        return converter.structure(data, cls)  # type: ignore[no-any-return]
+        return converter.structure(data, cls)
     except (cattrs.BaseValidationError, StructureError, KeyError, ValueError, TypeError) as exc:
         errors = field_errors(exc, path)
         summary = "; ".join(str(e) for e in errors[:5])

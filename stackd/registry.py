@@ -50,7 +50,7 @@ def can_access(owner: Mapping[str, list[str]] | None, caller: Caller) -> bool:
 class _Table(Generic[R]):
     def __init__(self, kind: str, cls: type[R], kv: KVStore) -> None:
         self.kind = kind
-        self.cls = cls
+        self.cls: type[R] = cls
         self.kv = kv
         self.cache: dict[str, R] = {}
 
@@ -62,7 +62,7 @@ class _Table(Generic[R]):
         for key, value in await self.kv.scan(f"{self.kind}:"):
             try:
                 item = converter.structure(orjson.loads(value), self.cls)
-            except Exception:  # noqa: BLE001 - a bad row must not stop the server
+            except Exception:
                 log.exception("ignoring unreadable %s record %r in the metadata store", self.kind, key)
                 continue
             self.cache[item.identifier] = item
@@ -82,9 +82,9 @@ class _Table(Generic[R]):
         raw = await self.kv.get(self._key(identifier))
         if raw is None:
             return None
-        item = converter.structure(orjson.loads(raw), self.cls)
-        self.cache[identifier] = item
-        return item
+        found: R = converter.structure(orjson.loads(raw), self.cls)
+        self.cache[identifier] = found
+        return found
 
 
 @attrs.define

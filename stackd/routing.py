@@ -101,7 +101,7 @@ class InferenceRouter:
         if keep and self.store is not None and self.assemble is not None:
             try:
                 self.store(self.assemble(keep), messages)
-            except Exception:  # noqa: BLE001 - storing must never break the answer
+            except Exception:
                 log.exception("could not store a streamed chat completion")
 
     async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:

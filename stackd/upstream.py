@@ -8,7 +8,6 @@ upstream 4xx -> the same 4xx with the upstream's message, garbage -> 502.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -74,7 +73,7 @@ def upstream_errors(provider_id: str, url: str) -> Iterator[None]:
         yield
     except StackdError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"provider {provider_id!r}: {url} did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnavailable(

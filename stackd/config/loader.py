@@ -339,7 +339,7 @@ class _Builder:
         for unknown in unknown_keys(entry.config, spec.config_class, f"{path}.config"):
             self.warn(unknown, f"unknown key {unknown.rsplit('.', 1)[-1]!r} for {entry.provider_type}; it is ignored")
         try:
-            config = converter.structure(entry.config, spec.config_class)
+            config: Any = converter.structure(entry.config, spec.config_class)
         except Exception as exc:  # noqa: BLE001
             self._field_errors(field_errors(exc, f"{path}.config"))
             self.failed.add(entry.provider_id or "")

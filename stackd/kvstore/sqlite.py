@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -18,6 +19,12 @@ CREATE TABLE IF NOT EXISTS kvstore (
 """
 
 
+def _prepare(path: Path) -> Path:
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class SqliteKVStore:
     def __init__(self, db: aiosqlite.Connection, namespace: str) -> None:
         self._db = db
@@ -25,8 +32,7 @@ class SqliteKVStore:
 
     @classmethod
     async def open(cls, path: Path, namespace: str = "") -> SqliteKVStore:
-        path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = await asyncio.to_thread(_prepare, path)
         db = await aiosqlite.connect(path, isolation_level=None)
         # WAL lets several processes share the file; the busy timeout makes them wait, not fail.
         await db.execute("PRAGMA journal_mode=WAL")

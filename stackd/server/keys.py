@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from stackd.config.loader import LoadedConfig
-from stackd.providers.spec import Caller, CallContext
+from stackd.providers.spec import CallContext, Caller
 from stackd.stack import Stack
 
 __all__ = ["CALLER", "CONFIG", "STACK", "STARTED_AT", "MAX_BODY", "context"]

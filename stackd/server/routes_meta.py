@@ -43,7 +43,7 @@ async def _health_of(impl: Any) -> dict[str, Any]:
         return {"status": "Not Implemented", "message": "the provider has no health check"}
     try:
         result = await asyncio.wait_for(check(), timeout=2.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"status": "Error", "message": "health check timed out after 2 s"}
     except Exception as exc:  # noqa: BLE001 - a failing check is a health status, not a 500
         return {"status": "Error", "message": str(getattr(exc, "message", exc))}

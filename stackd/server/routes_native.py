@@ -52,7 +52,7 @@ async def _translated(chunks: AsyncIterator[dict[str, Any]], translator: Any) ->
 @routes.post("/v1/inference/chat-completion")
 @served("inference")
 async def chat_completion(request: web.Request) -> web.StreamResponse:
-    req = structure(await read_json(request), ChatCompletionRequest)
+    req: ChatCompletionRequest = structure(await read_json(request), ChatCompletionRequest)
     params = chat_to_openai(req, req.model_id)
     result = await request.app[STACK].inference.openai_chat_completion(
         params, context(request), loc="$.model_id", store=False
@@ -65,7 +65,7 @@ async def chat_completion(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/inference/completion")
 @served("inference")
 async def completion(request: web.Request) -> web.StreamResponse:
-    req = structure(await read_json(request), CompletionRequest)
+    req: CompletionRequest = structure(await read_json(request), CompletionRequest)
     params = completion_to_openai(req, req.model_id)
     result = await request.app[STACK].inference.openai_completion(params, context(request), loc="$.model_id")
     if isinstance(result, dict):
@@ -76,7 +76,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/inference/embeddings")
 @served("inference")
 async def embeddings(request: web.Request) -> web.Response:
-    req = structure(await read_json(request), EmbeddingsRequest)
+    req: EmbeddingsRequest = structure(await read_json(request), EmbeddingsRequest)
     params = embeddings_to_openai(req, req.model_id)
     result = await request.app[STACK].inference.openai_embeddings(params, context(request), loc="$.model_id")
     return json_response(openai_to_embeddings_response(result))
@@ -93,7 +93,7 @@ class RunShieldRequest:
 @served("safety")
 async def run_shield(request: web.Request) -> web.Response:
     body = await read_json(request)
-    req = structure(body, RunShieldRequest)
+    req: RunShieldRequest = structure(body, RunShieldRequest)
     # Providers get the messages as sent (plain JSON), once validated.
     result = await request.app[STACK].safety.run_shield(
         req.shield_id, body["messages"], dict(req.params or {}), context(request)

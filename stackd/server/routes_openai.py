@@ -7,7 +7,8 @@ the client.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -22,10 +23,14 @@ routes = web.RouteTableDef()
 PREFIXES = ("/v1", "/v1/openai/v1")
 
 
-def served(api: str) -> Any:
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def served(api: str) -> Callable[[H], H]:
     """Tag a handler with the API it serves, for /v1/inspect/routes."""
-    def mark(handler: Any) -> Any:
-        handler.stackd_api = api
+
+    def mark(handler: H) -> H:
+        handler.stackd_api = api  # type: ignore[attr-defined]
         return handler
 
     return mark

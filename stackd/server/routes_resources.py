@@ -63,7 +63,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 @routes.post("/v1/models")
 async def register_model(request: web.Request) -> web.Response:
-    body = structure(await read_json(request), RegisterModelRequest)
+    body: RegisterModelRequest = structure(await read_json(request), RegisterModelRequest)
     model = await request.app[STACK].registry.register_model(
         request[CALLER],
         body.model_id,
@@ -95,7 +95,7 @@ async def get_shield(request: web.Request) -> web.Response:
 
 @routes.post("/v1/shields")
 async def register_shield(request: web.Request) -> web.Response:
-    body = structure(await read_json(request), RegisterShieldRequest)
+    body: RegisterShieldRequest = structure(await read_json(request), RegisterShieldRequest)
     shield = await request.app[STACK].registry.register_shield(
         request[CALLER], body.shield_id, body.provider_shield_id, body.provider_id, body.params
     )

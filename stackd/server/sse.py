@@ -4,12 +4,16 @@ Llama Stack routes never send ``data: [DONE]`` (the 0.2.x client fails on it); O
 end with it unless the caller is a Llama Stack client. An error after the stream began is one
 last ``data: {"error": ...}`` frame. A client that goes away cancels the handler task, which
 closes the provider's iterator, which closes the upstream request.
+
+Frames that are ready together leave together: when the upstream delivered several events in
+one read, they are written as one chunk, not one socket write (and HTTP chunk) each. An
+event that has to be waited for flushes what is ready first, so no frame is ever held back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import orjson
@@ -41,8 +45,7 @@ async def stream_sse(
     await response.prepare(request)
     write = response.write
     try:
-        async for event in events:
-            await write(b"data: " + encode(event) + b"\n\n")
+        await _pump(events, encode, write)
     except StackdError as exc:
         log.warning("stream on %s failed: %s", request.path, exc.message)
         await write(b"data: " + orjson.dumps({"error": {"message": exc.message, "type": exc.type}}) + b"\n\n")
@@ -60,3 +63,76 @@ async def stream_sse(
             await aclose()
     await response.write_eof()
     return response
+
+
+async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], write: Callable[[bytes], Any]) -> None:
+    """Write every event; frames that were ready without waiting go out in one write."""
+    ready: list[bytes] = []
+    anext = events.__anext__
+    while True:
+        # Start the next step by hand: if it completes at once, the event was already buffered.
+        step = anext().__await__()
+        try:
+            future = step.send(None)
+        except StopIteration as got:
+            ready.append(b"data: " + encode(got.value) + b"\n\n")
+            continue
+        except StopAsyncIteration:
+            break
+        except Exception:
+            if ready:
+                await write(b"".join(ready))  # what came before the failure still goes out
+            raise
+        # The step waits for the upstream: send what is ready, then wait with it.
+        if ready:
+            try:
+                await write(b"".join(ready))
+            except BaseException as exc:
+                await _abandon(step, exc)
+                raise
+            ready.clear()
+        try:
+            event = await _Resumed(step, future)
+        except StopAsyncIteration:
+            break
+        ready.append(b"data: " + encode(event) + b"\n\n")
+    if ready:
+        await write(b"".join(ready))
+
+
+class _Resumed:
+    """Awaiting this finishes a started step, as if it had been awaited from the beginning."""
+
+    __slots__ = ("_future", "_step")
+
+    def __init__(self, step: Generator[Any, Any, Any], future: Any) -> None:
+        self._step = step
+        self._future = future
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        step, future = self._step, self._future
+        while True:
+            try:
+                sent = yield future
+            except BaseException as exc:  # noqa: BLE001 - cancellation goes to the step, as with await
+                try:
+                    future = step.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    future = step.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+async def _abandon(step: Generator[Any, Any, Any], exc: BaseException) -> None:
+    """A started step whose result is no longer wanted gets ``exc``, so its cleanup runs now."""
+    try:
+        future = step.throw(exc)
+    except BaseException:  # noqa: BLE001 - the step ended, by exc or its own error: both are expected
+        return
+    try:
+        await _Resumed(step, future)
+    except BaseException:  # noqa: BLE001 - the caller raises the original failure
+        return
