@@ -8,9 +8,10 @@ import orjson
 from aiohttp import web
 
 from stackd.errors import BadRequest, FieldError, PayloadTooLarge
-from stackd.server.keys import MAX_BODY
+from stackd.providers.spec import CallContext
+from stackd.server.keys import CALLER, MAX_BODY
 
-__all__ = ["json_response", "provider_data", "read_json"]
+__all__ = ["context", "json_response", "provider_data", "read_json"]
 
 _JSON = "application/json"
 
@@ -53,3 +54,8 @@ def provider_data(request: web.Request) -> dict[str, Any]:
         raise BadRequest("the X-LlamaStack-Provider-Data header must be a JSON object",
                          [FieldError("$.headers.X-LlamaStack-Provider-Data", "expected an object")])
     return data
+
+
+def context(request: web.Request) -> CallContext:
+    """What a provider call may know of this request: the caller and its provider data."""
+    return CallContext(caller=request[CALLER], provider_data=provider_data(request))

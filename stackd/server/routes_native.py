@@ -26,8 +26,8 @@ from stackd.apis.native import (
 )
 from stackd.apis.native_types import Message
 from stackd.convert import structure
-from stackd.server.http import json_response, read_json
-from stackd.server.keys import STACK, context
+from stackd.server.http import context, json_response, read_json
+from stackd.server.keys import STACK
 from stackd.server.routes_openai import served
 from stackd.server.sse import stream_sse
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from stackd.errors import BadRequest, FieldError
-from stackd.server.http import json_response, read_json
-from stackd.server.keys import STACK, context
+from stackd.server.http import context, json_response, read_json
+from stackd.server.keys import STACK
 from stackd.server.sse import stream_sse
 
 __all__ = ["routes", "served"]
