@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import orjson
+
 from stackd.errors import BadRequest, FieldError, NotFound
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "RejectedData",
     "StoredCompletion",
     "check_completion",
+    "rows_of",
     "check_limit",
     "check_order",
     "check_table_name",
@@ -118,6 +121,21 @@ def check_completion(completion: dict[str, Any], input_messages: list[dict[str, 
         raise ValueError(f"completion {cid!r}: 'model' must be a string")
     if not isinstance(input_messages, list) or not all(isinstance(m, dict) for m in input_messages):
         raise ValueError(f"completion {cid!r}: input_messages must be a list of dicts")
+
+
+def rows_of(items: Sequence[StoredCompletion]) -> list[tuple[str, int, str, str, str]]:
+    """The ``(id, created, model, body, input_messages)`` rows of a batch, each checked first."""
+    rows = []
+    for completion, input_messages in items:
+        check_completion(completion, input_messages)
+        rows.append((
+            completion["id"],
+            completion["created"],
+            completion["model"],
+            orjson.dumps(completion).decode(),
+            orjson.dumps(input_messages).decode(),
+        ))
+    return rows
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

@@ -20,7 +20,6 @@ from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     RejectedData,
     StoredCompletion,
-    check_completion,
     check_limit,
     check_order,
     check_table_name,
@@ -28,6 +27,7 @@ from stackd.inference_store.api import (
     list_page,
     message_page,
     not_found,
+    rows_of,
     unknown_cursor,
 )
 
@@ -42,10 +42,6 @@ DEFAULT_TABLE = "chat_completions"
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # ...except these, where the row itself is the problem (SQLSTATE classes 22 and 23).
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 class PostgresInferenceStore:
@@ -126,18 +122,7 @@ class PostgresInferenceStore:
         await self.store_many([(completion, input_messages)])
 
     async def store_many(self, items: Sequence[StoredCompletion]) -> None:
-        rows = []
-        for completion, input_messages in items:
-            check_completion(completion, input_messages)
-            rows.append(
-                (
-                    completion["id"],
-                    completion["created"],
-                    completion["model"],
-                    _dumps(completion),
-                    _dumps(input_messages),
-                )
-            )
+        rows = rows_of(items)
         if not rows:
             return
         async with self._connection() as conn, conn.transaction():

@@ -22,13 +22,13 @@ from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     RejectedData,
     StoredCompletion,
-    check_completion,
     check_limit,
     check_order,
     item_of,
     list_page,
     message_page,
     not_found,
+    rows_of,
     unknown_cursor,
 )
 
@@ -52,10 +52,6 @@ _UPSERT = (
     "ON CONFLICT (id) DO UPDATE SET created = excluded.created, model = excluded.model, "
     "body = excluded.body, input_messages = excluded.input_messages"
 )
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 class SqliteInferenceStore:
@@ -106,18 +102,7 @@ class SqliteInferenceStore:
         await self.store_many([(completion, input_messages)])
 
     async def store_many(self, items: Sequence[StoredCompletion]) -> None:
-        rows = []
-        for completion, input_messages in items:
-            check_completion(completion, input_messages)
-            rows.append(
-                (
-                    completion["id"],
-                    completion["created"],
-                    completion["model"],
-                    _dumps(completion),
-                    _dumps(input_messages),
-                )
-            )
+        rows = rows_of(items)
         if not rows:
             return
         async with self._write_lock:
