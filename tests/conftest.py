@@ -177,16 +177,29 @@ class StackdProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            self._finish()
             raise AssertionError(f"stackd did not stop on signal {sig}:\n{self.output()}") from None
-        for t in self._threads:
-            t.join(timeout=5)
+        self._finish()
         return rc
 
     def wait(self, timeout: float = 20.0) -> int:
         rc = self.proc.wait(timeout=timeout)
+        self._finish()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Drain the readers and close the pipes (an open pipe is a ResourceWarning, an error here)."""
         for t in self._threads:
             t.join(timeout=5)
-        return rc
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
     def output(self) -> str:
         return "".join(self.stdout) + "".join(self.stderr)
@@ -213,9 +226,7 @@ def stackd_serve(tmp_path: Path) -> Iterator[Callable[..., StackdProcess]]:
 
     yield start
     for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait()
+        p.kill()
 
 
 @pytest.fixture
