@@ -45,12 +45,7 @@ async def stream_sse(
     await response.prepare(request)
     write = response.write
     try:
-        import os
-        if os.environ.get("NAIVE"):
-            async for event in events:
-                await write(b"data: " + encode(event) + b"\n\n")
-        else:
-            await _pump(events, encode, write)
+        await _pump(events, encode, write)
     except StackdError as exc:
         log.warning("stream on %s failed: %s", request.path, exc.message)
         await write(b"data: " + orjson.dumps({"error": {"message": exc.message, "type": exc.type}}) + b"\n\n")

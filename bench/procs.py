@@ -1,0 +1,118 @@
+"""Processes of the benchmark: start, wait until healthy, read CPU and memory from /proc."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Server", "cpu_seconds", "free_port", "rss_mb", "peak_rss_mb", "start_server"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _TICK
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_mb(pid: int) -> float:
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _status_kb(pid, "VmHWM") / 1024
+
+
+@attrs.define
+class Server:
+    """A server process the benchmark started; :meth:`stop` ends it (by its own pid only)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    start_seconds: float
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def start_server(
+    name: str,
+    argv: Sequence[str],
+    url: str,
+    health_path: str,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Server:
+    """Start ``argv`` and poll ``url + health_path`` until it answers 200.
+
+    ``start_seconds`` is process start -> first 200 (polled every 10 ms).
+    """
+    log = log_path.open("wb")
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+    )
+    server = Server(name, proc, url, 0.0, log_path)
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before it was healthy:\n"
+                               f"{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(url + health_path, timeout=1.0) as resp:
+                if resp.status == 200:
+                    server.start_seconds = time.perf_counter() - started
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.01)
+    server.stop()
+    raise RuntimeError(f"{name} was not healthy at {url}{health_path} after {timeout:.0f} s:\n{server.log_tail()}")

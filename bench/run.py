@@ -1,0 +1,309 @@
+"""stackd's proxy benchmark: chat completions direct to a fast upstream, then through stackd.
+
+    /work/venv/bin/python -m bench.run                 # from the repository root
+    /work/venv/bin/python -m bench.run --quick         # a smoke run (few requests)
+    /work/venv/bin/python -m bench.run --with-llama-stack /tmp/ls-venv
+    /work/venv/bin/python -m bench.run --profile       # py-spy samples of stackd (separate run!)
+
+Three (or four) processes, all on 127.0.0.1: the upstream (``stackd.testing.fake_openai``
+with 64-chunk streams), stackd (``stackd serve`` on a generated ``remote::vllm`` config), the
+load generator (``bench/loadgen.py``) and optionally Llama Stack 0.2.12. For each mode
+(non-stream, stream) and concurrency (32, 128) every target gets a warm-up and then a bounded
+measured phase; CPU comes from /proc/<pid>/stat read exactly around that phase. See
+docs/benchmarks.md for what the numbers mean on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bench import peers
+from bench.procs import Server, cpu_seconds, free_port, peak_rss_mb, rss_mb, start_server
+from bench.report import evaluate, format_table
+
+__all__ = ["main"]
+
+_LOADGEN = Path(__file__).with_name("loadgen.py")
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@attrs.frozen
+class Target:
+    name: str
+    url: str
+    model: str
+    server: Server | None  # None: the upstream itself (direct)
+
+
+@attrs.frozen
+class Phase:
+    stream: bool
+    concurrency: int
+    requests: int
+
+    @property
+    def mode(self) -> str:
+        return "stream" if self.stream else "non-stream"
+
+    @property
+    def key(self) -> str:
+        return f"{'stream' if self.stream else 'nonstream'}-c{self.concurrency}"
+
+
+def _profile_start(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    # --nonblocking: stackd is not paused while sampled, so its timing stays close to a normal run.
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--format", "raw",
+         "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def _profile_stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(
+    target: Target, upstream: Server, phase: Phase, args: argparse.Namespace, profile_dir: Path | None
+) -> dict[str, Any]:
+    argv = [sys.executable, str(_LOADGEN), "--url", target.url, "--model", target.model,
+            "--concurrency", str(phase.concurrency), "--requests", str(phase.requests),
+            "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
+    if phase.stream:
+        argv.append("--stream")
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert gen.stdin is not None and gen.stdout is not None
+    try:
+        warm = json.loads(gen.stdout.readline() or "{}")
+        if warm.get("phase") != "warm" or not warm.get("ok"):
+            raise RuntimeError(f"{target.name} {phase.key}: the warm-up failed: {warm or 'no output'}")
+        profiler = None
+        if profile_dir is not None and target.server is not None:
+            profiler = _profile_start(target.server.pid, profile_dir / f"{target.name}-{phase.key}.txt")
+            time.sleep(0.5)  # py-spy attaches before the measured phase begins
+        server_pid = target.server.pid if target.server else None
+        up0 = cpu_seconds(upstream.pid)
+        srv0 = cpu_seconds(server_pid) if server_pid else 0.0
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        done = json.loads(gen.stdout.readline() or "{}")
+        up1 = cpu_seconds(upstream.pid)
+        srv1 = cpu_seconds(server_pid) if server_pid else 0.0
+        if profiler is not None:
+            _profile_stop(profiler)
+        gen.wait(timeout=30)
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+            gen.wait()
+    if done.get("phase") != "done":
+        raise RuntimeError(f"{target.name} {phase.key}: the load generator gave no result")
+    ok = int(done["ok"])
+    seconds = float(done["seconds"])
+    result: dict[str, Any] = {
+        "target": target.name,
+        "mode": phase.mode,
+        "concurrency": phase.concurrency,
+        **{k: v for k, v in done.items() if k != "phase"},
+        "upstream_cpu_ms_per_req": (up1 - up0) * 1000 / ok if ok else None,
+        "upstream_cpu_cores": (up1 - up0) / seconds if seconds else None,
+    }
+    if server_pid:
+        result["server_cpu_ms_per_req"] = (srv1 - srv0) * 1000 / ok if ok else None
+        result["server_cpu_cores"] = (srv1 - srv0) / seconds if seconds else None
+        result["server_rss_mb"] = rss_mb(server_pid)
+    return result
+
+
+def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, Server]]:
+    up_port = free_port()
+    upstream = start_server(
+        "upstream", peers.upstream_argv(up_port, args.chunks), f"http://127.0.0.1:{up_port}", "/health",
+        work / "upstream.log",
+    )
+    servers: dict[str, Server] = {}
+    try:
+        port = free_port()
+        config = peers.write_stackd_config(work, upstream.url)
+        env = {**os.environ, "STACKD_HOME": str(work / "stackd-home")}
+        servers["stackd"] = start_server(
+            "stackd", peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
+            work / "stackd.log", env=env,
+        )
+        if args.with_llama_stack:
+            servers.update(_start_llama_stack(args, work, upstream))
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        upstream.stop()
+        raise
+    return upstream, servers
+
+
+def _start_llama_stack(args: argparse.Namespace, work: Path, upstream: Server) -> dict[str, Server]:
+    venv = Path(args.with_llama_stack)
+    if not (venv / "bin" / "python").exists():
+        print(f"llama-stack: skipped: no {venv}/bin/python (python -m venv {venv} && "
+              f"{venv}/bin/pip install llama-stack==0.2.12 uvicorn aiosqlite 'sqlalchemy[asyncio]')",
+              file=sys.stderr)
+        return {}
+    port = free_port()
+    config = peers.write_llama_stack_config(work, upstream.url, port)
+    env = {**os.environ, "SQLITE_STORE_DIR": str(work / "llama-stack"), "LLAMA_STACK_LOGGING": "all=warning"}
+    try:
+        server = start_server(
+            "llama-stack", peers.llama_stack_argv(venv, config, port), f"http://127.0.0.1:{port}", "/v1/health",
+            work / "llama-stack.log", env=env, timeout=90,
+        )
+    except RuntimeError as exc:
+        print(f"llama-stack: skipped: it did not start: {exc}", file=sys.stderr)
+        return {}
+    return {"llama-stack": server}
+
+
+def _targets(upstream: Server, servers: dict[str, Server]) -> list[Target]:
+    targets = [Target("direct", f"{upstream.url}/v1/chat/completions", peers.FAKE_MODEL, None)]
+    if "stackd" in servers:
+        targets.append(Target("stackd", f"{servers['stackd'].url}/v1/chat/completions", peers.MODEL_ID,
+                              servers["stackd"]))
+    if "llama-stack" in servers:
+        targets.append(Target("llama-stack", f"{servers['llama-stack'].url}/v1/openai/v1/chat/completions",
+                              peers.MODEL_ID, servers["llama-stack"]))
+    return targets
+
+
+def _machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _summarise_profiles(profile_dir: Path, top: int = 25) -> str:
+    """Self-time and inclusive-time leaders of each py-spy raw (collapsed stacks) file."""
+    out: list[str] = []
+    for path in sorted(profile_dir.glob("*.txt")):
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        total = 0
+        for line in path.read_text().splitlines():
+            stack, _, count_s = line.rpartition(" ")
+            if not stack or not count_s.isdigit():
+                continue
+            count = int(count_s)
+            total += count
+            frames = stack.split(";")
+            own[frames[-1]] += count
+            for frame in set(frames):
+                inclusive[frame] += count
+        if not total:
+            continue
+        out.append(f"== {path.name}: {total} samples")
+        out.append("-- self")
+        out += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+        out.append("-- inclusive")
+        out += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunks", type=int, default=64, help="content chunks per answer (stream events)")
+    parser.add_argument("--concurrency", default="32,128", help="comma-separated concurrency levels")
+    parser.add_argument("--modes", default="non-stream,stream", help="non-stream, stream or both")
+    parser.add_argument("--requests-nonstream", type=int, default=6000, help="measured requests per phase")
+    parser.add_argument("--requests-stream", type=int, default=1500, help="measured requests per phase")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="time bound of each phase")
+    parser.add_argument("--warmup", type=int, default=300, help="warm-up requests per phase (>= 2x c)")
+    parser.add_argument("--quick", action="store_true", help="few requests: checks that everything runs")
+    parser.add_argument("--with-llama-stack", metavar="VENV", help="a venv with llama-stack==0.2.12 installed")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample stackd with py-spy during its measured phases (do not quote those numbers)")
+    parser.add_argument("--out", type=Path, default=_ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests_nonstream, args.requests_stream, args.warmup, args.max_seconds = 600, 150, 100, 5.0
+    levels = [int(c) for c in args.concurrency.split(",") if c]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    phases = [
+        Phase(mode == "stream", c, args.requests_stream if mode == "stream" else args.requests_nonstream)
+        for mode in modes for c in levels
+    ]
+
+    with tempfile.TemporaryDirectory(prefix="stackd-bench-") as tmp:
+        work = Path(tmp)
+        profile_dir = None
+        if args.profile:
+            profile_dir = args.out.parent / "profiles"
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        upstream, servers = _start_all(args, work)
+        everyone = {"upstream": upstream, **servers}
+        startup = {
+            name: {"start_s": s.start_seconds, "rss_mb_after_start": rss_mb(s.pid)} for name, s in everyone.items()
+        }
+        results: list[dict[str, Any]] = []
+        try:
+            for phase in phases:
+                for target in _targets(upstream, servers):
+                    print(f"... {target.name:12} {phase.mode:10} c={phase.concurrency}", file=sys.stderr, flush=True)
+                    results.append(measure(target, upstream, phase, args, profile_dir))
+            for name, s in everyone.items():
+                startup[name]["rss_mb_after_load"] = rss_mb(s.pid)
+                startup[name]["peak_rss_mb"] = peak_rss_mb(s.pid)
+        finally:
+            for server in servers.values():
+                server.stop()
+            upstream.stop()
+
+    verdicts = evaluate(results)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine(),
+        "settings": {"chunks": args.chunks, "requests_nonstream": args.requests_nonstream,
+                     "requests_stream": args.requests_stream, "max_seconds": args.max_seconds,
+                     "warmup": args.warmup, "profiled": args.profile},
+        "startup": startup,
+        "results": results,
+        "targets": verdicts,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
+    if profile_dir is not None:
+        summary = _summarise_profiles(profile_dir)
+        (profile_dir / "summary.txt").write_text(summary + "\n")
+        print(f"\npy-spy profiles: {profile_dir} (summary.txt)")
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
