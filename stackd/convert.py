@@ -28,8 +28,11 @@ __all__ = [
     "Seconds",
     "StructureError",
     "converter",
+    "describe",
     "field_errors",
     "register_tagged_union",
+    "register_union",
+    "tagged_union_hook",
     "structure",
     "unknown_keys",
 ]
@@ -78,7 +81,7 @@ _PRIMITIVES: dict[type, str] = {
 def _structure_str(value: Any, _: type) -> str:
     if isinstance(value, str):
         return value
-    raise StructureError(f"expected a string, got {_describe(value)}")
+    raise StructureError(f"expected a string, got {describe(value)}")
 
 
 def _structure_int(value: Any, _: type) -> int:
@@ -89,7 +92,7 @@ def _structure_int(value: Any, _: type) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise StructureError(f"expected an integer, got {_describe(value)}")
+    raise StructureError(f"expected an integer, got {describe(value)}")
 
 
 def _structure_float(value: Any, _: type) -> float:
@@ -100,7 +103,7 @@ def _structure_float(value: Any, _: type) -> float:
             return float(value.strip())
         except ValueError:
             pass
-    raise StructureError(f"expected a number, got {_describe(value)}")
+    raise StructureError(f"expected a number, got {describe(value)}")
 
 
 def _structure_bool(value: Any, _: type) -> bool:
@@ -108,13 +111,13 @@ def _structure_bool(value: Any, _: type) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise StructureError(f"expected true or false, got {_describe(value)}")
+    raise StructureError(f"expected true or false, got {describe(value)}")
 
 
 def _structure_path(value: Any, _: type) -> Path:
     if isinstance(value, (str, Path)) and str(value):
         return Path(value).expanduser()
-    raise StructureError(f"expected a path, got {_describe(value)}")
+    raise StructureError(f"expected a path, got {describe(value)}")
 
 
 def _structure_url(value: Any, _: type) -> HttpUrl:
@@ -124,7 +127,7 @@ def _structure_url(value: Any, _: type) -> HttpUrl:
         parts = urlsplit(value.strip())
         if parts.scheme in ("http", "https") and parts.netloc:
             return HttpUrl(value.strip().rstrip("/"))
-    raise StructureError(f"expected an http(s) URL, got {_describe(value)}")
+    raise StructureError(f"expected an http(s) URL, got {describe(value)}")
 
 
 def _structure_seconds(value: Any, _: type) -> Seconds:
@@ -143,7 +146,7 @@ def _structure_secret(value: Any, _: type) -> Secret:
     raise StructureError(f"expected a string, got {type(value).__name__}")
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -176,7 +179,7 @@ def _primitive_union_hook(tp: Any) -> Callable[[Any, Any], Any]:
             if member in (str, Path) and isinstance(value, str):
                 return member(value)
         wanted = " or ".join(_PRIMITIVES[m] for m in members)
-        raise StructureError(f"expected {wanted}, got {_describe(value)}")
+        raise StructureError(f"expected {wanted}, got {describe(value)}")
 
     return hook
 
@@ -205,7 +208,7 @@ def _optional_hook(tp: Any) -> Callable[[Any, Any], Any]:
 def _structure_dict_any(value: Any, _: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
-    raise StructureError(f"expected a mapping, got {_describe(value)}")
+    raise StructureError(f"expected a mapping, got {describe(value)}")
 
 
 def _structure_list_guard(tp: Any) -> Callable[[Any, Any], Any]:
@@ -213,7 +216,7 @@ def _structure_list_guard(tp: Any) -> Callable[[Any, Any], Any]:
 
     def hook(value: Any, _: Any) -> Any:
         if not isinstance(value, (list, tuple)):
-            raise StructureError(f"expected a list, got {_describe(value)}")
+            raise StructureError(f"expected a list, got {describe(value)}")
         errors: list[Exception] = []
         out = []
         for i, item in enumerate(value):
@@ -236,7 +239,7 @@ def _mapping_guard(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any
 
         def hook(value: Any, tp: Any) -> Any:
             if not isinstance(value, Mapping):
-                raise StructureError(f"expected a mapping, got {_describe(value)}")
+                raise StructureError(f"expected a mapping, got {describe(value)}")
             return inner(value, tp)
 
         return hook
@@ -400,31 +403,49 @@ class _TagError(StructureError):
         self.tag = tag
 
 
+def tagged_union_hook(
+    tag: str,
+    classes: Mapping[str, type],
+    what: str,
+    *,
+    default: str | None = None,
+    conv: cattrs.Converter | None = None,
+) -> Callable[[Any, Any], Any]:
+    """A hook structuring a mapping into the class its ``tag`` key names (``type``, ``role``...).
+
+    An unknown or missing tag is reported at ``$.path.<tag>`` with the valid values listed;
+    ``what`` names the thing in messages ("message", "store"). ``default`` is the tag assumed
+    when the key is absent.
+    """
+    valid = ", ".join(repr(k) for k in classes)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise StructureError(f"expected a {what} (a mapping with {tag!r}: {valid}), got {describe(value)}")
+        name = value.get(tag, default)
+        if name is None:
+            raise _TagError(tag, f"required field missing; a {what} needs {tag!r}: one of {valid}")
+        cls = classes.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise _TagError(tag, f"unknown {what} {tag} {describe(name)}; expected one of {valid}")
+        return (conv or converter).structure(value, cls)
+
+    return hook
+
+
 def register_tagged_union(
     union: Any,
     tag: str,
     classes: Mapping[str, type],
+    what: str,
     *,
     default: str | None = None,
     conv: cattrs.Converter | None = None,
 ) -> None:
-    """Structure ``union`` by the value of its ``tag`` key (``type``, ``role``...).
+    """Structure ``union`` (and ``union | None``) with :func:`tagged_union_hook`."""
+    register_union(union, tagged_union_hook(tag, classes, what, default=default, conv=conv), conv=conv)
 
-    An unknown or missing tag is reported at ``$.path.<tag>`` with the valid values listed.
-    ``default`` is the tag assumed when the key is absent.
-    """
-    conv = conv or converter
-    valid = ", ".join(sorted(classes))
 
-    def hook(value: Any, _: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise StructureError(f"expected a mapping with '{tag}' ({valid}), got {_describe(value)}")
-        name = value.get(tag, default)
-        if name is None:
-            raise _TagError(tag, f"required field missing; expected one of {valid}")
-        cls = classes.get(name) if isinstance(name, str) else None
-        if cls is None:
-            raise _TagError(tag, f"unknown {tag} {name!r}; expected one of {valid}")
-        return conv.structure(value, cls)
-
-    conv.register_structure_hook_func(lambda t: t == union, hook)
+def register_union(union: Any, hook: Callable[[Any, Any], Any], *, conv: cattrs.Converter | None = None) -> None:
+    """Structure ``union`` with ``hook``; ``union | None`` follows through the optional hook."""
+    (conv or converter).register_structure_hook_func(lambda t: bool(t == union), hook)

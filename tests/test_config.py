@@ -293,5 +293,6 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_store_type_is_checked() -> None:
     assert problems("metadata_store: {type: mysql}\n") == [
-        "unknown type 'mysql'; expected one of postgres, redis, sqlite @ $.metadata_store.type (run.yaml:1:24)"
+        "unknown store type 'mysql'; expected one of 'sqlite', 'postgres', 'redis' @ $.metadata_store.type "
+        "(run.yaml:1:24)"
     ]

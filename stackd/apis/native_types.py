@@ -18,7 +18,14 @@ import attrs
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from stackd.convert import StructureError, converter
+from stackd.convert import (
+    StructureError,
+    converter,
+    describe,
+    register_tagged_union,
+    register_union,
+    tagged_union_hook,
+)
 
 __all__ = [
     "URL",
@@ -252,60 +259,11 @@ class EmbeddingsRequest:
 # ---- hooks ---------------------------------------------------------------------------------
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _at_field(name: str, message: str, tp: Any) -> ClassValidationError:
-    """An error cattrs' path walker places at ``<parent>.<name>``."""
-    error = StructureError(message)
-    error.__notes__ = [AttributeValidationNote(f"Structuring @ attribute {name}", name, str)]
-    return ClassValidationError(f"While structuring {tp!r}", [error], tp)
-
-
-def _tagged_union(tag: str, choices: Mapping[str, type], what: str) -> Callable[[Any, Any], Any]:
-    valid = ", ".join(repr(k) for k in choices)
-
-    def hook(value: Any, tp: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise StructureError(
-                f"expected a {what} (a mapping with {tag!r}: {valid}), got {_describe(value)}"
-            )
-        kind = value.get(tag)
-        cls = choices.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            if tag not in value:
-                raise _at_field(tag, f"required field missing; a {what} needs {tag!r}: one of {valid}", tp)
-            raise _at_field(tag, f"unknown {what} {tag} {_describe(kind)}; expected one of {valid}", tp)
-        return converter.structure(value, cls)
-
-    return hook
-
-
 def _is(tp: Any) -> Callable[[Any], bool]:
     return lambda t: bool(t == tp)
 
 
-def _register_union(union: Any, hook: Callable[[Any, Any], Any]) -> None:
-    optional = union | None
-
-    def optional_hook(value: Any, tp: Any) -> Any:
-        return None if value is None else hook(value, tp)
-
-    converter.register_structure_hook_func(_is(union), hook)
-    converter.register_structure_hook_func(_is(optional), optional_hook)
-
-
-_content_item = _tagged_union("type", {"text": TextItem, "image": ImageItem}, "content item")
+_content_item = tagged_union_hook("type", {"text": TextItem, "image": ImageItem}, "content item")
 
 
 def _content(value: Any, tp: Any) -> Any:
@@ -317,7 +275,7 @@ def _content(value: Any, tp: Any) -> Any:
         return converter.structure(value, list[TextItem | ImageItem])
     raise StructureError(
         "expected a string, a content item ({type: text, text} or {type: image, image}) "
-        f"or a list of content items, got {_describe(value)}"
+        f"or a list of content items, got {describe(value)}"
     )
 
 
@@ -326,7 +284,7 @@ def _embedding_content(value: Any, tp: Any) -> Any:
         return value
     if isinstance(value, Mapping):
         return _content_item(value, tp)
-    raise StructureError(f"expected a string or a content item {{type: text, text}}, got {_describe(value)}")
+    raise StructureError(f"expected a string or a content item {{type: text, text}}, got {describe(value)}")
 
 
 _image_source_fields = make_dict_structure_fn(ImageSource, converter, _cattrs_detailed_validation=True)
@@ -334,7 +292,7 @@ _image_source_fields = make_dict_structure_fn(ImageSource, converter, _cattrs_de
 
 def _image_source(value: Any, tp: Any) -> ImageSource:
     if not isinstance(value, Mapping):
-        raise StructureError(f"expected {{url: {{uri}}}} or {{data: <base64>}}, got {_describe(value)}")
+        raise StructureError(f"expected {{url: {{uri}}}} or {{data: <base64>}}, got {describe(value)}")
     source: ImageSource = _image_source_fields(value, tp)
     if (source.url is None) == (source.data is None):
         raise StructureError("an image needs exactly one of url: {uri: ...} or data: <base64 string>")
@@ -346,7 +304,7 @@ def _tool_arguments(value: Any, _: Any) -> str | dict[str, Any]:
         return value
     if isinstance(value, Mapping):
         return dict(value)
-    raise StructureError(f"expected a mapping or a JSON string, got {_describe(value)}")
+    raise StructureError(f"expected a mapping or a JSON string, got {describe(value)}")
 
 
 def _tool_parameters(value: Any, tp: Any) -> dict[str, ToolParamDefinition] | None:
@@ -354,7 +312,7 @@ def _tool_parameters(value: Any, tp: Any) -> dict[str, ToolParamDefinition] | No
         return None
     if not isinstance(value, Mapping):
         raise StructureError(
-            f"expected a mapping of parameter name to {{param_type, ...}}, got {_describe(value)}"
+            f"expected a mapping of parameter name to {{param_type, ...}}, got {describe(value)}"
         )
     out: dict[str, ToolParamDefinition] = {}
     errors: list[Exception] = []
@@ -379,7 +337,7 @@ def _one_of(literal: Any) -> Callable[[Any, Any], Any]:
     def hook(value: Any, _: Any) -> Any:
         if value in values and isinstance(value, str):
             return value
-        raise StructureError(f"expected one of {valid}, got {_describe(value)}")
+        raise StructureError(f"expected one of {valid}, got {describe(value)}")
 
     return hook
 
@@ -390,7 +348,7 @@ def _number_hook(
     def hook(value: Any, _: Any) -> Any:
         number: Any = converter.structure(value, base)
         if not check(number):
-            raise StructureError(f"expected {wanted}, got {_describe(value)}{hint}")
+            raise StructureError(f"expected {wanted}, got {describe(value)}{hint}")
         return number
 
     return hook
@@ -416,29 +374,21 @@ for _literal in (ToolPromptFormat, SystemMessageBehavior, TextTruncation, Embedd
 converter.register_structure_hook(ImageSource, _image_source)
 converter.register_structure_hook_func(_is(str | dict[str, Any]), _tool_arguments)
 converter.register_structure_hook_func(_is(dict[str, ToolParamDefinition] | None), _tool_parameters)
-_register_union(TextItem | ImageItem, _content_item)
-_register_union(Content, _content)
-_register_union(str | TextItem | ImageItem, _embedding_content)
-_register_union(
+register_union(TextItem | ImageItem, _content_item)
+register_union(Content, _content)
+register_union(str | TextItem | ImageItem, _embedding_content)
+register_tagged_union(
     Message,
-    _tagged_union(
-        "role",
-        {
-            "user": UserMessage,
-            "system": SystemMessage,
-            "assistant": AssistantMessage,
-            "tool": ToolResponseMessage,
-        },
-        "message",
-    ),
+    "role",
+    {"user": UserMessage, "system": SystemMessage, "assistant": AssistantMessage, "tool": ToolResponseMessage},
+    "message",
 )
-_register_union(
+register_tagged_union(
     SamplingStrategy,
-    _tagged_union(
-        "type", {"greedy": GreedyStrategy, "top_p": TopPStrategy, "top_k": TopKStrategy}, "sampling strategy"
-    ),
+    "type",
+    {"greedy": GreedyStrategy, "top_p": TopPStrategy, "top_k": TopKStrategy},
+    "sampling strategy",
 )
-_register_union(
-    ResponseFormat,
-    _tagged_union("type", {"json_schema": JsonSchemaFormat, "grammar": GrammarFormat}, "response format"),
+register_tagged_union(
+    ResponseFormat, "type", {"json_schema": JsonSchemaFormat, "grammar": GrammarFormat}, "response format"
 )

@@ -45,4 +45,5 @@ register_tagged_union(
     StoreConfig,
     "type",
     {"sqlite": SqliteStoreConfig, "postgres": PostgresStoreConfig, "redis": RedisStoreConfig},
+    "store",
 )
