@@ -193,7 +193,8 @@ def test_env_flag_substitutes_before_loading(stackd_serve: Callable[..., Any], t
                                              port: Callable[[], int]) -> None:
     p = port()
     config = '{prefix: "${env.ECHO_PREFIX}", api_key: "${env.ECHO_KEY}"}'
-    proc = stackd_serve(_config_with_port(tmp_path, p, config), "--env", "ECHO_PREFIX=pre:", "--env", "ECHO_KEY=sk-cli-42")
+    proc = stackd_serve(_config_with_port(tmp_path, p, config),
+                        "--env", "ECHO_PREFIX=pre:", "--env", "ECHO_KEY=sk-cli-42")
     proc.wait_serving()
     status, body = request(f"http://127.0.0.1:{p}/v1/providers/echo")
     assert status == 200
