@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 
 from stackd.config.schema import ModelInput, QuotaConfig, RunConfig, ServerConfig, ShieldInput
 from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
-from stackd.convert import HttpUrl, Secret, Seconds, converter, structure, unknown_keys
+from stackd.convert import HttpUrl, Seconds, Secret, converter, structure, unknown_keys
 from stackd.errors import BadRequest
 
 
 @attrs.frozen
 class Inner:
     url: HttpUrl
-    timeout: Seconds = Seconds(5.0)
+    timeout: Seconds = 5.0  # type: ignore[assignment]
     token: Secret | None = None
 
 
@@ -65,7 +65,9 @@ def test_shapes_are_checked_before_fields() -> None:
     assert errors_of({"name": "n", "count": 1, "flag": True, "items": "abc"}) == [
         ("$.items", "expected a list, got 'abc'")
     ]
-    assert errors_of({"name": "n", "count": 1, "flag": True, "extra": [1]}) == [("$.extra", "expected a mapping, got a list")]
+    assert errors_of({"name": "n", "count": 1, "flag": True, "extra": [1]}) == [
+        ("$.extra", "expected a mapping, got a list")
+    ]
 
 
 def test_missing_fields_are_all_reported() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stackd.config.loader import parse_config
 from stackd.server import create_app
-from stackd.testing.fake_openai import Fault, FakeOpenAI
+from stackd.testing.fake_openai import FakeOpenAI, Fault
 
 pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
 
