@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 import stackd
+from stackd import Caller
+from stackd.config.loader import load_config
+from stackd.dispatch import Dispatcher, RequestInfo
+from stackd.errors import Unauthorized
+from stackd.server import create_app
 
 Client = TestClient[Any, Any]
 
@@ -73,3 +80,56 @@ async def test_inspect_routes(client: Client) -> None:
     assert ("/v1/health", "GET") in pairs
     # Each route is listed once per method.
     assert len(pairs) == len(data)
+
+
+# ---- public routes stay public when every other route needs a token -------------------------------
+
+
+class BearerAuth:
+    """The Authenticator protocol in its simplest form: one accepted token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def authenticate(self, request: RequestInfo) -> Caller:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            raise Unauthorized("a valid bearer token is required")
+        return Caller(principal="alice", attributes={"roles": ("admin",)})
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_health_and_version_are_public_with_auth_on(echo_config: Path) -> None:
+    loaded = load_config(echo_config)
+    server = TestServer(create_app(loaded, dispatcher=Dispatcher(authenticator=BearerAuth("good-token"))),
+                        host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with TestClient(server) as c:
+            assert (await c.get("/v1/health")).status == 200
+            assert (await c.get("/v1/version")).status == 200
+            resp = await c.get("/v1/models", headers={"Authorization": "Bearer wrong-token-123"})
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "wrong-token-123" not in await resp.text()
+            assert (await c.get("/v1/providers")).status == 401
+            resp = await c.get("/v1/models", headers={"Authorization": "Bearer good-token"})
+            assert resp.status == 200
+    finally:
+        await server.close()
+
+
+async def test_route_policy_without_auth(serve_app: Any, write_config: Callable[..., Path]) -> None:
+    path = write_config(server='  route_policy:\n  - routes: ["/v1/models"]\n    allow: {roles: [admin]}\n'
+                               '  - routes: ["/v1/chat/"]\n')
+    async with TestClient(await serve_app(path)) as c:
+        assert (await c.get("/v1/health")).status == 200
+        assert (await c.get("/v1/version")).status == 200
+        resp = await c.get("/v1/models")
+        assert resp.status == 403
+        assert (await resp.json())["error"]["type"]
+        resp = await c.post("/v1/chat/completions", json={"model": "echo-1",
+                                                          "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status == 200
+        assert (await c.get("/v1/providers")).status == 403  # deny once any rule exists
