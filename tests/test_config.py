@@ -296,3 +296,29 @@ def test_store_type_is_checked() -> None:
         "unknown store type 'mysql'; expected one of 'sqlite', 'postgres', 'redis' @ $.metadata_store.type "
         "(run.yaml:1:24)"
     ]
+
+
+def test_type_errors_do_not_hide_cross_checks() -> None:
+    text = """\
+apis: [inferance, inference]
+providers:
+  inference:
+  - provider_id: broken
+  - provider_id: echo
+    provider_type: inline::echo
+models:
+- model_id: a
+  provider_id: nowhere
+- model_id: b
+  provider_id: broken
+- model_id: 7
+server:
+  port: 70000
+"""
+    assert problems(text) == [
+        "required field missing @ $.providers.inference[0].provider_type (run.yaml:4:5)",
+        "expected a string or null, got 7 @ $.models[2].model_id (run.yaml:12:13)",
+        "expected a port number between 1 and 65535 (0 picks a free one), got 70000 @ $.server.port (run.yaml:14:9)",
+        "unknown API 'inferance'; did you mean 'inference'? @ $.apis[0] (run.yaml:1:8)",
+        "no provider with provider_id 'nowhere'; inference providers: echo @ $.models[0].provider_id (run.yaml:9:16)",
+    ]

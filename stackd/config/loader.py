@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ KNOWN_APIS = (
 )
 BUILTIN_APIS = ("models", "shields", "providers", "inspect", "vector_dbs", "datasets", "scoring_functions",
                 "benchmarks", "tool_groups")
-DISABLED = "__disabled__"  # Llama Stack 0.2.x's sentinel for `${env.X:=__disabled__}`
+DISABLED = "__disabled__"
+_INVALID = "(invalid)"  # stand-in provider_type for an entry whose errors are reported already  # Llama Stack 0.2.x's sentinel for `${env.X:=__disabled__}`
 
 
 @attrs.frozen
@@ -231,14 +233,9 @@ class _Builder:
             for i, item in enumerate(data.get(section) or [])
             if isinstance(item, Mapping) and "provider_id" in item and item["provider_id"] in (None, "")
         }
-        try:
-            run = converter.structure(data, RunConfig)
-        except Exception as exc:  # noqa: BLE001 - every structuring failure becomes a Problem
-            self._field_errors(field_errors(exc))
-            raise ConfigError(self.problems, self.warnings) from None
-
         self.skipped: set[str] = set()
         self.failed: set[str] = set()  # already reported; their resources are not reported again
+        run = self._structure(data)
         providers, missing = self._providers(run)
         models = self._models(run, providers)
         shields = self._shields(run, providers)
@@ -247,6 +244,59 @@ class _Builder:
         if self.problems:
             raise ConfigError(self.problems, self.warnings)
         return LoadedConfig(run, providers, self.warnings, missing, self.source, models, shields)
+
+    def _try(self, value: Any, tp: Any, path: str) -> tuple[bool, Any]:
+        try:
+            return True, converter.structure(value, tp)
+        except Exception as exc:  # noqa: BLE001 - every structuring failure becomes a Problem
+            self._field_errors(field_errors(exc, path))
+            return False, None
+
+    def _structure(self, data: dict[str, Any]) -> RunConfig:
+        """Section by section and item by item, so one bad value does not hide the other problems.
+
+        A provider, model or shield that fails keeps its place (paths stay right) as an inert
+        stand-in; its id goes into ``self.failed`` so nothing is reported twice about it.
+        """
+        hints = typing.get_type_hints(RunConfig)
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in hints:
+                continue
+            if name == "providers" and isinstance(value, Mapping):
+                values[name] = {
+                    str(api): self._items(entries, ProviderEntry, f"$.providers.{api}", "provider_id")
+                    for api, entries in value.items()
+                }
+            elif name in ("models", "shields") and isinstance(value, list):
+                item_type = ModelInput if name == "models" else ShieldInput
+                values[name] = self._items(value, item_type, f"$.{name}", "provider_id")
+            else:
+                ok, structured = self._try(value, hints[name], f"$.{name}")
+                if ok:
+                    values[name] = structured
+        return RunConfig(**values)
+
+    def _items(self, items: Any, tp: type, path: str, id_key: str) -> list[Any]:
+        ok, checked = self._try(items, list[Any], path)
+        if not ok:
+            return []
+        out: list[Any] = []
+        for i, item in enumerate(checked):
+            ok, structured = self._try(item, tp, f"{path}[{i}]")
+            if ok:
+                out.append(structured)
+                continue
+            ident = item.get(id_key) if isinstance(item, Mapping) else None
+            if tp is ProviderEntry:
+                if isinstance(ident, str):
+                    self.failed.add(ident)
+                out.append(ProviderEntry(provider_type=_INVALID, provider_id=ident if isinstance(ident, str) else None))
+            elif tp is ModelInput:
+                out.append(ModelInput(model_id=None))
+            else:
+                out.append(ShieldInput(shield_id=None))
+        return out
 
     def _suggest(self, path: str) -> str:
         key = path.rsplit(".", 1)[-1]
@@ -281,8 +331,8 @@ class _Builder:
                 continue
             for i, entry in enumerate(entries):
                 path = f"$.providers.{api}[{i}]"
-                if not entry.provider_id or entry.provider_id == DISABLED:
-                    continue  # disabled through ${env.X:+id}
+                if not entry.provider_id or entry.provider_id == DISABLED or entry.provider_type == _INVALID:
+                    continue  # disabled through ${env.X:+id}, or already reported
                 # Llama Stack scopes ids by API (agents and telemetry both say meta-reference).
                 if (api, entry.provider_id) in first_seen:
                     self.error(f"{path}.provider_id", f"provider_id {entry.provider_id!r} is already used "
