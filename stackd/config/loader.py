@@ -42,10 +42,19 @@ KNOWN_APIS = (
     "tool_runtime",
     "files",
 )
-BUILTIN_APIS = ("models", "shields", "providers", "inspect", "vector_dbs", "datasets", "scoring_functions",
-                "benchmarks", "tool_groups")
-DISABLED = "__disabled__"
-_INVALID = "(invalid)"  # stand-in provider_type for an entry whose errors are reported already  # Llama Stack 0.2.x's sentinel for `${env.X:=__disabled__}`
+BUILTIN_APIS = (
+    "models",
+    "shields",
+    "providers",
+    "inspect",
+    "vector_dbs",
+    "datasets",
+    "scoring_functions",
+    "benchmarks",
+    "tool_groups",
+)
+DISABLED = "__disabled__"  # Llama Stack 0.2.x's sentinel for `${env.X:=__disabled__}`
+_INVALID = "(invalid)"  # stand-in provider_type for an entry whose errors are reported already
 
 
 @attrs.frozen

@@ -1,7 +1,6 @@
 """The ``inline::echo`` provider: answers every request with the text it was given."""
 
 from stackd import ProviderSpec
-
 from stackd_provider_echo.config import EchoConfig
 from stackd_provider_echo.inference import create
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from stackd import CallContext, Model
 from stackd.errors import BadRequest, NotFound
-
 from stackd_provider_echo.config import EchoConfig
 
 
