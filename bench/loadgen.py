@@ -51,7 +51,7 @@ class _Stats:
 
 
 async def _one(
-    session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, stats: _Stats
+    session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, stats: _Stats, expect_done: bool
 ) -> None:
     start = time.perf_counter()
     try:
@@ -65,17 +65,20 @@ async def _one(
                 stats.first_bytes.append(time.perf_counter() - start)
                 rest = await resp.read()
                 data = first + rest
-                if not data.rstrip().endswith(_DONE):
+                if b'data: {"error"' in data:
+                    stats.error("error frame in stream")
+                    return
+                if expect_done and not data.rstrip().endswith(_DONE):
                     stats.error("stream without [DONE]")
                     return
                 # Every frame but the closing [DONE] is one event (chunk).
-                stats.events += data.count(b"data: ") - 1
+                stats.events += data.count(b"data: ") - (1 if expect_done else 0)
             else:
                 data = await resp.read()
                 if not data.startswith(b"{") or b'"choices"' not in data:
                     stats.error("not a chat.completion")
                     return
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         stats.error(type(exc).__name__)
         return
     stats.latencies.append(time.perf_counter() - start)
@@ -89,6 +92,7 @@ async def _run(
     concurrency: int,
     requests: int,
     max_seconds: float,
+    expect_done: bool,
 ) -> tuple[_Stats, float, int]:
     stats = _Stats()
     sent = 0
@@ -98,7 +102,7 @@ async def _run(
         nonlocal sent
         while sent < requests and time.perf_counter() < deadline:
             sent += 1
-            await _one(session, url, body, stream, stats)
+            await _one(session, url, body, stream, stats, expect_done)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -123,9 +127,9 @@ async def _main(args: argparse.Namespace) -> None:
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # Warm-up: opens the connections (client->server and the server's own pool upstream).
-        warm_requests = max(args.warmup, args.concurrency * 2)
+        warm_requests = max(args.warmup, args.concurrency)
         warm, warm_elapsed, _ = await _run(
-            session, args.url, body, args.stream, args.concurrency, warm_requests, args.max_seconds
+            session, args.url, body, args.stream, args.concurrency, warm_requests, args.max_seconds, args.done
         )
         _emit({"phase": "warm", "ok": len(warm.latencies), "errors": warm.errors, "seconds": warm_elapsed})
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -133,7 +137,7 @@ async def _main(args: argparse.Namespace) -> None:
             return
         cpu0 = time.process_time()
         stats, elapsed, sent = await _run(
-            session, args.url, body, args.stream, args.concurrency, args.requests, args.max_seconds
+            session, args.url, body, args.stream, args.concurrency, args.requests, args.max_seconds, args.done
         )
         cpu = time.process_time() - cpu0
     lat = sorted(stats.latencies)
@@ -168,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=2000, help="measured requests (upper bound)")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time bound of each phase")
-    parser.add_argument("--warmup", type=int, default=200, help="warm-up requests (at least 2x concurrency)")
+    parser.add_argument("--warmup", type=int, default=200, help="warm-up requests (at least the concurrency)")
+    parser.add_argument("--no-done", dest="done", action="store_false",
+                        help="streams end without data: [DONE] (Llama Stack 0.2.x never sends it)")
     parser.add_argument("--request-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     if not args.url.startswith("http://127.0.0.1:"):
