@@ -54,6 +54,7 @@ class InferenceStoreWriter:
         retry_delay: float = 0.1,
         max_retry_delay: float = 5.0,
         read_wait: float = 2.0,
+        linger: float = 0.02,
     ) -> None:
         if max_queue < 1 or max_batch < 1:
             raise ValueError("max_queue and max_batch must be at least 1")
@@ -63,6 +64,9 @@ class InferenceStoreWriter:
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._read_wait = read_wait
+        # Waiting a moment before a write lets a busy server put many completions in one
+        # transaction (one thread hand-off and one commit for all), which is most of the cost.
+        self._linger = linger
         self._queue: collections.deque[tuple[int, StoredCompletion]] = collections.deque()
         self._pending_ids: collections.Counter[str] = collections.Counter()
         self._submitted = 0  # sequence number of the last queued write
@@ -161,6 +165,8 @@ class InferenceStoreWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._linger and not self._closing and len(self._queue) < self._max_batch:
+                await asyncio.sleep(self._linger)
             batch: list[tuple[int, StoredCompletion]] = []
             while self._queue and len(batch) < self._max_batch:
                 batch.append(self._queue.popleft())
