@@ -1,9 +1,9 @@
 """stackd's proxy benchmark: chat completions direct to a fast upstream, then through stackd.
 
-    /work/venv/bin/python -m bench.run                 # from the repository root
-    /work/venv/bin/python -m bench.run --quick         # a smoke run (few requests)
-    /work/venv/bin/python -m bench.run --with-llama-stack /tmp/ls-venv
-    /work/venv/bin/python -m bench.run --profile       # py-spy samples of stackd (separate run!)
+    python -m bench.run                 # from the repository root
+    python -m bench.run --quick         # a smoke run (few requests)
+    python -m bench.run --with-llama-stack /tmp/ls-venv
+    python -m bench.run --profile       # py-spy samples of stackd (separate run!)
 
 Three (or four) processes, all on 127.0.0.1: the upstream (``stackd.testing.fake_openai``
 with 64-chunk streams), stackd (``stackd serve`` on a generated ``remote::vllm`` config), the
