@@ -8,6 +8,7 @@ reads the store, so a resource registered by another replica sharing the store i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
@@ -48,42 +49,65 @@ def can_access(owner: Mapping[str, list[str]] | None, caller: Caller) -> bool:
 
 
 class _Table(Generic[R]):
-    def __init__(self, kind: str, cls: type[R], kv: KVStore) -> None:
+    """One kind of resource: the store is the truth, the cache saves a store read per request.
+
+    A cached entry is trusted for ``ttl`` seconds, so a resource that another replica sharing
+    the store registered or removed is seen within that time, while a busy server reads the
+    store about once per resource per ``ttl``, not once per request. Lists always read the store.
+    """
+
+    def __init__(self, kind: str, cls: type[R], kv: KVStore, ttl: float = 2.0) -> None:
         self.kind = kind
         self.cls: type[R] = cls
         self.kv = kv
+        self.ttl = ttl
         self.cache: dict[str, R] = {}
+        self._fresh_until: dict[str, float] = {}
 
     def _key(self, identifier: str) -> str:
         return f"{self.kind}:{identifier}"
 
-    async def load(self) -> None:
-        self.cache = {}
+    def _remember(self, item: R) -> None:
+        self.cache[item.identifier] = item
+        self._fresh_until[item.identifier] = time.monotonic() + self.ttl
+
+    def _parse(self, key: str, value: str) -> R | None:
+        try:
+            item: R = converter.structure(orjson.loads(value), self.cls)
+        except Exception:
+            log.exception("ignoring unreadable %s record %r in the metadata store", self.kind, key)
+            return None
+        return item
+
+    async def load(self) -> list[R]:
+        """Every stored item (the cache is replaced by what the store holds now)."""
+        self.cache, self._fresh_until = {}, {}
         for key, value in await self.kv.scan(f"{self.kind}:"):
-            try:
-                item = converter.structure(orjson.loads(value), self.cls)
-            except Exception:
-                log.exception("ignoring unreadable %s record %r in the metadata store", self.kind, key)
-                continue
-            self.cache[item.identifier] = item
+            item = self._parse(key, value)
+            if item is not None:
+                self._remember(item)
+        return list(self.cache.values())
 
     async def put(self, item: R) -> None:
         await self.kv.set(self._key(item.identifier), orjson.dumps(converter.unstructure(item)).decode())
-        self.cache[item.identifier] = item
+        self._remember(item)
 
     async def remove(self, identifier: str) -> None:
         await self.kv.delete(self._key(identifier))
         self.cache.pop(identifier, None)
+        self._fresh_until.pop(identifier, None)
 
     async def find(self, identifier: str) -> R | None:
         item = self.cache.get(identifier)
-        if item is not None:
+        if item is not None and self._fresh_until.get(identifier, 0.0) > time.monotonic():
             return item
         raw = await self.kv.get(self._key(identifier))
         if raw is None:
+            self.cache.pop(identifier, None)
             return None
-        found: R = converter.structure(orjson.loads(raw), self.cls)
-        self.cache[identifier] = found
+        found = self._parse(self._key(identifier), raw)
+        if found is not None:
+            self._remember(found)
         return found
 
 
@@ -180,8 +204,8 @@ class Registry:
     def _visible(self, item: Model | Shield, caller: Caller) -> bool:
         return item.provider_id in self.providers and can_access(item.owner, caller)
 
-    def list_models(self, caller: Caller) -> list[Model]:
-        return [m for m in self.models.cache.values() if self._visible(m, caller)]
+    async def list_models(self, caller: Caller) -> list[Model]:
+        return [m for m in await self.models.load() if self._visible(m, caller)]
 
     async def get_model(self, identifier: str, caller: Caller) -> Model:
         model = await self.models.find(identifier)
@@ -236,8 +260,8 @@ class Registry:
 
     # -- shields -------------------------------------------------------------------------------
 
-    def list_shields(self, caller: Caller) -> list[Shield]:
-        return [s for s in self.shields.cache.values() if self._visible(s, caller)]
+    async def list_shields(self, caller: Caller) -> list[Shield]:
+        return [s for s in await self.shields.load() if self._visible(s, caller)]
 
     async def get_shield(self, identifier: str, caller: Caller) -> Shield:
         shield = await self.shields.find(identifier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -36,14 +37,14 @@ async def test_config_models_are_reconciled_and_api_models_persist(tmp_path: Pat
     first = parse_config(run_yaml(db, "\n- model_id: one\n  provider_model_id: echo-1\n"
                                       "- model_id: two\n  provider_model_id: echo-2\n"), env={})
     async with open_stack(first) as stack:
-        assert sorted(m.identifier for m in stack.registry.list_models(Caller())) == ["one", "two"]
+        assert sorted(m.identifier for m in await stack.registry.list_models(Caller())) == ["one", "two"]
         added = await stack.registry.register_model(Caller(), "echo-2")
         assert (added.provider_id, added.provider_resource_id, added.source) == ("echo", "echo-2", "api")
 
     second = parse_config(run_yaml(db, "\n- model_id: one\n  provider_model_id: echo-1\n"), env={})
     async with open_stack(second) as stack:
         # "two" left the file, so it is gone; the API registration stays.
-        assert sorted(m.identifier for m in stack.registry.list_models(Caller())) == ["echo-2", "one"]
+        assert sorted(m.identifier for m in await stack.registry.list_models(Caller())) == ["echo-2", "one"]
         with pytest.raises(NotFound, match="model 'two' not found"):
             await stack.registry.get_model("two", Caller())
 
@@ -78,8 +79,8 @@ async def test_owned_resources_are_hidden_from_others(tmp_path: Path) -> None:
     async with open_stack(loaded) as stack:
         registry = stack.registry
         await registry.register_model(ALICE, "mine", "echo-1")
-        assert [m.identifier for m in registry.list_models(ALICE)] == ["mine"]
-        assert registry.list_models(BOB) == []
+        assert [m.identifier for m in await registry.list_models(ALICE)] == ["mine"]
+        assert await registry.list_models(BOB) == []
         with pytest.raises(NotFound):
             await registry.get_model("mine", BOB)
         with pytest.raises(NotFound):
@@ -87,7 +88,7 @@ async def test_owned_resources_are_hidden_from_others(tmp_path: Path) -> None:
         with pytest.raises(Forbidden):
             await registry.register_model(BOB, "mine", "echo-2")
         await registry.unregister_model("mine", ALICE)
-        assert registry.list_models(ALICE) == []
+        assert await registry.list_models(ALICE) == []
 
 
 def test_access_rule() -> None:
@@ -96,3 +97,16 @@ def test_access_rule() -> None:
     assert can_access(owner, Caller(attributes={"roles": ("ops",), "teams": ("ml", "x")}))
     assert not can_access(owner, Caller(attributes={"roles": ("ops",)}))
     assert not can_access(owner, Caller())
+
+
+async def test_replicas_sharing_a_store_see_each_others_registrations(tmp_path: Path) -> None:
+    text = run_yaml(tmp_path / "shared.db", "[]")
+    async with open_stack(parse_config(text, env={})) as a, open_stack(parse_config(text, env={})) as b:
+        b.registry.models.ttl = 0.05
+        await a.registry.register_model(Caller(), "shared", "echo-1")
+        assert [m.identifier for m in await b.registry.list_models(Caller())] == ["shared"]
+        assert (await b.registry.get_model("shared", Caller())).provider_resource_id == "echo-1"
+        await a.registry.unregister_model("shared", Caller())
+        await asyncio.sleep(0.1)  # b's cached entry is trusted for its ttl only
+        with pytest.raises(NotFound):
+            await b.registry.get_model("shared", Caller())

@@ -49,7 +49,7 @@ def _created(request: web.Request) -> int:
 @routes.get("/v1/models")
 @routes.get("/v1/openai/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    models = request.app[STACK].registry.list_models(request[CALLER])
+    models = await request.app[STACK].registry.list_models(request[CALLER])
     created = _created(request)
     return json_response({"object": "list", "data": [model_json(m, created) for m in models]})
 
@@ -83,7 +83,7 @@ async def unregister_model(request: web.Request) -> web.Response:
 
 @routes.get("/v1/shields")
 async def list_shields(request: web.Request) -> web.Response:
-    shields = request.app[STACK].registry.list_shields(request[CALLER])
+    shields = await request.app[STACK].registry.list_shields(request[CALLER])
     return json_response({"data": [s.to_json() for s in shields]})
 
 
