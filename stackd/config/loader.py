@@ -246,8 +246,8 @@ class _Builder:
         self.failed: set[str] = set()  # already reported; their resources are not reported again
         run = self._structure(data)
         providers, missing = self._providers(run)
-        models = self._models(run, providers)
-        shields = self._shields(run, providers)
+        models = self._resources(run, providers, "models")
+        shields = self._resources(run, providers, "shields")
         self._server(run)
         self._dependencies(providers)
         if self.problems:
@@ -452,44 +452,29 @@ class _Builder:
             return True
         return False
 
-    def _models(self, run: RunConfig, providers: dict[str, ResolvedProvider]) -> list[ModelInput]:
-        out: list[ModelInput] = []
+    def _resources(self, run: RunConfig, providers: dict[str, ResolvedProvider], section: str) -> list[Any]:
+        """The models (or shields) of the file that will be registered, each with its provider."""
+        api, kind, id_field = ("inference", "model", "model_id") if section == "models" else (
+            "safety", "shield", "shield_id")
+        out: list[Any] = []
         seen: dict[str, str] = {}
-        for i, model in enumerate(run.models):
-            path = f"$.models[{i}]"
-            if not model.model_id or model.model_id == DISABLED or model.provider_id == DISABLED:
+        for i, item in enumerate(getattr(run, section)):
+            path = f"$.{section}[{i}]"
+            ident = getattr(item, id_field)
+            if not ident or ident == DISABLED or item.provider_id == DISABLED:
                 continue
-            if self._skip(run, "models", i, model.provider_id):
+            if self._skip(run, section, i, item.provider_id):
                 continue
-            if model.model_id in seen:
-                self.error(f"{path}.model_id", f"model {model.model_id!r} is already defined at {seen[model.model_id]}")
+            if ident in seen:
+                self.error(f"{path}.{id_field}", f"{kind} {ident!r} is already defined at {seen[ident]}")
                 continue
-            seen[model.model_id] = path
-            if model.model_type == "embedding" and "embedding_dimension" not in model.metadata:
+            seen[ident] = path
+            if kind == "model" and item.model_type == "embedding" and "embedding_dimension" not in item.metadata:
                 self.error(f"{path}.metadata", "an embedding model needs metadata.embedding_dimension "
                            "(the length of its vectors, e.g. 384)")
-            owner = self._owner("inference", path, model.provider_id, providers, "model")
+            owner = self._owner(api, path, item.provider_id, providers, kind)
             if owner is not None:
-                out.append(attrs.evolve(model, provider_id=owner))
-        return out
-
-    def _shields(self, run: RunConfig, providers: dict[str, ResolvedProvider]) -> list[ShieldInput]:
-        out: list[ShieldInput] = []
-        seen: dict[str, str] = {}
-        for i, shield in enumerate(run.shields):
-            path = f"$.shields[{i}]"
-            if not shield.shield_id or shield.shield_id == DISABLED or shield.provider_id == DISABLED:
-                continue
-            if self._skip(run, "shields", i, shield.provider_id):
-                continue
-            if shield.shield_id in seen:
-                self.error(f"{path}.shield_id", f"shield {shield.shield_id!r} is already defined at "
-                           f"{seen[shield.shield_id]}")
-                continue
-            seen[shield.shield_id] = path
-            owner = self._owner("safety", path, shield.provider_id, providers, "shield")
-            if owner is not None:
-                out.append(attrs.evolve(shield, provider_id=owner))
+                out.append(attrs.evolve(item, provider_id=owner))
         return out
 
     def _dependencies(self, providers: dict[str, ResolvedProvider]) -> None:
