@@ -92,6 +92,17 @@ async def test_embeddings(sdk: openai.AsyncOpenAI) -> None:
     assert again.data[0].embedding == out.data[0].embedding[:4]
 
 
+async def test_embeddings_empty_input_is_400(sdk: openai.AsyncOpenAI, http: aiohttp.ClientSession) -> None:
+    # Llama Stack 0.2.12's test_openai_embeddings_empty_list_error: an empty batch is an error.
+    with pytest.raises(openai.BadRequestError) as info:
+        await sdk.embeddings.create(model="echo-embed", input=[])
+    assert "empty" in str(info.value)
+    async with http.post("/v1/openai/v1/embeddings", json={"model": "echo-embed", "input": []}) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert body["errors"] == [{"loc": "$.input", "msg": "expected at least one input"}]
+
+
 async def test_models_list(sdk: openai.AsyncOpenAI) -> None:
     ids = {m.id async for m in sdk.models.list()}
     assert ids == {"echo-1", "meta-llama/Llama-3.2-3B", "echo-embed"}

@@ -135,6 +135,10 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check(body, "model", str, "a string")
     _check(body, "input", (str, list), "a string or a list of strings")
+    # OpenAI answers 400 for an empty batch; passed on, some providers would answer 200 with no data.
+    if body["input"] == []:
+        raise BadRequest("input must not be an empty list; send at least one string",
+                         [FieldError("$.input", "expected at least one input")])
     _check_types(body)
     result = await request.app[STACK].inference.openai_embeddings(body, context(request))
     return json_response(result)
