@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import math
 import struct
 import time
@@ -144,6 +145,26 @@ async def test_json_response_format_uses_a_grammar(provider: LlamaCppInference) 
     )
     assert isinstance(result, dict)
     assert result["choices"][0]["message"]["content"].startswith("{")
+
+
+async def test_completion_json_schema_uses_a_grammar(provider: LlamaCppInference) -> None:
+    # create_completion has no response_format of its own (Llama Stack 0.2.12's
+    # test_text_completion_structured_output): the answer must still follow the schema.
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
+    params = {"model": LLM, "prompt": "Is the sky blue?", "max_tokens": 40, "temperature": 0,
+              "response_format": {"type": "json_schema", "json_schema": {"name": "A", "schema": schema}}}
+    result = await provider.openai_completion(params, CTX)
+    assert isinstance(result, dict)
+    assert json.loads(result["choices"][0]["text"])["answer"] in ("yes", "no")
+
+
+async def test_completion_unusable_json_schema_is_400(provider: LlamaCppInference) -> None:
+    schema = {"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}}
+    fmt = {"type": "json_schema", "json_schema": {"schema": schema}}
+    params = {"model": LLM, "prompt": "x", "response_format": fmt}
+    with pytest.raises(BadRequest, match="grammar") as info:
+        await provider.openai_completion(params, CTX)
+    assert info.value.errors[0].loc == "$.response_format.json_schema.schema"
 
 
 async def test_seed_makes_sampling_repeatable(provider: LlamaCppInference) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from stackd.errors import BadRequest, FieldError
 from stackd_provider_llama_cpp.config import ModelConfig
@@ -93,10 +96,41 @@ def completion_kwargs(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any
     for key in ("suffix", "echo"):
         if params.get(key) is not None:
             kwargs[key] = params[key]
+    # create_completion has no response_format (create_chat_completion does): without a grammar
+    # the format would be ignored and the answer would not be JSON.
+    grammar = _completion_grammar(params.get("response_format"))
+    if grammar is not None:
+        kwargs["grammar"] = grammar
     if params.get("logprobs") is not None:
         _need_logprobs(cfg)
         kwargs["logprobs"] = int(params["logprobs"])
     return kwargs
+
+
+def _completion_grammar(fmt: Any) -> LlamaGrammar | None:
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    kind = fmt.get("type")
+    if kind == "json_object":
+        schema = fmt.get("schema")
+    elif kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+    else:
+        raise BadRequest(
+            f"response_format type {kind!r} is not supported by inline::llama-cpp; "
+            "use text, json_object or json_schema",
+            [FieldError("$.response_format.type", "expected text, json_object or json_schema")],
+        )
+    if not schema:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    # llama-cpp-python's schema converter reports an unresolvable $ref with an assert.
+    except (ValueError, TypeError, KeyError, AssertionError, RecursionError) as exc:
+        raise BadRequest(
+            f"inline::llama-cpp cannot turn response_format's JSON schema into a grammar: {exc}",
+            [FieldError("$.response_format.json_schema.schema", "unsupported JSON schema")],
+        ) from exc
 
 
 def include_usage(params: dict[str, Any]) -> bool:
