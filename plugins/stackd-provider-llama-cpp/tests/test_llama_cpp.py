@@ -167,6 +167,28 @@ async def test_completion_unusable_json_schema_is_400(provider: LlamaCppInferenc
     assert info.value.errors[0].loc == "$.response_format.json_schema.schema"
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+
+
+async def test_tool_choice_required_forces_a_call(provider: LlamaCppInference) -> None:
+    # Llama Stack 0.2.12's test_text_chat_completion_with_tool_choice_required: a call, not text.
+    params = chat("What is the weather in Paris?", max_tokens=40, tools=[WEATHER], tool_choice="required")
+    result = await provider.openai_chat_completion(params, CTX)
+    assert isinstance(result, dict)
+    call = result["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "get_weather"
+    assert "location" in json.loads(call["arguments"])
+
+
+async def test_tool_choice_required_with_two_tools_is_400(provider: LlamaCppInference) -> None:
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    params = chat("Hi", tools=[WEATHER, other], tool_choice="required")
+    with pytest.raises(BadRequest, match="one function") as info:
+        await provider.openai_chat_completion(params, CTX)
+    assert info.value.errors[0].loc == "$.tool_choice"
+
+
 async def test_seed_makes_sampling_repeatable(provider: LlamaCppInference) -> None:
     params = chat("Write a poem.", max_tokens=10, temperature=1.0, seed=1234)
     first = await provider.openai_chat_completion(params, CTX)

@@ -66,6 +66,8 @@ def chat_kwargs(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     for key in ("tools", "tool_choice", "functions", "function_call"):
         if params.get(key) is not None:
             kwargs[key] = params[key]
+    if kwargs.get("tool_choice") == "required":
+        kwargs["tool_choice"] = _required_tool(kwargs.get("tools"))
     if params.get("logprobs"):
         _need_logprobs(cfg)
         kwargs["logprobs"] = True
@@ -78,6 +80,20 @@ def chat_kwargs(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
         schema = (fmt.get("json_schema") or {}).get("schema")
         kwargs["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
     return kwargs
+
+
+def _required_tool(tools: Any) -> dict[str, Any]:
+    # llama-cpp-python forces a call (with a grammar) only for a named function; it would take
+    # "required" as "auto" and let the model answer in text.
+    names = [t["function"]["name"] for t in tools or () if isinstance(t, dict) and isinstance(t.get("function"), dict)
+             and isinstance(t["function"].get("name"), str)]
+    if len(names) != 1:
+        raise BadRequest(
+            f"tool_choice 'required' with {len(names)} tools is not supported by inline::llama-cpp: it can force "
+            "a call to one function only; send one tool, or tool_choice {type: function, function: {name: ...}}",
+            [FieldError("$.tool_choice", "'required' needs exactly one tool with inline::llama-cpp")],
+        )
+    return {"type": "function", "function": {"name": names[0]}}
 
 
 def completion_kwargs(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
