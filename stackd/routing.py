@@ -126,15 +126,31 @@ class InferenceRouter:
                 await aclose()
 
     async def openai_embeddings(
-        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model"
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", dimensions_loc: str = "$.dimensions"
     ) -> dict[str, Any]:
         model, impl = await self.resolve(params.get("model"), ctx, "embedding", loc)
+        _check_dimensions(model, params.get("dimensions"), dimensions_loc)
         call = self._method(model, impl, "openai_embeddings")
         upstream = dict(params)
         upstream["model"] = model.provider_resource_id
         result: dict[str, Any] = await call(upstream, ctx)
         result["model"] = model.identifier
         return result
+
+
+def _check_dimensions(model: Model, dimensions: Any, loc: str) -> None:
+    """Fewer dimensions than the model's, never more: an in-process provider sizes its output by it."""
+    if dimensions is None:
+        return
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool):
+        raise BadRequest(f"{loc[2:]} must be an integer", [FieldError(loc, "expected an integer")])
+    native = model.metadata.get("embedding_dimension")
+    limit = native if isinstance(native, int) and not isinstance(native, bool) and native > 0 else None
+    if dimensions < 1 or (limit is not None and dimensions > limit):
+        expected = f"from 1 to {limit}" if limit is not None else "of at least 1"
+        why = f" (model {model.identifier!r} has {limit} dimensions)" if limit is not None else ""
+        raise BadRequest(f"{loc[2:]} must be an integer {expected}{why}; got {dimensions}",
+                         [FieldError(loc, f"expected an integer {expected}")])
 
 
 class SafetyRouter:

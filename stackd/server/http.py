@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from stackd.errors import BadRequest, FieldError, PayloadTooLarge
 from stackd.providers.spec import CallContext
@@ -16,14 +17,31 @@ __all__ = ["context", "json_response", "provider_data", "read_json"]
 _JSON = "application/json"
 
 
+def _too_large(request: web.Request) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body too large (limit {request.app[MAX_BODY]} bytes; raise server.max_body_bytes to allow more)"
+    )
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
+    # A declared length over the limit is refused before reading: otherwise a client that
+    # announces more than it sends holds the request open until the read times out.
+    declared = request.content_length
+    if declared is not None and declared > request.app[MAX_BODY]:
+        raise _too_large(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body too large (limit {request.app[MAX_BODY]} bytes; "
-            "raise server.max_body_bytes to allow more)"
-        ) from None
+        raise _too_large(request) from None
+    except (HttpProcessingError, web.RequestPayloadError):
+        # The parser failed on the body: most often it does not decode as its Content-Encoding.
+        encoding = request.headers.get("Content-Encoding")
+        if encoding:
+            raise BadRequest(f"the body could not be decoded as Content-Encoding {encoding!r}; "
+                             "send it compressed that way, or uncompressed without the header",
+                             [FieldError("$", "body does not match its Content-Encoding")]) from None
+        raise BadRequest("the body could not be read: it was cut short or its chunked framing is broken",
+                         [FieldError("$", "malformed body")]) from None
     if not raw:
         raise BadRequest("the request needs a JSON object body", [FieldError("$", "empty body")])
     try:

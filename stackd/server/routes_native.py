@@ -78,7 +78,9 @@ async def completion(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.Response:
     req: EmbeddingsRequest = structure(await read_json(request), EmbeddingsRequest)
     params = embeddings_to_openai(req, req.model_id)
-    result = await request.app[STACK].inference.openai_embeddings(params, context(request), loc="$.model_id")
+    result = await request.app[STACK].inference.openai_embeddings(
+        params, context(request), loc="$.model_id", dimensions_loc="$.output_dimension"
+    )
     return json_response(openai_to_embeddings_response(result))
 
 
