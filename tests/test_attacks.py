@@ -345,13 +345,38 @@ async def test_malformed_provider_data_never_echoes_the_secret(
     assert PD_SECRET not in caplog.text
 
 
-async def test_oversized_header_is_refused_and_the_server_keeps_serving(client: Client) -> None:
-    # 100 KB is past aiohttp's header limit: the HTTP parser refuses it before any handler runs.
-    resp = await client.post("/v1/chat/completions", json=CHAT,
-                             headers={"X-LlamaStack-Provider-Data": '{"pad": "%s"}' % ("p" * 100_000)})
-    assert resp.status == 400
-    await resp.read()
+async def test_oversized_header_is_refused_and_never_logged(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # 100 KB is past aiohttp's header limit (8190): its parser refuses the request before any
+    # stackd code runs, and its exception quotes the start of the header, the secret included.
+    for name in ("X-LlamaStack-Provider-Data", "Authorization"):
+        value = ('{"token": "%s", "pad": "%s"}' % (PD_SECRET, "p" * 100_000) if name != "Authorization"
+                 else f"Bearer {PD_SECRET}{'q' * 100_000}")
+        resp = await client.post("/v1/chat/completions", json=CHAT, headers={name: value})
+        assert resp.status == 400
+        await resp.read()
+    assert "LineTooLong" in caplog.text and "request bytes not logged" in caplog.text
+    assert PD_SECRET not in caplog.text
     await _check(await client.post("/v1/chat/completions", json=CHAT), 200)
+
+
+async def test_requests_the_parser_refuses(serve_app: Any, echo_config: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await serve_app(echo_config)
+    for request in (
+        b"GET /v1/models/" + b"s3cr3t" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a 12k request line
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}",
+        b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models/\xc3\xa9\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        answer = await _raw(server.port, request)
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0], answer[:200]
+    assert "s3cr3ts3cr3t" not in caplog.text and "Traceback" not in caplog.text
+    async with TestClient(server) as c:
+        await _check(await c.post("/v1/chat/completions", json=CHAT), 200)
 
 
 async def test_non_ascii_header_values(serve_app: Any, echo_config: Path) -> None:

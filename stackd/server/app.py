@@ -12,7 +12,7 @@ from stackd.config.loader import LoadedConfig
 from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import NotImplementedByProvider
 from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
-from stackd.server.errors import error_middleware
+from stackd.server.errors import error_middleware, quiet_parser_errors
 from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STARTED_AT
 from stackd.stack import open_stack
 
@@ -72,6 +72,7 @@ async def dispatch_middleware(request: web.Request, handler: Handler) -> web.Str
 
 def create_app(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) -> web.Application:
     """The application for ``loaded``. The stack opens when the app starts and closes when it stops."""
+    quiet_parser_errors()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
     if loaded.missing_apis:
         middlewares.append(_missing_api_middleware(loaded.missing_apis))

@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from stackd.errors import MethodNotAllowed, NotFound, PayloadTooLarge, StackdError
 from stackd.server.keys import MAX_BODY
 
-__all__ = ["error_middleware", "error_response"]
+__all__ = ["error_middleware", "error_response", "quiet_parser_errors"]
 
 log = logging.getLogger("stackd.server")
 
@@ -70,3 +71,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(StackdError("internal server error; the server log has the details"))
+
+
+class _ParserErrorFilter(logging.Filter):
+    """aiohttp logs a request its parser refused with the exception, whose text quotes up to 100
+    bytes of the offending line: for an over-long header that is the header's value (a bearer
+    token, provider data). The record keeps its level and says what failed, without the quote."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: %s (HTTP %s); request bytes not logged"
+            record.args = (*(record.args if isinstance(record.args, tuple) else ()), type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_PARSER_FILTER = _ParserErrorFilter()
+
+
+def quiet_parser_errors() -> None:
+    """Install the filter on aiohttp's server logger (once; the logger is process-wide)."""
+    logging.getLogger("aiohttp.server").addFilter(_PARSER_FILTER)
