@@ -524,13 +524,26 @@ async def test_client_that_hangs_up_right_after_sending(upstream: FakeOpenAI, vl
     upstream.chunks, upstream.chunk_delay = 2000, 0.01
     port = int(vllm_url.rsplit(":", 1)[1])
     baseline = _tasks()
+
+    def calls() -> int:
+        return sum(r.path != "/v1/models" for r in upstream.requests)
+
     for path, body in [("/v1/chat/completions", STREAM),
                        ("/v1/inference/chat-completion", {"model_id": "chat", "messages": MSGS, "stream": True})]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(_post(path, orjson.dumps(body)))
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+        for wait_for_upstream in (False, True):
+            before = calls()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_post(path, orjson.dumps(body)))
+            await writer.drain()
+            if wait_for_upstream:  # gone once the upstream stream is under way, before reading a byte
+                for _ in range(100):
+                    if calls() > before:
+                        break
+                    await asyncio.sleep(0.01)
+                assert calls() > before
+                await asyncio.sleep(0.05)
+            writer.close()
+            await writer.wait_closed()
     # Nothing keeps running: not stackd's handlers, not the upstream call (the fake upstream's own
     # handler tasks live in this loop too, so a stream stackd forgot would show up here).
     leaked = await _settled(baseline)
