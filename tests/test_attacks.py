@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from stackd.config.loader import load_config, parse_config
+from stackd.config.loader import parse_config
 from stackd.server import create_app
 from stackd.testing.fake_openai import FakeOpenAI
 
@@ -52,13 +52,13 @@ async def _check(resp: Any, expect: int | tuple[int, ...]) -> dict[str, Any]:
     return body
 
 
-async def _raw(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+async def _raw(port: int, data: bytes, wait: float = 3.0) -> bytes:
     """Send bytes as they are and read the answer (no client library to tidy them up)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(65536), timeout)
+        return await asyncio.wait_for(reader.read(65536), wait)
     finally:
         writer.close()
         await writer.wait_closed()
@@ -169,7 +169,7 @@ async def test_declared_length_over_the_limit_is_413_without_waiting(serve_app: 
         # The client announces 10 GB and sends 40 bytes: the answer comes now, not when a read times out.
         request = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                    b"Content-Length: 10000000000\r\n\r\n" + orjson.dumps(CHAT)[:40])
-        status, body = _split(await _raw(server.port, request, timeout=2.0))
+        status, body = _split(await _raw(server.port, request, wait=2.0))
         assert status == 413
         assert_error(body, 413)
         assert "max_body_bytes" in body["error"]["message"]
@@ -181,7 +181,7 @@ async def test_gzip_bodies(serve_app: Any, write_config: Callable[..., Path]) ->
     status, body = _split(await _raw(server.port, _post("/v1/chat/completions", ok, b"Content-Encoding: gzip")))
     assert status == 200 and body["choices"][0]["message"]["content"] == "hi"
     # 48 KB on the wire that inflate to 50 MB: refused at the limit, counted after decompression.
-    bomb = gzip.compress(b'{"model": "echo-1", "messages": [{"role": "user", "content": "' + b"a" * 50_000_000 + b'"}]}')
+    bomb = gzip.compress(orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "a" * 50_000_000}]}))
     assert len(bomb) < 100_000
     for path in ("/v1/chat/completions", "/v1/inference/chat-completion"):
         status, body = _split(await _raw(server.port, _post(path, bomb, b"Content-Encoding: gzip")))
@@ -330,8 +330,8 @@ async def test_malformed_provider_data_never_echoes_the_secret(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    for value in ['{"token": "%s"' % PD_SECRET, '["%s"]' % PD_SECRET, PD_SECRET, '"%s"' % PD_SECRET,
-                  '{"token": "%s", "pad": "%s"}' % (PD_SECRET, "p" * 6000)]:
+    for value in [f'{{"token": "{PD_SECRET}"', f'["{PD_SECRET}"]', PD_SECRET, f'"{PD_SECRET}"',
+                  orjson.dumps({"token": PD_SECRET, "pad": "p" * 6000}).decode()]:
         for path, body in [("/v1/chat/completions", CHAT),
                            ("/v1/inference/chat-completion", {"model_id": "echo-1", "messages": MSGS}),
                            ("/v1/embeddings", {"model": "echo-embed", "input": "x"})]:
@@ -352,7 +352,7 @@ async def test_oversized_header_is_refused_and_never_logged(
     # 100 KB is past aiohttp's header limit (8190): its parser refuses the request before any
     # stackd code runs, and its exception quotes the start of the header, the secret included.
     for name in ("X-LlamaStack-Provider-Data", "Authorization"):
-        value = ('{"token": "%s", "pad": "%s"}' % (PD_SECRET, "p" * 100_000) if name != "Authorization"
+        value = (orjson.dumps({"token": PD_SECRET, "pad": "p" * 100_000}).decode() if name != "Authorization"
                  else f"Bearer {PD_SECRET}{'q' * 100_000}")
         resp = await client.post("/v1/chat/completions", json=CHAT, headers={name: value})
         assert resp.status == 400
@@ -532,7 +532,7 @@ async def test_client_that_hangs_up_right_after_sending(upstream: FakeOpenAI, vl
                        ("/v1/inference/chat-completion", {"model_id": "chat", "messages": MSGS, "stream": True})]:
         for wait_for_upstream in (False, True):
             before = calls()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(_post(path, orjson.dumps(body)))
             await writer.drain()
             if wait_for_upstream:  # gone once the upstream stream is under way, before reading a byte
