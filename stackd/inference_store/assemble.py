@@ -115,12 +115,14 @@ def assemble_chat_stream(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     Raises ``ValueError`` when no chunk carries an ``id``: such a stream cannot be stored.
     """
     top: dict[str, Any] = {}
+    missing = list(_TOP_FIELDS)  # runs once per streamed token: look only for what is not found yet
     choices: dict[int, _Choice] = {}
     usage: Any = None
     for chunk in chunks:
-        for key in _TOP_FIELDS:
-            if top.get(key) is None and chunk.get(key) is not None:
+        if missing:
+            for key in [k for k in missing if chunk.get(k) is not None]:
                 top[key] = chunk[key]
+                missing.remove(key)
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
             choices.setdefault(index, _Choice()).add(choice)
