@@ -252,3 +252,32 @@ async def test_chat_completions_are_stored_streams_included(client: Client, fake
     assert [m["content"] for m in messages["data"]] == ["hi"]
     missing = await client.get("/v1/chat/completions/nope")
     assert missing.status == 404
+
+
+async def test_a_client_that_stops_reading_releases_the_upstream(fake: FakeOpenAI, tmp_path: Path) -> None:
+    from aiohttp import web
+
+    fake.chunks = 150_000  # ~20 MB of events: more than the kernel's socket buffers hold
+    text = _config(fake.url, tmp_path) + "server:\n  stream_stall_timeout: 0.5\n"
+    runner = web.AppRunner(create_app(parse_config(text, env={})), handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        fake.reset()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        body = orjson.dumps({**CHAT, "stream": True})
+        request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        await loop.sock_sendall(sock, request)
+        # ... and never read: the server must give up on this client and release the upstream.
+        await asyncio.wait_for(fake.disconnected.wait(), timeout=30)
+        assert fake.disconnects == 1
+        sock.close()
+    finally:
+        await runner.cleanup()

@@ -13,7 +13,7 @@ from typing import Any, Literal, NewType
 import attrs
 
 from stackd.config.stores import StoreConfig
-from stackd.convert import StructureError, converter
+from stackd.convert import Seconds, StructureError, converter
 
 __all__ = [
     "AuthConfig",
@@ -117,6 +117,7 @@ class ServerConfig:
     auth: AuthConfig | None = None
     quota: QuotaConfig | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
 
 

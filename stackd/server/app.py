@@ -13,7 +13,7 @@ from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import NotImplementedByProvider
 from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
 from stackd.server.errors import error_middleware, quiet_parser_errors
-from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STARTED_AT
+from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STALL_TIMEOUT, STARTED_AT
 from stackd.stack import open_stack
 
 __all__ = ["create_app", "API_PREFIXES"]
@@ -81,6 +81,7 @@ def create_app(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) ->
     app[CONFIG] = loaded
     app[STARTED_AT] = time.time()
     app[MAX_BODY] = loaded.run.server.max_body_bytes
+    app[STALL_TIMEOUT] = float(loaded.run.server.stream_stall_timeout)
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_stack(loaded, dispatcher=dispatcher) as stack:

@@ -8,11 +8,12 @@ from stackd.config.loader import LoadedConfig
 from stackd.providers.spec import Caller
 from stackd.stack import Stack
 
-__all__ = ["CALLER", "CONFIG", "STACK", "STARTED_AT", "MAX_BODY"]
+__all__ = ["CALLER", "CONFIG", "STACK", "STARTED_AT", "MAX_BODY", "STALL_TIMEOUT"]
 
 STACK = web.AppKey("stack", Stack)
 CONFIG = web.AppKey("config", LoadedConfig)
 CALLER = web.RequestKey("caller", Caller)
 STARTED_AT = web.AppKey("started_at", float)
 MAX_BODY = web.AppKey("max_body_bytes", int)
+STALL_TIMEOUT = web.AppKey("stream_stall_timeout", float)
 

@@ -12,14 +12,16 @@ event that has to be waited for flushes what is ready first, so no frame is ever
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from stackd.errors import StackdError
+from stackd.server.keys import STALL_TIMEOUT
 
 __all__ = ["stream_sse"]
 
@@ -43,13 +45,18 @@ async def stream_sse(
         **(headers or {}),
     })
     await response.prepare(request)
-    write = response.write
+    write = _stall_guard(response.write, request.transport, request.app[STALL_TIMEOUT])
+    stalled = False
     try:
         await _pump(events, encode, write)
     except StackdError as exc:
         log.warning("stream on %s failed: %s", request.path, exc.message)
         await write(b"data: " + orjson.dumps({"error": {"message": exc.message, "type": exc.type}}) + b"\n\n")
-    except (ConnectionResetError, ConnectionError):
+    except ClientStalled as exc:
+        # The connection is aborted already; nothing more can be sent.
+        log.warning("stream on %s abandoned: %s (server.stream_stall_timeout)", request.path, exc)
+        stalled = True
+    except ConnectionError:
         raise
     except Exception:
         log.exception("stream on %s failed", request.path)
@@ -61,8 +68,39 @@ async def stream_sse(
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-    await response.write_eof()
+    if not stalled:
+        await response.write_eof()
     return response
+
+
+class ClientStalled(ConnectionError):
+    """The client stopped reading a stream for longer than server.stream_stall_timeout."""
+
+
+def _stall_guard(
+    write: Callable[[bytes], Awaitable[None]], transport: asyncio.Transport | None, timeout: float
+) -> Callable[[bytes], Awaitable[None]]:
+    """``write``, except that waiting on a client that stopped reading ends after ``timeout``.
+
+    A stalled client would otherwise hold its upstream request (and the model's time) open
+    for ever. The check costs one call per write; only a backlogged write gets a timer.
+    """
+    if transport is None:
+        return write
+    # A write waits for the client only when it leaves the transport over its high-water mark.
+    high = transport.get_write_buffer_limits()[1]
+
+    async def guarded(data: bytes) -> None:
+        if transport.get_write_buffer_size() + len(data) <= high:
+            await write(data)
+            return
+        try:
+            await asyncio.wait_for(write(data), timeout)
+        except TimeoutError:
+            transport.abort()
+            raise ClientStalled(f"the client read nothing for {timeout:g} s") from None
+
+    return guarded
 
 
 async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], write: Callable[[bytes], Any]) -> None:
