@@ -322,3 +322,24 @@ server:
         "unknown API 'inferance'; did you mean 'inference'? @ $.apis[0] (run.yaml:1:8)",
         "no provider with provider_id 'nowhere'; inference providers: echo @ $.models[0].provider_id (run.yaml:9:16)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server:\n  auth: {provider_type: oauth2_token, config: {}}\n",
+         "authentication is not available in this build of stackd yet; remove server.auth, or keep the server "
+         "behind an authenticating proxy until it is @ $.server.auth (run.yaml:2:9)"),
+        ("server:\n  quota: {kvstore: {type: sqlite, db_path: q.db}}\n",
+         "quotas are not available in this build of stackd yet; remove server.quota, or enforce limits in a "
+         "proxy in front of it until they are @ $.server.quota (run.yaml:2:10)"),
+        ("metadata_store: {type: redis}\n",
+         "metadata_store type 'redis' is not available in this build of stackd yet; use type: sqlite "
+         "@ $.metadata_store.type (run.yaml:1:24)"),
+        ("inference_store: {type: redis}\n",
+         "inference_store type 'redis' cannot hold chat completions; use sqlite or postgres "
+         "@ $.inference_store.type (run.yaml:1:25)"),
+    ],
+)
+def test_settings_this_build_cannot_honour_are_errors(text: str, expected: str) -> None:
+    assert problems(text) == [expected]

@@ -6,6 +6,7 @@ Every problem is collected and reported at once as ``message @ $.path (file:line
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import io
 import os
 import typing
@@ -485,7 +486,28 @@ class _Builder:
         except DependencyError as exc:
             self.error("$.providers", str(exc))
 
+    def _stores(self, run: RunConfig) -> None:
+        """Settings this build cannot honour are errors, never silently ignored: a quota or an
+        auth section that did nothing would leave a server open that its operator believes closed."""
+        if run.server.auth is not None:
+            self.error("$.server.auth", "authentication is not available in this build of stackd yet; remove "
+                       "server.auth, or keep the server behind an authenticating proxy until it is")
+        if run.server.quota is not None:
+            self.error("$.server.quota", "quotas are not available in this build of stackd yet; remove "
+                       "server.quota, or enforce limits in a proxy in front of it until they are")
+        if run.metadata_store is not None and run.metadata_store.type != "sqlite":
+            self.error("$.metadata_store.type", f"metadata_store type {run.metadata_store.type!r} is not "
+                       "available in this build of stackd yet; use type: sqlite")
+        store = run.inference_store
+        if store is not None and store.type not in ("sqlite", "postgres"):
+            self.error("$.inference_store.type", f"inference_store type {store.type!r} cannot hold chat "
+                       "completions; use sqlite or postgres")
+        if store is not None and store.type == "postgres" and importlib.util.find_spec("asyncpg") is None:
+            self.error("$.inference_store.type", "a postgres inference store needs asyncpg: "
+                       "pip install 'stackd[postgres]'")
+
     def _server(self, run: RunConfig) -> None:
+        self._stores(run)
         server = run.server
         if (server.tls_certfile is None) != (server.tls_keyfile is None):
             self.error("$.server", "TLS needs both tls_certfile and tls_keyfile")
