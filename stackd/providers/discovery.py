@@ -23,9 +23,16 @@ class PluginLoadError(Exception):
     """A plugin could not be imported or did not declare a valid ProviderSpec."""
 
 
+# Plugins that live in stackd's own repository, not on PyPI: pointing at a PyPI name that
+# nobody publishes would invite whoever registers it first.
+IN_REPOSITORY = frozenset({"remote::vllm", "remote::ollama", "inline::llama-cpp"})
+
+
 def package_hint(provider_type: str) -> str:
-    """The distribution that would provide ``provider_type`` by stackd's naming convention."""
+    """What to ``pip install`` for ``provider_type``, by stackd's naming convention."""
     name = provider_type.split("::", 1)[-1].replace("_", "-")
+    if provider_type in IN_REPOSITORY:
+        return f"./plugins/stackd-provider-{name} from a stackd checkout"
     return f"stackd-provider-{name}"
 
 
