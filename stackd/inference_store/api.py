@@ -29,6 +29,8 @@ __all__ = [
     "check_order",
     "check_table_name",
     "item_of",
+    "items_page",
+    "one_item",
     "list_page",
     "message_page",
     "not_found",
@@ -168,11 +170,24 @@ def unknown_cursor(after: str, what: str = "chat completion") -> BadRequest:
     )
 
 
-def item_of(body: dict[str, Any], input_messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The list/get item: the stored body, as returned to the client, plus its inputs."""
-    body.setdefault("object", "chat.completion")
-    body["input_messages"] = input_messages
-    return body
+def item_of(body: str | bytes, input_messages: str | bytes) -> dict[str, Any]:
+    """The list/get item of one stored row: the body as returned to the client, plus its inputs."""
+    item: dict[str, Any] = orjson.loads(body)
+    item.setdefault("object", "chat.completion")
+    item["input_messages"] = orjson.loads(input_messages)
+    return item
+
+
+def one_item(rows: Sequence[Sequence[Any]], completion_id: str) -> dict[str, Any]:
+    """The item of a get, whose query found ``rows``."""
+    if not rows:
+        raise not_found(completion_id)
+    return item_of(rows[0][0], rows[0][1])
+
+
+def items_page(rows: Sequence[Sequence[Any]], limit: int) -> dict[str, Any]:
+    """The list page of a query that asked for ``limit + 1`` rows."""
+    return list_page([item_of(body, inputs) for body, inputs in rows], limit)
 
 
 def list_page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:

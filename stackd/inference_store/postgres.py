@@ -23,10 +23,10 @@ from stackd.inference_store.api import (
     check_limit,
     check_order,
     check_table_name,
-    item_of,
-    list_page,
+    items_page,
     message_page,
     not_found,
+    one_item,
     rows_of,
     unknown_cursor,
 )
@@ -161,17 +161,13 @@ class PostgresInferenceStore:
         # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
         sql += f' ORDER BY created {direction}, id COLLATE "C" {direction} LIMIT ${len(params)}'
         rows = await self._fetch(sql, *params)
-        items = [item_of(orjson.loads(body), orjson.loads(inputs)) for body, inputs in rows]
-        return list_page(items, limit)
+        return items_page(rows, limit)
 
     async def get(self, completion_id: str) -> dict[str, Any]:
         rows = await self._fetch(
             f"SELECT body::text, input_messages::text FROM {self._table} WHERE id = $1", completion_id
         )
-        if not rows:
-            raise not_found(completion_id)
-        body, inputs = rows[0]
-        return item_of(orjson.loads(body), orjson.loads(inputs))
+        return one_item(rows, completion_id)
 
     async def messages(
         self,

@@ -24,10 +24,10 @@ from stackd.inference_store.api import (
     StoredCompletion,
     check_limit,
     check_order,
-    item_of,
-    list_page,
+    items_page,
     message_page,
     not_found,
+    one_item,
     rows_of,
     unknown_cursor,
 )
@@ -156,15 +156,11 @@ class SqliteInferenceStore:
         sql += f" ORDER BY created {direction}, id {direction} LIMIT ?"
         params.append(limit + 1)
         rows = await self._fetch(sql, params)
-        items = [item_of(orjson.loads(body), orjson.loads(inputs)) for body, inputs in rows]
-        return list_page(items, limit)
+        return items_page(rows, limit)
 
     async def get(self, completion_id: str) -> dict[str, Any]:
         rows = await self._fetch(f"SELECT body, input_messages FROM {_TABLE} WHERE id = ?", (completion_id,))
-        if not rows:
-            raise not_found(completion_id)
-        body, inputs = rows[0]
-        return item_of(orjson.loads(body), orjson.loads(inputs))
+        return one_item(rows, completion_id)
 
     async def messages(
         self,
