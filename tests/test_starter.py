@@ -110,3 +110,22 @@ def test_starter_native_route(starter: tuple[str, list[str]]) -> None:
     assert resp.status_code == 200
     message = resp.json()["completion_message"]
     assert message["role"] == "assistant" and message["stop_reason"] in ("end_of_turn", "out_of_tokens")
+
+
+def test_starter_answers_concurrent_requests(starter: tuple[str, list[str]]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, _ = starter
+
+    def one(i: int) -> int:
+        body: dict[str, object] = {"model": "gemma3-270m", "max_tokens": 6, "stream": i % 2 == 0,
+                                   "messages": [{"role": "user", "content": f"Say the number {i}."}]}
+        resp = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+        if body["stream"]:
+            assert resp.text.rstrip().endswith("data: [DONE]")
+        return resp.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(one, range(8))) == [200] * 8
+    # The server is still healthy and answers after the burst.
+    assert httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
