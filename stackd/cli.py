@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,15 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"stackd: cannot use the TLS files of server.tls_*: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    sock: socket.socket | None = None
+    if port == 0:
+        # Bind here, so the port the kernel picks is the one announced.
+        try:
+            sock = socket.create_server((host, 0))
+        except OSError as exc:
+            print(f"stackd: cannot listen on {host}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_START
+        port = int(sock.getsockname()[1])
     scheme = "https" if ssl_ctx else "http"
     shown_host = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
     url = f"{scheme}://{shown_host}:{port}"
@@ -128,8 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         web.run_app(
             app,
-            host=host,
-            port=port,
+            host=None if sock else host,
+            port=None if sock else port,
+            sock=sock,
             ssl_context=ssl_ctx,
             print=announce,
             # The access log costs more CPU per request than the rest of the proxy path: opt-in.

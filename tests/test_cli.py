@@ -189,6 +189,15 @@ def test_port_precedence(stackd_serve: Callable[..., Any], tmp_path: Path, port:
     assert proc.stop() == 0
 
 
+def test_port_zero_announces_the_port_it_got(stackd_serve: Callable[..., Any], tmp_path: Path) -> None:
+    proc = stackd_serve(_config_with_port(tmp_path, 0))
+    url = proc.wait_serving()
+    got = int(url.rsplit(":", 1)[1])
+    assert got != 0
+    assert request(f"http://127.0.0.1:{got}/v1/health") == (200, {"status": "OK"})
+    assert proc.stop() == 0
+
+
 def test_env_flag_substitutes_before_loading(stackd_serve: Callable[..., Any], tmp_path: Path,
                                              port: Callable[[], int]) -> None:
     p = port()
