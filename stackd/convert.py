@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NewType, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -122,9 +123,12 @@ def _structure_path(value: Any, _: type) -> Path:
 
 def _structure_url(value: Any, _: type) -> HttpUrl:
     if isinstance(value, str):
-        from urllib.parse import urlsplit
-
         parts = urlsplit(value.strip())
+        if parts.username is not None or parts.password is not None:
+            # A password in a URL reaches error messages, logs and GET /v1/providers; a Secret
+            # field does not. The value is not repeated here for the same reason.
+            raise StructureError("a URL must not carry credentials (user:password@); put them in the "
+                                 "provider's token or key setting")
         if parts.scheme in ("http", "https") and parts.netloc:
             return HttpUrl(value.strip().rstrip("/"))
     raise StructureError(f"expected an http(s) URL, got {describe(value)}")

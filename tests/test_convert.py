@@ -132,3 +132,9 @@ def test_run_config_round_trips(run: RunConfig) -> None:
     data = converter.unstructure(run)
     assert converter.structure(data, RunConfig) == run
     assert unknown_keys(data, RunConfig) == []
+
+
+def test_urls_with_credentials_are_refused_without_repeating_them() -> None:
+    (error,) = errors_of({"url": "https://admin:hunter2@llm.internal/v1"}, Inner)
+    assert error[0] == "$.url"
+    assert "credentials" in error[1] and "hunter2" not in error[1]

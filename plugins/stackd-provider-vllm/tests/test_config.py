@@ -62,7 +62,8 @@ def test_defaults() -> None:
                 )
             ],
         ),
-        ({"url": "http://me:pw@x"}, [(PATH, "url: put credentials in api_token, not in the URL")]),
+        ({"url": "http://me:pw@x"}, [(f"{PATH}.url", "a URL must not carry credentials (user:password@); put "
+                                     "them in the provider's token or key setting")]),
         ({"url": "http://x", "api_token": 12345}, [(f"{PATH}.api_token", "expected a string, got int")]),
     ],
 )

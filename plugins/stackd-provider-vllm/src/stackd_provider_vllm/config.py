@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -36,11 +35,6 @@ class VLLMConfig:
         if value is not None and value <= 0:
             raise ValueError(f"max_tokens must be a positive integer or null, got {value}")
 
-    @url.validator
-    def _check_url(self, _: attrs.Attribute[HttpUrl], value: HttpUrl) -> None:
-        # Credentials in the URL would reach error messages and reprs; the token has a masked home.
-        if "@" in urlsplit(value).netloc:
-            raise ValueError("url: put credentials in api_token, not in the URL")
 
     @tls_verify.validator
     def _check_tls_verify(self, _: attrs.Attribute[bool | str], value: bool | str) -> None:
