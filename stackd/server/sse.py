@@ -46,7 +46,26 @@ async def stream_sse(
     })
     await response.prepare(request)
     write = _stall_guard(response.write, request.transport, request.app[STALL_TIMEOUT])
-    stalled = False
+    try:
+        await _stream(request, events, encode, write, done)
+        await response.write_eof()
+    except ConnectionError as exc:
+        # The client is gone: it hung up (its reset or close can reach us while we write, before
+        # aiohttp cancels this handler) or it stalled. That is the client's doing, not a server
+        # error: returning the response lets aiohttp's finish_response end the connection
+        # quietly, where raising would make aiohttp log a 500 with a traceback per such client.
+        log.debug("stream on %s ended early: the client went away (%s)", request.path, exc)
+    return response
+
+
+async def _stream(
+    request: web.Request,
+    events: AsyncIterator[Any],
+    encode: Callable[[Any], bytes],
+    write: Callable[[bytes], Awaitable[None]],
+    done: bool,
+) -> None:
+    """Every event, then ``[DONE]`` or an error frame; the provider's iterator is closed in any case."""
     try:
         await _pump(events, encode, write)
     except StackdError as exc:
@@ -55,7 +74,7 @@ async def stream_sse(
     except ClientStalled as exc:
         # The connection is aborted already; nothing more can be sent.
         log.warning("stream on %s abandoned: %s (server.stream_stall_timeout)", request.path, exc)
-        stalled = True
+        raise
     except ConnectionError:
         raise
     except Exception:
@@ -68,9 +87,6 @@ async def stream_sse(
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-    if not stalled:
-        await response.write_eof()
-    return response
 
 
 class ClientStalled(ConnectionError):
