@@ -117,7 +117,11 @@ def _structure_bool(value: Any, _: type) -> bool:
 
 def _structure_path(value: Any, _: type) -> Path:
     if isinstance(value, (str, Path)) and str(value):
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # ~name of a user this machine does not have (or no HOME for ~)
+            raise StructureError(f"cannot expand {str(value).split('/', 1)[0]!r}: no such user's home "
+                                 "directory; write the path out in full") from None
     raise StructureError(f"expected a path, got {describe(value)}")
 
 

@@ -95,8 +95,9 @@ def test_unknown_keys_found_at_every_level() -> None:
 
 
 _text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+_paths = st.builds(Path, _text.filter(lambda t: not t.startswith("~")))  # ~ expands: no round trip
 _stores = st.one_of(
-    st.builds(SqliteStoreConfig, db_path=st.builds(Path, _text)),
+    st.builds(SqliteStoreConfig, db_path=_paths),
     st.builds(PostgresStoreConfig, host=_text, port=st.integers(1, 65535), password=st.none()),
     st.builds(RedisStoreConfig, host=_text, db=st.integers(0, 15)),
 )
@@ -138,3 +139,9 @@ def test_urls_with_credentials_are_refused_without_repeating_them() -> None:
     (error,) = errors_of({"url": "https://admin:hunter2@llm.internal/v1"}, Inner)
     assert error[0] == "$.url"
     assert "credentials" in error[1] and "hunter2" not in error[1]
+
+
+def test_home_of_an_unknown_user_is_a_clear_error() -> None:
+    assert errors_of({"db_path": "~no-such-user-here/x.db"}, SqliteStoreConfig) == [
+        ("$.db_path", "cannot expand '~no-such-user-here': no such user's home directory; write the path out in full")
+    ]
