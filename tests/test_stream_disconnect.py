@@ -98,3 +98,26 @@ async def test_clients_that_hang_up_mid_stream_log_no_error(
     loud = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in caplog.records
             if r.levelno >= logging.WARNING or r.exc_info]
     assert loud == []
+
+
+async def test_clients_that_hang_up_mid_upload_log_no_error(
+    server: tuple[int, FakeOpenAI], caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = server
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    for _ in range(20):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        # A body announced at 10,000 bytes, of which 20 arrive before the client is gone.
+        await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                      b"Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n"
+                                      b'{"model": "chat", "m')
+        await asyncio.sleep(0.01)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    await asyncio.sleep(0.2)
+    loud = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in caplog.records
+            if r.levelno >= logging.WARNING or r.exc_info]
+    assert loud == []

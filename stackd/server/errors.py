@@ -64,10 +64,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(_from_http(exc, request))
-    except (ConnectionResetError, OSError) as exc:
-        # The client went away; nothing can be sent.
+    except ConnectionError as exc:
+        # The client went away (mid-upload, say): nothing can reach it, and it is not a server
+        # error. A response is still returned, so aiohttp closes the connection quietly
+        # instead of logging a traceback per departed client.
         log.debug("client connection lost on %s: %s", request.path, exc)
-        raise
+        return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(StackdError("internal server error; the server log has the details"))
