@@ -12,6 +12,7 @@ from typing import Any
 
 from stackd.apis.models import Model, Shield
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider, UpstreamUnavailable
+from stackd.inference_store.assemble import assemble_chat_stream
 from stackd.providers.spec import CallContext
 from stackd.registry import Registry
 
@@ -31,17 +32,10 @@ def _ready(provider_id: str, impl: Any) -> None:
 
 
 class InferenceRouter:
-    def __init__(
-        self,
-        registry: Registry,
-        providers: Mapping[str, Any],
-        store: StoreHook | None = None,
-        assemble: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, registry: Registry, providers: Mapping[str, Any], store: StoreHook | None = None) -> None:
         self.registry = registry
         self.providers = providers
         self.store = store
-        self.assemble = assemble
 
     async def resolve(self, model_id: Any, ctx: CallContext, want: str, loc: str = "$.model") -> tuple[Model, Any]:
         if not isinstance(model_id, str) or not model_id:
@@ -58,35 +52,54 @@ class InferenceRouter:
         _ready(model.provider_id, impl)
         return model, impl
 
-    def _method(self, model: Model, impl: Any, name: str) -> Any:
-        method = getattr(impl, name, None)
-        if method is None:
-            raise NotImplementedByProvider(f"provider {model.provider_id!r} does not implement {name}")
-        return method
+    async def _call(self, method: str, want: str, params: dict[str, Any], ctx: CallContext, loc: str,
+                    model: Model | None = None) -> tuple[Model, Any]:
+        """Resolve ``params["model"]`` and call the provider with its own name for the model."""
+        if model is None:
+            model, impl = await self.resolve(params.get("model"), ctx, want, loc)
+        else:
+            impl = self.providers[model.provider_id]
+        call = getattr(impl, method, None)
+        if call is None:
+            raise NotImplementedByProvider(f"provider {model.provider_id!r} does not implement {method}")
+        upstream = dict(params)
+        upstream["model"] = model.provider_resource_id
+        result = await call(upstream, ctx)
+        if isinstance(result, dict):
+            result["model"] = model.identifier
+        return model, result
 
     async def openai_chat_completion(
         self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True
     ) -> Any:
         """``store=False`` for calls that are not OpenAI chat completions of a client (native routes)."""
-        model, impl = await self.resolve(params.get("model"), ctx, "llm", loc)
-        call = self._method(model, impl, "openai_chat_completion")
-        upstream = dict(params)
-        upstream["model"] = model.provider_resource_id
-        result = await call(upstream, ctx)
+        model, result = await self._call("openai_chat_completion", "llm", params, ctx, loc)
+        store = store and self.store is not None
         messages = params.get("messages") or []
         if isinstance(result, dict):
-            result["model"] = model.identifier
-            if store and self.store is not None:
-                self.store(result, messages)
+            if store:
+                self.store(result, messages)  # type: ignore[misc]
             return result
-        if not store:
-            return self._relabel(result, model.identifier)
-        return self._relabel_stream(result, model.identifier, messages)
+        return self._relabel(result, model.identifier, messages if store else None)
 
-    async def _relabel_stream(
-        self, chunks: AsyncIterator[dict[str, Any]], identifier: str, messages: list[Any]
+    async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:
+        model, result = await self._call("openai_completion", "llm", params, ctx, loc)
+        return result if isinstance(result, dict) else self._relabel(result, model.identifier, None)
+
+    async def openai_embeddings(
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", dimensions_loc: str = "$.dimensions"
+    ) -> dict[str, Any]:
+        model, _ = await self.resolve(params.get("model"), ctx, "embedding", loc)
+        _check_dimensions(model, params.get("dimensions"), dimensions_loc)
+        _, result = await self._call("openai_embeddings", "embedding", params, ctx, loc, model)
+        return result  # type: ignore[no-any-return]
+
+    async def _relabel(
+        self, chunks: AsyncIterator[dict[str, Any]], identifier: str, store_with: list[Any] | None
     ) -> AsyncIterator[dict[str, Any]]:
-        keep: list[dict[str, Any]] | None = [] if self.store is not None and self.assemble is not None else None
+        """The provider's chunks under the client's model name; with ``store_with`` (the input
+        messages), the stream is stored once it ran to its end, after its last byte went out."""
+        keep: list[dict[str, Any]] | None = [] if store_with is not None else None
         try:
             async for chunk in chunks:
                 chunk["model"] = identifier
@@ -97,45 +110,11 @@ class InferenceRouter:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
-        # Only a stream that ran to its end is stored; assembly happens after the last byte went out.
-        if keep and self.store is not None and self.assemble is not None:
+        if keep and self.store is not None and store_with is not None:
             try:
-                self.store(self.assemble(keep), messages)
+                self.store(assemble_chat_stream(keep), store_with)
             except Exception:
                 log.exception("could not store a streamed chat completion")
-
-    async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:
-        model, impl = await self.resolve(params.get("model"), ctx, "llm", loc)
-        call = self._method(model, impl, "openai_completion")
-        upstream = dict(params)
-        upstream["model"] = model.provider_resource_id
-        result = await call(upstream, ctx)
-        if isinstance(result, dict):
-            result["model"] = model.identifier
-            return result
-        return self._relabel(result, model.identifier)
-
-    async def _relabel(self, chunks: AsyncIterator[dict[str, Any]], identifier: str) -> AsyncIterator[dict[str, Any]]:
-        try:
-            async for chunk in chunks:
-                chunk["model"] = identifier
-                yield chunk
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    async def openai_embeddings(
-        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", dimensions_loc: str = "$.dimensions"
-    ) -> dict[str, Any]:
-        model, impl = await self.resolve(params.get("model"), ctx, "embedding", loc)
-        _check_dimensions(model, params.get("dimensions"), dimensions_loc)
-        call = self._method(model, impl, "openai_embeddings")
-        upstream = dict(params)
-        upstream["model"] = model.provider_resource_id
-        result: dict[str, Any] = await call(upstream, ctx)
-        result["model"] = model.identifier
-        return result
 
 
 def _check_dimensions(model: Model, dimensions: Any, loc: str) -> None:

@@ -14,6 +14,7 @@ import attrs
 from stackd.config.loader import LoadedConfig
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.dispatch import Dispatcher
+from stackd.inference_store import InferenceStoreWriter, open_inference_store
 from stackd.kvstore import KVStore, open_kvstore
 from stackd.providers.resolver import build_providers
 from stackd.registry import Registry
@@ -38,7 +39,7 @@ class Stack:
     inference: InferenceRouter
     safety: SafetyRouter
     dispatcher: Dispatcher
-    inference_store: Any = None
+    inference_store: InferenceStoreWriter | None = None
 
     def ready(self) -> dict[str, bool]:
         out = {}
@@ -61,14 +62,14 @@ async def open_stack(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = No
         metadata = await open_kvstore(_default_store(run.metadata_store, run.name, "registry.db"))
         exits.push_async_callback(metadata.close)
 
-        store_hook, assemble, inference_store = None, None, None
+        inference_store = None
         if "inference" in loaded.served_apis():
-            inference_store, store_hook, assemble = await _open_inference_store(loaded, exits)
+            inference_store = await _open_inference_store(loaded, exits)
 
         providers: dict[str, Any] = {}
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
         registry = Registry(metadata, providers, provider_apis)
-        inference = InferenceRouter(registry, providers, store_hook, assemble)
+        inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None)
         safety = SafetyRouter(registry, providers)
         routers = {"inference": inference, "safety": safety}
         providers.update(await build_providers(loaded.providers, routers, exits))
@@ -79,18 +80,12 @@ async def open_stack(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = No
         yield Stack(loaded, metadata, registry, providers, inference, safety, dispatcher, inference_store)
 
 
-async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> tuple[Any, Any, Any]:
-    from stackd.inference_store import InferenceStoreWriter, assemble_chat_stream, open_inference_store
-
+async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> InferenceStoreWriter:
+    """The store behind its writer: writes never delay an answer, and reads wait for queued
+    writes, so a client that reads a completion right after creating it finds it."""
     config = _default_store(loaded.run.inference_store, loaded.run.name, "inference_store.db")
     store = await open_inference_store(config)
     exits.push_async_callback(store.close)
     writer = InferenceStoreWriter(store)
     exits.push_async_callback(writer.aclose)
-
-    def hook(completion: dict[str, Any], messages: list[Any]) -> None:
-        writer.submit(completion, messages)
-
-    # Reads go through the writer: it waits for queued writes, so a client that reads a
-    # completion right after creating it finds it.
-    return writer, hook, assemble_chat_stream
+    return writer
