@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider, UpstreamUnavailable
 from stackd.inference_store.assemble import assemble_chat_stream
@@ -107,9 +108,7 @@ class InferenceRouter:
                     keep.append(chunk)
                 yield chunk
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_stream(chunks)
         if keep and self.store is not None and store_with is not None:
             try:
                 self.store(assemble_chat_stream(keep), store_with)

@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 from stackd.apis.models import Model
 from stackd.providers.spec import CallContext
 
-__all__ = ["InferenceProvider", "OpenAIResult"]
+__all__ = ["InferenceProvider", "OpenAIResult", "close_stream"]
 
 OpenAIResult = dict[str, Any] | AsyncIterator[dict[str, Any]]
 
@@ -57,3 +57,11 @@ class InferenceProvider(Protocol):
 #   async def health(self) -> dict          -- {"status": "OK"} or {"status": "Error", "message": ...}
 #   def is_ready(self) -> bool              -- False while loading; calls then get 503
 #   async def list_models(self) -> list[str] -- what the upstream serves (for messages and docs)
+
+
+async def close_stream(stream: AsyncIterator[Any]) -> None:
+    """Close a provider's stream (its ``aclose()``, if it has one): how the upstream request of a
+    stream nobody reads any more is released."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from stackd.apis.inference import close_stream
 from stackd.apis.native import (
     ChatCompletionRequest,
     ChatStreamTranslator,
@@ -44,9 +45,7 @@ async def _translated(chunks: AsyncIterator[dict[str, Any]], translator: Any) ->
         for event in translator.finish():
             yield event
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_stream(chunks)
 
 
 @routes.post("/v1/inference/chat-completion")

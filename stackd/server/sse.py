@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from stackd.apis.inference import close_stream
 from stackd.errors import StackdError
 from stackd.server.keys import STALL_TIMEOUT
 
@@ -84,9 +85,7 @@ async def _stream(
         if done:
             await write(_DONE)
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_stream(events)
 
 
 class ClientStalled(ConnectionError):
