@@ -18,7 +18,7 @@ import orjson
 from stackd.apis.models import Model, Shield
 from stackd.config.schema import ModelInput, ShieldInput
 from stackd.convert import converter
-from stackd.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, UpstreamUnavailable
+from stackd.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, UpstreamTimeout, UpstreamUnavailable
 from stackd.kvstore import KVStore
 from stackd.providers.spec import Caller
 
@@ -129,16 +129,8 @@ class Registry:
 
     async def reconcile(self, models: list[ModelInput], shields: list[ShieldInput]) -> None:
         """Make the config's resources exactly those of the file; keep API registrations."""
-        await self.models.load()
-        await self.shields.load()
-        wanted_models = {m.model_id for m in models}
-        for model in list(self.models.cache.values()):
-            if model.source == "config" and model.identifier not in wanted_models:
-                log.info("model %r was removed from the config; unregistering it", model.identifier)
-                await self.models.remove(model.identifier)
-        for m in models:
-            assert m.model_id is not None and m.provider_id is not None
-            model = Model(
+        await self._reconcile(self.models, [
+            Model(
                 identifier=m.model_id,
                 provider_id=m.provider_id,
                 provider_resource_id=m.provider_model_id or m.model_id,
@@ -147,14 +139,11 @@ class Registry:
                 owner=m.access_attributes,
                 source="config",
             )
-            await self.models.put(await self._check_model(model, at_start=True))
-        wanted_shields = {s.shield_id for s in shields}
-        for shield in list(self.shields.cache.values()):
-            if shield.source == "config" and shield.identifier not in wanted_shields:
-                await self.shields.remove(shield.identifier)
-        for s in shields:
-            assert s.shield_id is not None and s.provider_id is not None
-            shield = Shield(
+            for m in models
+            if m.model_id is not None and m.provider_id is not None
+        ])
+        await self._reconcile(self.shields, [
+            Shield(
                 identifier=s.shield_id,
                 provider_id=s.provider_id,
                 provider_resource_id=s.provider_shield_id or s.shield_id,
@@ -162,42 +151,41 @@ class Registry:
                 owner=s.access_attributes,
                 source="config",
             )
-            await self.shields.put(await self._check_shield(shield, at_start=True))
-        # API registrations whose provider left the config cannot be served: say so once.
-        for model in self.models.cache.values():
-            if model.provider_id not in self.providers:
-                log.warning("model %r belongs to provider %r, which is not configured; it is hidden until "
-                            "the provider returns", model.identifier, model.provider_id)
+            for s in shields
+            if s.shield_id is not None and s.provider_id is not None
+        ])
 
-    async def _check_model(self, model: Model, *, at_start: bool = False) -> Model:
-        provider = self.providers[model.provider_id]
-        register = getattr(provider, "register_model", None)
+    async def _reconcile(self, table: _Table[R], wanted: list[R]) -> None:
+        stored = await table.load()
+        names = {item.identifier for item in wanted}
+        for item in stored:
+            if item.source == "config" and item.identifier not in names:
+                log.info("%s %r was removed from the config; unregistering it", table.kind, item.identifier)
+                await table.remove(item.identifier)
+            elif item.provider_id not in self.providers:
+                # An API registration whose provider left the config cannot be served: say so once.
+                log.warning("%s %r belongs to provider %r, which is not configured; it is hidden until "
+                            "the provider returns", table.kind, item.identifier, item.provider_id)
+        for item in wanted:
+            await table.put(await self._check(item, at_start=True))
+
+    async def _check(self, item: R, *, at_start: bool = False) -> R:
+        """Let the provider accept (and complete) the resource: ``register_model`` / ``register_shield``."""
+        kind = "model" if isinstance(item, Model) else "shield"
+        register = getattr(self.providers[item.provider_id], f"register_{kind}", None)
         if register is None:
-            return model
+            return item
         try:
-            checked = await register(model)
-        except UpstreamUnavailable as exc:
+            checked = await register(item)
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
             if not at_start:
                 raise
-            # The upstream may start after stackd; the model is checked again on first use.
-            log.warning("could not check model %r with provider %r at start: %s",
-                        model.identifier, model.provider_id, exc.message)
-            return model
-        return checked if isinstance(checked, Model) else model
-
-    async def _check_shield(self, shield: Shield, *, at_start: bool = False) -> Shield:
-        provider = self.providers[shield.provider_id]
-        register = getattr(provider, "register_shield", None)
-        if register is None:
-            return shield
-        try:
-            checked = await register(shield)
-        except UpstreamUnavailable as exc:
-            if not at_start:
-                raise
-            log.warning("could not check shield %r at start: %s", shield.identifier, exc.message)
-            return shield
-        return checked if isinstance(checked, Shield) else shield
+            # The upstream may start after stackd. The resource is served as configured; if the
+            # upstream lacks it, the first call says so with the upstream's own error.
+            log.warning("could not check %s %r with provider %r at start: %s",
+                        kind, item.identifier, item.provider_id, exc.message)
+            return item
+        return checked if isinstance(checked, type(item)) else item
 
     # -- models -------------------------------------------------------------------------------
 
@@ -248,7 +236,7 @@ class Registry:
             owner=owner_of(caller),
             source="api",
         )
-        model = await self._check_model(model)
+        model = await self._check(model)
         await self.models.put(model)
         return model
 
@@ -291,7 +279,7 @@ class Registry:
             owner=owner_of(caller),
             source="api",
         )
-        shield = await self._check_shield(shield)
+        shield = await self._check(shield)
         await self.shields.put(shield)
         return shield
 
