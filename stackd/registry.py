@@ -220,13 +220,7 @@ class Registry:
                 "an embedding model needs metadata.embedding_dimension",
                 [FieldError("$.metadata.embedding_dimension", "required for embedding models")],
             )
-        existing = await self.models.find(model_id)
-        if existing is not None:
-            if existing.provider_id != provider_id:
-                raise Conflict(f"model {model_id!r} is already registered with provider "
-                               f"{existing.provider_id!r}; unregister it first or choose another model_id")
-            if not can_access(existing.owner, caller):
-                raise Forbidden(f"model {model_id!r} belongs to someone else")
+        await self._may_register(self.models, model_id, provider_id, caller)
         model = Model(
             identifier=model_id,
             provider_id=provider_id,
@@ -241,9 +235,8 @@ class Registry:
         return model
 
     async def unregister_model(self, identifier: str, caller: Caller) -> None:
+        # One the caller may not see is a 404 (get_model), so a stranger learns nothing of it.
         model = await self.get_model(identifier, caller)
-        if model.owner and not can_access(model.owner, caller):
-            raise Forbidden(f"not allowed to delete model {identifier!r}")
         await self.models.remove(model.identifier)
 
     # -- shields -------------------------------------------------------------------------------
@@ -266,11 +259,7 @@ class Registry:
         params: dict[str, Any] | None = None,
     ) -> Shield:
         provider_id = self._pick_provider("safety", provider_id, "shield")
-        existing = await self.shields.find(shield_id)
-        if existing is not None and existing.provider_id != provider_id:
-            raise Conflict(f"shield {shield_id!r} is already registered with provider {existing.provider_id!r}")
-        if existing is not None and not can_access(existing.owner, caller):
-            raise Forbidden(f"shield {shield_id!r} belongs to someone else")
+        await self._may_register(self.shields, shield_id, provider_id, caller)
         shield = Shield(
             identifier=shield_id,
             provider_id=provider_id,
@@ -288,6 +277,17 @@ class Registry:
         await self.shields.remove(shield.identifier)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    async def _may_register(self, table: _Table[R], identifier: str, provider_id: str, caller: Caller) -> None:
+        """Registering again with the same provider updates; anything else is refused."""
+        existing = await table.find(identifier)
+        if existing is None:
+            return
+        if existing.provider_id != provider_id:
+            raise Conflict(f"{table.kind} {identifier!r} is already registered with provider "
+                           f"{existing.provider_id!r}; unregister it first or choose another {table.kind}_id")
+        if not can_access(existing.owner, caller):
+            raise Forbidden(f"{table.kind} {identifier!r} belongs to someone else; choose another {table.kind}_id")
 
     def _pick_provider(self, api: str, provider_id: str | None, kind: str) -> str:
         candidates = sorted(pid for pid, a in self.provider_apis.items() if a == api)
