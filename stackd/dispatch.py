@@ -88,4 +88,4 @@ class Dispatcher:
                 if not rule.allow:
                     return
                 break
-        raise Forbidden(f"not allowed to call {path}")
+        raise Forbidden(f"not allowed to call {path}: no rule of server.route_policy grants it to this caller")
