@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
 from stackd.errors import BadRequest, FieldError
@@ -231,8 +231,8 @@ def _structure_list_guard(tp: Any) -> Callable[[Any, Any], Any]:
             try:
                 out.append(converter.structure(item, inner))
             except Exception as exc:  # noqa: BLE001 - collected and re-raised with positions
-                exc.__notes__ = [*getattr(exc, "__notes__", []), f"Structuring {tp} @ index {i}"]
-                exc.__cattrs_index__ = i  # type: ignore[attr-defined]
+                exc.__notes__ = [*getattr(exc, "__notes__", []),
+                                 IterableValidationNote(f"Structuring {tp} @ index {i}", i, inner)]
                 errors.append(exc)
         if errors:
             raise IterableValidationError(f"While structuring {tp!r}", errors, tp)
@@ -290,9 +290,7 @@ def _walk(exc: BaseException, path: str) -> Iterator[FieldError]:
             yield from _walk(sub, f"{path}.{note}" if note else path)
     elif isinstance(exc, IterableValidationError):
         for sub in exc.exceptions:
-            index = getattr(sub, "__cattrs_index__", None)
-            if index is None:
-                index = _index_of(sub)
+            index = _index_of(sub)
             if isinstance(index, int):
                 yield from _walk(sub, f"{path}[{index}]")
             elif index is not None:
@@ -312,36 +310,26 @@ def _walk(exc: BaseException, path: str) -> Iterator[FieldError]:
     elif isinstance(exc, StructureError):
         yield FieldError(path, str(exc))
     elif isinstance(exc, (ValueError, TypeError)):
-        yield FieldError(path, _plain_message(exc))
+        yield FieldError(path, str(exc) or type(exc).__name__)
     else:
         yield FieldError(path, f"invalid value ({type(exc).__name__})")
 
 
-def _plain_message(exc: Exception) -> str:
-    text = str(exc)
-    # cattrs' own messages for unstructurable shapes mention Python types; keep them short.
-    if "takes" in text and "positional argument" in text:
-        return "expected a mapping"
-    return text or type(exc).__name__
-
-
 def _note_of(exc: BaseException) -> str | None:
+    """The attribute name cattrs' detailed validation noted on ``exc``."""
     for note in getattr(exc, "__notes__", []):
         name = getattr(note, "name", None)
         if name is not None:
             return str(name)
-        if isinstance(note, str) and note.startswith("Structuring class") and "@ attribute" in note:
-            return note.rsplit("@ attribute ", 1)[1]
     return None
 
 
 def _index_of(exc: BaseException) -> int | str | None:
+    """The list index (or mapping key) noted on ``exc``."""
     for note in getattr(exc, "__notes__", []):
         index = getattr(note, "index", None)
         if index is not None:
             return index if isinstance(index, int) else str(index)
-        if isinstance(note, str) and "@ index " in note:
-            return int(note.rsplit("@ index ", 1)[1])
     return None
 
 
