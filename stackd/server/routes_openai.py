@@ -7,12 +7,14 @@ the client.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from stackd.errors import BadRequest, FieldError
+from stackd.errors import BadRequest, FieldError, NotImplementedByProvider
+from stackd.inference_store import InferenceStoreWriter
+from stackd.inference_store.api import DEFAULT_LIMIT
 from stackd.server.http import context, json_response, read_json
 from stackd.server.keys import STACK
 from stackd.server.sse import stream_sse
@@ -146,14 +148,10 @@ async def embeddings(request: web.Request) -> web.Response:
 
 @served("inference")
 async def list_chat_completions(request: web.Request) -> web.Response:
-    store = _store(request)
     q = request.query
-    limit_raw = q.get("limit", "20")
-    try:
-        limit = int(limit_raw)
-    except ValueError:
-        raise BadRequest("limit must be an integer", [FieldError("$.query.limit", "expected an integer")]) from None
-    result = await store.list(after=q.get("after"), limit=limit, model=q.get("model"), order=q.get("order", "desc"))
+    result = await _store(request).list(
+        after=q.get("after"), limit=_limit(q), model=q.get("model"), order=q.get("order", "desc")
+    )
     return json_response(result)
 
 
@@ -165,23 +163,24 @@ async def get_chat_completion(request: web.Request) -> web.Response:
 @served("inference")
 async def get_chat_completion_messages(request: web.Request) -> web.Response:
     q = request.query
-    try:
-        limit = int(q.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("limit must be an integer", [FieldError("$.query.limit", "expected an integer")]) from None
     result = await _store(request).messages(
-        request.match_info["completion_id"], after=q.get("after"), limit=limit, order=q.get("order", "asc")
+        request.match_info["completion_id"], after=q.get("after"), limit=_limit(q), order=q.get("order", "asc")
     )
     return json_response(result)
 
 
-def _store(request: web.Request) -> Any:
+def _limit(query: Mapping[str, str]) -> int:
+    try:
+        return int(query.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise BadRequest("limit must be an integer", [FieldError("$.query.limit", "expected an integer")]) from None
+
+
+def _store(request: web.Request) -> InferenceStoreWriter:
     store = request.app[STACK].inference_store
     if store is None:
-        from stackd.errors import NotImplementedByProvider
-
         raise NotImplementedByProvider("stored chat completions are not available: no inference provider "
-                                       "is configured")
+                                       "is configured; add one under providers.inference")
     return store
 
 
