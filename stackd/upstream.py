@@ -73,6 +73,9 @@ def upstream_errors(provider_id: str, url: str) -> Iterator[None]:
         yield
     except StackdError:
         raise
+    except aiohttp.ConnectionTimeoutError as exc:
+        # Not even a connection: the upstream is down or unreachable (503), not slow (504).
+        raise UpstreamUnavailable(f"provider {provider_id!r}: cannot connect to {url} (connection timed out)") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"provider {provider_id!r}: {url} did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:
