@@ -33,7 +33,7 @@ def unanswered_port() -> Iterator[int]:
 async def test_a_connection_that_never_completes_is_503_not_504(unanswered_port: int) -> None:
     url = f"http://127.0.0.1:{unanswered_port}/v1/models"
     async with make_session(timeout=0.3) as session:
-        with pytest.raises(UpstreamUnavailable, match=r"provider 'p': cannot connect to .* \(connection timed out\)"):
-            with upstream_errors("p", url):
-                async with session.get(url) as resp:
-                    await resp.read()
+        expected = r"provider 'p': cannot connect to .* \(connection timed out\)"
+        with pytest.raises(UpstreamUnavailable, match=expected), upstream_errors("p", url):
+            async with session.get(url) as resp:
+                await resp.read()
