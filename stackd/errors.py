@@ -16,6 +16,7 @@ __all__ = [
     "Conflict",
     "FieldError",
     "Forbidden",
+    "MethodNotAllowed",
     "NotFound",
     "NotImplementedByProvider",
     "PayloadTooLarge",
@@ -23,6 +24,7 @@ __all__ = [
     "StackdError",
     "Unauthorized",
     "UpstreamBadResponse",
+    "UpstreamClientError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
@@ -155,5 +157,3 @@ class UpstreamClientError(StackdError):
         super().__init__(message, **kw)
         self.status = status  # type: ignore[misc]
 
-
-__all__ += ["MethodNotAllowed", "UpstreamClientError"]
