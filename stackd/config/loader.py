@@ -20,7 +20,14 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from stackd.config.envsubst import substitute
-from stackd.config.schema import IGNORED_TOP_LEVEL_KEYS, ModelInput, ProviderEntry, RunConfig, ShieldInput
+from stackd.config.schema import (
+    IGNORED_TOP_LEVEL_KEYS,
+    ModelInput,
+    ProviderEntry,
+    RunConfig,
+    ServerConfig,
+    ShieldInput,
+)
 from stackd.convert import converter, field_errors, unknown_keys
 from stackd.errors import FieldError
 from stackd.providers.discovery import Catalog, PluginLoadError, package_hint
@@ -315,8 +322,6 @@ class _Builder:
         if parent == "$":
             fields = [f.name for f in attrs.fields(RunConfig)]
         elif parent == "$.server":
-            from stackd.config.schema import ServerConfig
-
             fields = [f.name for f in attrs.fields(ServerConfig)]
         close = difflib.get_close_matches(key, fields, n=1)
         return f" (did you mean {close[0]!r}?)" if close else ""
@@ -479,7 +484,7 @@ class _Builder:
         return out
 
     def _dependencies(self, providers: dict[str, ResolvedProvider]) -> None:
-        from stackd.providers.resolver import DependencyError, build_order
+        from stackd.providers.resolver import DependencyError, build_order  # it imports this module
 
         try:
             build_order(providers)
