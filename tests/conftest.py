@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.loader import LoadedConfig, load_config
+from stackd.config.loader import LoadedConfig, load_config, parse_config
 from stackd.server import create_app
 
 __all__: list[str] = []
@@ -263,3 +263,54 @@ def secret() -> str:
 def yaml_for(tmp_path: Path) -> Callable[..., str]:
     """``yaml_for(**echo_yaml_kwargs)``: the text of an echo run config with stores under tmp_path."""
     return lambda **kwargs: echo_yaml(tmp_path, **kwargs)
+
+
+def vllm_yaml(url: str, state: Path, *, timeout: float = 5.0, server: str = "") -> str:
+    """A run config of remote::vllm in front of ``url`` (a FakeOpenAI serving ``fake-model``):
+    ``chat`` (llm) and ``embed`` (embedding, 8 dimensions), stores under ``state``."""
+    return f"""\
+apis: [inference]
+providers:
+  inference:
+  - provider_id: vllm
+    provider_type: remote::vllm
+    config: {{url: "{url}/v1", timeout: {timeout}}}
+metadata_store: {{type: sqlite, db_path: {state}/registry.db}}
+inference_store: {{type: sqlite, db_path: {state}/store.db}}
+models:
+- model_id: chat
+  provider_model_id: fake-model
+- model_id: embed
+  provider_model_id: fake-model
+  model_type: embedding
+  metadata: {{embedding_dimension: 8}}
+""" + (f"server:\n{server}" if server else "")
+
+
+@pytest.fixture
+def vllm_config(tmp_path: Path) -> Callable[..., LoadedConfig]:
+    """``vllm_config(url, timeout=..., server="  key: value\\n")``: :func:`vllm_yaml`, loaded."""
+    pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
+
+    def build(url: str, **kw: Any) -> LoadedConfig:
+        return parse_config(vllm_yaml(url, tmp_path, **kw), env={})
+
+    return build
+
+
+@pytest.fixture
+async def live_app() -> AsyncIterator[Callable[[LoadedConfig], Awaitable[int]]]:
+    """``port = await live_app(loaded)``: the app as ``stackd serve`` runs it (handler
+    cancellation on) on 127.0.0.1, for tests that speak raw sockets or hang up; closed at teardown."""
+    runners: list[web.AppRunner] = []
+
+    async def start(loaded: LoadedConfig) -> int:
+        runner = web.AppRunner(create_app(loaded), handler_cancellation=True)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return int(runner.addresses[0][1])
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()

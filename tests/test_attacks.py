@@ -9,17 +9,16 @@ import asyncio
 import gzip
 import io
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 
-from stackd.config.loader import parse_config
-from stackd.server import create_app
+from stackd.config.loader import LoadedConfig
 from stackd.testing.fake_openai import FakeOpenAI
 
 Client = TestClient[Any, Any]
@@ -467,22 +466,6 @@ async def test_two_hundred_mixed_requests(client: Client) -> None:
 
 # ---- streams and disconnects (through remote::vllm and the fake upstream) ------------------
 
-def _vllm_config(url: str, state: Path) -> str:
-    return f"""\
-apis: [inference]
-providers:
-  inference:
-  - provider_id: vllm
-    provider_type: remote::vllm
-    config: {{url: "{url}/v1", timeout: 5}}
-metadata_store: {{type: sqlite, db_path: {state}/registry.db}}
-inference_store: {{type: sqlite, db_path: {state}/store.db}}
-models:
-- model_id: chat
-  provider_model_id: fake-model
-"""
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeOpenAI]:
     pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
@@ -491,16 +474,10 @@ async def upstream() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def vllm_url(upstream: FakeOpenAI, tmp_path: Path, unused_tcp_port: int) -> AsyncIterator[str]:
+async def vllm_url(upstream: FakeOpenAI, vllm_config: Callable[..., LoadedConfig],
+                   live_app: Callable[[LoadedConfig], Awaitable[int]]) -> str:
     """stackd as `stackd serve` runs it (handler cancellation on) in front of the fake upstream."""
-    runner = web.AppRunner(create_app(parse_config(_vllm_config(upstream.url, tmp_path), env={})),
-                           handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    try:
-        yield f"http://127.0.0.1:{unused_tcp_port}"
-    finally:
-        await runner.cleanup()
+    return f"http://127.0.0.1:{await live_app(vllm_config(upstream.url))}"
 
 
 def _tasks() -> set[asyncio.Task[Any]]:

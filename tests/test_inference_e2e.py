@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,33 +16,13 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.loader import parse_config
+from stackd.config.loader import LoadedConfig
 from stackd.server import create_app
 from stackd.testing.fake_openai import FakeOpenAI, Fault
 
 pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
 
 Client = TestClient[Any, Any]
-
-
-def _config(url: str, state: Path, timeout: float = 5.0) -> str:
-    return f"""\
-apis: [inference]
-providers:
-  inference:
-  - provider_id: vllm
-    provider_type: remote::vllm
-    config: {{url: "{url}/v1", timeout: {timeout}}}
-metadata_store: {{type: sqlite, db_path: {state}/registry.db}}
-inference_store: {{type: sqlite, db_path: {state}/store.db}}
-models:
-- model_id: chat
-  provider_model_id: fake-model
-- model_id: embed
-  provider_model_id: fake-model
-  model_type: embedding
-  metadata: {{embedding_dimension: 8}}
-"""
 
 
 @pytest.fixture
@@ -53,8 +32,8 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def client(fake: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Client]:
-    loaded = parse_config(_config(fake.url, tmp_path, timeout=1.0), env={})
+async def client(fake: FakeOpenAI, vllm_config: Callable[..., LoadedConfig]) -> AsyncIterator[Client]:
+    loaded = vllm_config(fake.url, timeout=1.0)
     async with TestClient(TestServer(create_app(loaded), handler_cancellation=True)) as c:
         fake.reset()
         yield c
@@ -169,9 +148,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_upstream_down_is_503_naming_provider_and_url(tmp_path: Path) -> None:
+async def test_upstream_down_is_503_naming_provider_and_url(vllm_config: Callable[..., LoadedConfig]) -> None:
     port = _closed_port()
-    loaded = parse_config(_config(f"http://127.0.0.1:{port}", tmp_path), env={})
+    loaded = vllm_config(f"http://127.0.0.1:{port}")
     async with TestClient(TestServer(create_app(loaded))) as c:
         resp = await c.post("/v1/chat/completions", json=CHAT)
         assert resp.status == 503
@@ -180,26 +159,17 @@ async def test_upstream_down_is_503_naming_provider_and_url(tmp_path: Path) -> N
 
 
 async def test_client_disconnect_cancels_the_upstream_request(
-    fake: FakeOpenAI, tmp_path: Path, unused_tcp_port: int
+    fake: FakeOpenAI, vllm_config: Callable[..., LoadedConfig], live_app: Callable[[LoadedConfig], Awaitable[int]]
 ) -> None:
-    from aiohttp import web
-
     fake.chunks, fake.chunk_delay = 200, 0.05
-    app = create_app(parse_config(_config(fake.url, tmp_path), env={}))
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    try:
-        fake.reset()
-        async with ClientSession() as session:
-            resp = await session.post(f"http://127.0.0.1:{unused_tcp_port}/v1/chat/completions",
-                                      json={**CHAT, "stream": True})
-            await resp.content.readuntil(b"\n\n")  # the stream has begun
-            resp.close()  # the client goes away
-        await asyncio.wait_for(fake.disconnected.wait(), timeout=5)
-        assert fake.disconnects == 1
-    finally:
-        await runner.cleanup()
+    port = await live_app(vllm_config(fake.url))
+    fake.reset()
+    async with ClientSession() as session:
+        resp = await session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "stream": True})
+        await resp.content.readuntil(b"\n\n")  # the stream has begun
+        resp.close()  # the client goes away
+    await asyncio.wait_for(fake.disconnected.wait(), timeout=5)
+    assert fake.disconnects == 1
 
 
 async def test_provider_data_is_per_request(client: Client, fake: FakeOpenAI) -> None:
@@ -254,30 +224,24 @@ async def test_chat_completions_are_stored_streams_included(client: Client, fake
     assert missing.status == 404
 
 
-async def test_a_client_that_stops_reading_releases_the_upstream(fake: FakeOpenAI, tmp_path: Path) -> None:
-    from aiohttp import web
-
+async def test_a_client_that_stops_reading_releases_the_upstream(
+    fake: FakeOpenAI, vllm_config: Callable[..., LoadedConfig], live_app: Callable[[LoadedConfig], Awaitable[int]]
+) -> None:
     fake.chunks = 150_000  # ~20 MB of events: more than the kernel's socket buffers hold
-    text = _config(fake.url, tmp_path) + "server:\n  stream_stall_timeout: 0.5\n"
-    runner = web.AppRunner(create_app(parse_config(text, env={})), handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    port = await live_app(vllm_config(fake.url, server="  stream_stall_timeout: 0.5\n"))
+    fake.reset()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    body = orjson.dumps({**CHAT, "stream": True})
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    await loop.sock_sendall(sock, request)
+    # ... and never read: the server must give up on this client and release the upstream.
     try:
-        fake.reset()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        body = orjson.dumps({**CHAT, "stream": True})
-        request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        await loop.sock_sendall(sock, request)
-        # ... and never read: the server must give up on this client and release the upstream.
         await asyncio.wait_for(fake.disconnected.wait(), timeout=30)
         assert fake.disconnects == 1
-        sock.close()
     finally:
-        await runner.cleanup()
+        sock.close()

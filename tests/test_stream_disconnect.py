@@ -12,15 +12,12 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import pytest
-from aiohttp import web
 
-from stackd.config.loader import parse_config
-from stackd.server import create_app
+from stackd.config.loader import LoadedConfig
 from stackd.testing.fake_openai import FakeOpenAI
 
 pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
@@ -30,34 +27,12 @@ __all__: list[str] = []
 _CLIENTS = 100
 
 
-def _config(url: str, state: Path) -> str:
-    return f"""\
-apis: [inference]
-providers:
-  inference:
-  - provider_id: vllm
-    provider_type: remote::vllm
-    config: {{url: "{url}/v1", timeout: 5}}
-metadata_store: {{type: sqlite, db_path: {state}/registry.db}}
-inference_store: {{type: sqlite, db_path: {state}/store.db}}
-models:
-- model_id: chat
-  provider_model_id: fake-model
-"""
-
-
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[tuple[int, FakeOpenAI]]:
+async def server(vllm_config: Callable[..., LoadedConfig],
+                 live_app: Callable[[LoadedConfig], Awaitable[int]]) -> AsyncIterator[tuple[int, FakeOpenAI]]:
     # Long streams with no pause: the server is writing whenever the client's reset arrives.
     async with FakeOpenAI(models=["fake-model"], chunks=3000) as fake:
-        runner = web.AppRunner(create_app(parse_config(_config(fake.url, tmp_path), env={})),
-                               handler_cancellation=True)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        try:
-            yield int(runner.addresses[0][1]), fake
-        finally:
-            await runner.cleanup()
+        yield await live_app(vllm_config(fake.url)), fake
 
 
 async def _hang_up_mid_stream(port: int, path: str, body: dict[str, object]) -> None:
