@@ -5,6 +5,15 @@ reads the same everywhere: ``expected an http(s) URL @ $.providers.inference[0].
 
 Scalars are strict: cattrs would turn ``url: 12`` into ``"12"`` and ``port: true`` into ``1``;
 here they are errors.
+
+Every hook is built inside :func:`make_converter` and structures nested values with the
+converter it belongs to, so a fresh converter checks exactly what the global one checks.
+Schemas never register hooks: a type that needs more than the generic rules says so on
+itself with ``Annotated`` markers, read when the converter meets the type:
+
+- ``Annotated[int, Check(test, "a port number ...")]``: structured as ``int``, then checked;
+- ``Annotated[A | B, Tagged("type", "store")]``: attrs classes told apart by a ``Literal`` field;
+- ``Annotated[T, Hook(factory)]``: ``factory(converter)`` returns the hook, for shapes no rule fits.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NewType, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NewType, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import attrs
@@ -24,16 +33,17 @@ from cattrs.gen import make_dict_structure_fn
 from stackd.errors import BadRequest, FieldError
 
 __all__ = [
+    "Check",
+    "Hook",
     "HttpUrl",
     "Secret",
     "Seconds",
     "StructureError",
+    "Tagged",
     "converter",
     "describe",
     "field_errors",
-    "register_tagged_union",
-    "register_union",
-    "tagged_union_hook",
+    "make_converter",
     "structure",
     "unknown_keys",
 ]
@@ -201,16 +211,19 @@ def _is_optional(tp: Any) -> bool:
     )
 
 
-def _optional_hook(tp: Any) -> Callable[[Any, Any], Any]:
-    rest = tuple(a for a in get_args(tp) if a is not type(None))
-    inner: Any = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007 - built at run time
+def _optional_hook(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    def factory(tp: Any) -> Callable[[Any, Any], Any]:
+        rest = tuple(a for a in get_args(tp) if a is not type(None))
+        inner: Any = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007 - built at run time
 
-    def hook(value: Any, _: Any) -> Any:
-        if value is None:
-            return None
-        return converter.structure(value, inner)
+        def hook(value: Any, _: Any) -> Any:
+            if value is None:
+                return None
+            return conv.structure(value, inner)
 
-    return hook
+        return hook
+
+    return factory
 
 
 def _structure_dict_any(value: Any, _: Any) -> dict[str, Any]:
@@ -219,26 +232,29 @@ def _structure_dict_any(value: Any, _: Any) -> dict[str, Any]:
     raise StructureError(f"expected a mapping, got {describe(value)}")
 
 
-def _structure_list_guard(tp: Any) -> Callable[[Any, Any], Any]:
-    inner = get_args(tp)[0] if get_args(tp) else Any
+def _list_guard(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    def factory(tp: Any) -> Callable[[Any, Any], Any]:
+        inner = get_args(tp)[0] if get_args(tp) else Any
 
-    def hook(value: Any, _: Any) -> Any:
-        if not isinstance(value, (list, tuple)):
-            raise StructureError(f"expected a list, got {describe(value)}")
-        errors: list[Exception] = []
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(converter.structure(item, inner))
-            except Exception as exc:  # noqa: BLE001 - collected and re-raised with positions
-                exc.__notes__ = [*getattr(exc, "__notes__", []),
-                                 IterableValidationNote(f"Structuring {tp} @ index {i}", i, inner)]
-                errors.append(exc)
-        if errors:
-            raise IterableValidationError(f"While structuring {tp!r}", errors, tp)
-        return out
+        def hook(value: Any, _: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise StructureError(f"expected a list, got {describe(value)}")
+            errors: list[Exception] = []
+            out = []
+            for i, item in enumerate(value):
+                try:
+                    out.append(conv.structure(item, inner))
+                except Exception as exc:  # noqa: BLE001 - collected and re-raised with positions
+                    exc.__notes__ = [*getattr(exc, "__notes__", []),
+                                     IterableValidationNote(f"Structuring {tp} @ index {i}", i, inner)]
+                    errors.append(exc)
+            if errors:
+                raise IterableValidationError(f"While structuring {tp!r}", errors, tp)
+            return out
 
-    return hook
+        return hook
+
+    return factory
 
 
 def _mapping_guard(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
@@ -259,7 +275,115 @@ def _is_list(tp: Any) -> bool:
     return get_origin(tp) is list
 
 
+def _is_str_literal(tp: Any) -> bool:
+    return get_origin(tp) is Literal and all(isinstance(v, str) for v in get_args(tp))
+
+
+def _literal_hook(tp: Any) -> Callable[[Any, Any], Any]:
+    values = get_args(tp)
+    valid = ", ".join(repr(v) for v in values)
+
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, str) and value in values:
+            return value
+        raise StructureError(f"expected one of {valid}, got {describe(value)}")
+
+    return hook
+
+
+# ---- markers: what a type says about its own structuring -----------------------------------
+
+
+@attrs.frozen
+class Check:
+    """``Annotated[int, Check(test, wanted)]``: structure as the base type, then ``test`` it;
+    a failure reads ``expected <wanted>, got <value><hint>`` at the field's path."""
+
+    test: Callable[[Any], bool]
+    wanted: str
+    hint: str = ""
+
+
+@attrs.frozen
+class Tagged:
+    """``Annotated[A | B, Tagged("type", "store")]``: a union of attrs classes, each with a
+    ``Literal`` default in its ``tag`` field naming it. An unknown or missing tag is reported at
+    ``$.path.<tag>`` with the valid values; ``what`` names the thing in messages."""
+
+    tag: str
+    what: str
+
+
+@attrs.frozen
+class Hook:
+    """``Annotated[T, Hook(factory)]``: ``factory(converter)`` returns the structure hook, for a
+    shape no generic rule fits (a string or a list of parts, say)."""
+
+    factory: Callable[[cattrs.Converter], Callable[[Any, Any], Any]]
+
+
+_Marker = Check | Tagged | Hook
+
+
+def _marker(tp: Any) -> _Marker | None:
+    if get_origin(tp) is not Annotated:
+        return None
+    return next((m for m in tp.__metadata__ if isinstance(m, Check | Tagged | Hook)), None)
+
+
+def _marked_hook(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    def factory(tp: Any) -> Callable[[Any, Any], Any]:
+        marker = _marker(tp)
+        base = tp.__origin__
+        if isinstance(marker, Hook):
+            return marker.factory(conv)
+        if isinstance(marker, Tagged):
+            return _tagged_hook(conv, marker, base)
+        assert isinstance(marker, Check)
+        check = marker
+
+        def hook(value: Any, _: Any) -> Any:
+            result = conv.structure(value, base)
+            if not check.test(result):
+                raise StructureError(f"expected {check.wanted}, got {describe(value)}{check.hint}")
+            return result
+
+        return hook
+
+    return factory
+
+
+class _TagError(StructureError):
+    """A bad discriminator; carries the tag key so the path ends at it."""
+
+    def __init__(self, tag: str, message: str) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+
+def _tagged_hook(conv: cattrs.Converter, marker: Tagged, union: Any) -> Callable[[Any, Any], Any]:
+    tag, what = marker.tag, marker.what
+    classes: dict[str, type] = {}
+    for cls in get_args(union):
+        classes[str(attrs.fields_dict(cls)[tag].default)] = cls
+    valid = ", ".join(repr(k) for k in classes)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise StructureError(f"expected a {what} (a mapping with {tag!r}: {valid}), got {describe(value)}")
+        name = value.get(tag)
+        if name is None:
+            raise _TagError(tag, f"required field missing; a {what} needs {tag!r}: one of {valid}")
+        cls = classes.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise _TagError(tag, f"unknown {what} {tag} {describe(name)}; expected one of {valid}")
+        return conv.structure(value, cls)
+
+    return hook
+
+
 def make_converter() -> cattrs.Converter:
+    """The converter with every rule of stackd; nothing is registered anywhere else."""
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook_factory(attrs.has, _mapping_guard(conv))
     conv.register_structure_hook(str, _structure_str)
@@ -274,9 +398,11 @@ def make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(Path, str)
     conv.register_structure_hook(Any, lambda v, _: v)
     conv.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_dict_any)
+    conv.register_structure_hook_factory(_is_str_literal, _literal_hook)
     conv.register_structure_hook_factory(_is_primitive_union, _primitive_union_hook)
-    conv.register_structure_hook_factory(_is_optional, _optional_hook)
-    conv.register_structure_hook_factory(_is_list, _structure_list_guard)
+    conv.register_structure_hook_factory(_is_optional, _optional_hook(conv))
+    conv.register_structure_hook_factory(_is_list, _list_guard(conv))
+    conv.register_structure_hook_factory(lambda t: _marker(t) is not None, _marked_hook(conv))
     return conv
 
 
@@ -389,59 +515,3 @@ def _unknown(data: Any, tp: Any, path: str, found: list[str]) -> None:
                 found.append(f"{path}.{key}")
             else:
                 _unknown(item, hints.get(field.name, Any), f"{path}.{key}", found)
-
-
-class _TagError(StructureError):
-    """A bad discriminator; carries the tag key so the path ends at it."""
-
-    def __init__(self, tag: str, message: str) -> None:
-        super().__init__(message)
-        self.tag = tag
-
-
-def tagged_union_hook(
-    tag: str,
-    classes: Mapping[str, type],
-    what: str,
-    *,
-    default: str | None = None,
-    conv: cattrs.Converter | None = None,
-) -> Callable[[Any, Any], Any]:
-    """A hook structuring a mapping into the class its ``tag`` key names (``type``, ``role``...).
-
-    An unknown or missing tag is reported at ``$.path.<tag>`` with the valid values listed;
-    ``what`` names the thing in messages ("message", "store"). ``default`` is the tag assumed
-    when the key is absent.
-    """
-    valid = ", ".join(repr(k) for k in classes)
-
-    def hook(value: Any, _: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise StructureError(f"expected a {what} (a mapping with {tag!r}: {valid}), got {describe(value)}")
-        name = value.get(tag, default)
-        if name is None:
-            raise _TagError(tag, f"required field missing; a {what} needs {tag!r}: one of {valid}")
-        cls = classes.get(name) if isinstance(name, str) else None
-        if cls is None:
-            raise _TagError(tag, f"unknown {what} {tag} {describe(name)}; expected one of {valid}")
-        return (conv or converter).structure(value, cls)
-
-    return hook
-
-
-def register_tagged_union(
-    union: Any,
-    tag: str,
-    classes: Mapping[str, type],
-    what: str,
-    *,
-    default: str | None = None,
-    conv: cattrs.Converter | None = None,
-) -> None:
-    """Structure ``union`` (and ``union | None``) with :func:`tagged_union_hook`."""
-    register_union(union, tagged_union_hook(tag, classes, what, default=default, conv=conv), conv=conv)
-
-
-def register_union(union: Any, hook: Callable[[Any, Any], Any], *, conv: cattrs.Converter | None = None) -> None:
-    """Structure ``union`` with ``hook``; ``union | None`` follows through the optional hook."""
-    (conv or converter).register_structure_hook_func(lambda t: bool(t == union), hook)

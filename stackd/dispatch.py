@@ -17,9 +17,9 @@ from typing import Protocol
 
 import attrs
 
+from stackd.caller import Caller
 from stackd.config.schema import RoutePolicyRule
 from stackd.errors import Forbidden
-from stackd.providers.spec import Caller
 
 __all__ = ["Admission", "Authenticator", "Dispatcher", "QuotaCounter", "RequestInfo", "PUBLIC_PATHS"]
 

@@ -16,11 +16,11 @@ import attrs
 import orjson
 
 from stackd.apis.models import Model, Shield
+from stackd.caller import Caller
 from stackd.config.schema import ModelInput, ShieldInput
 from stackd.convert import converter
 from stackd.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, UpstreamTimeout, UpstreamUnavailable
 from stackd.kvstore import KVStore
-from stackd.providers.spec import Caller
 
 __all__ = ["Registry", "can_access", "owner_of"]
 

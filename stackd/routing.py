@@ -10,11 +10,11 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider, UpstreamUnavailable
 from stackd.inference_store.assemble import assemble_chat_stream
-from stackd.providers.spec import CallContext
 from stackd.registry import Registry
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]

@@ -145,3 +145,68 @@ def test_home_of_an_unknown_user_is_a_clear_error() -> None:
     assert errors_of({"db_path": "~no-such-user-here/x.db"}, SqliteStoreConfig) == [
         ("$.db_path", "cannot expand '~no-such-user-here': no such user's home directory; write the path out in full")
     ]
+
+
+# ---- one converter, built in one place -----------------------------------------------------
+
+_BAD_INPUTS: list[tuple[Any, Any]] = [
+    # config: every kind of hook the run config uses
+    (RunConfig, {"server": {"port": 99999}}),
+    (RunConfig, {"server": {"port": "http"}}),
+    (RunConfig, {"server": {"stream_stall_timeout": -1}}),
+    (RunConfig, {"metadata_store": {"type": "mysql"}}),
+    (RunConfig, {"metadata_store": {"db_path": "x"}}),
+    (RunConfig, {"inference_store": {"type": "postgres", "port": "five"}}),
+    (RunConfig, {"models": [{"model_id": "m", "model_type": "vision"}]}),
+    (RunConfig, {"server": {"quota": {"kvstore": {"type": "sqlite", "db_path": "q"}, "period": "year"}}}),
+    (RunConfig, {"apis": "inference"}),
+    (RunConfig, {"version": [2]}),
+    # native requests: tagged unions, range checks, literals, bespoke hooks
+    ("chat", {"model_id": "m", "messages": [{"role": "bot", "content": "x"}]}),
+    ("chat", {"model_id": "m", "messages": [{"role": "user", "content": [{"type": "video"}]}]}),
+    ("chat", {"model_id": "m", "messages": [{"role": "user", "content": {"type": "image", "image": {}}}]}),
+    ("chat", {"model_id": "m", "messages": [{"role": "user", "content": 3}]}),
+    ("chat", {"model_id": "m", "messages": [], "sampling_params": {"strategy": {"type": "top_p", "temperature": 0}}}),
+    ("chat", {"model_id": "m", "messages": [], "sampling_params": {"strategy": {"type": "top_k", "top_k": 0}}}),
+    ("chat", {"model_id": "m", "messages": [], "sampling_params": {"max_tokens": -1}}),
+    ("chat", {"model_id": "m", "messages": [], "tool_prompt_format": "xml"}),
+    ("chat", {"model_id": "m", "messages": [], "response_format": {"type": "regex"}}),
+    ("chat", {"model_id": "m", "messages": [], "tools": [{"tool_name": "t", "parameters": {"a": {}}}]}),
+    ("chat", {"model_id": "m", "messages": [{"role": "assistant", "content": "",
+                                             "tool_calls": [{"call_id": "c", "tool_name": "t", "arguments": 3}]}]}),
+    ("embeddings", {"model_id": "m", "contents": [3], "text_truncation": "middle"}),
+]
+
+
+def _request_type(name: Any) -> Any:
+    from stackd.apis.native_types import ChatCompletionRequest, EmbeddingsRequest
+
+    return {"chat": ChatCompletionRequest, "embeddings": EmbeddingsRequest}.get(name, name)
+
+
+@pytest.mark.parametrize(("tp", "data"), _BAD_INPUTS)
+def test_a_fresh_converter_rejects_what_the_global_one_rejects(tp: Any, data: Any) -> None:
+    from stackd.convert import field_errors, make_converter
+
+    tp = _request_type(tp)
+    outcomes = []
+    for conv in (converter, make_converter()):
+        try:
+            conv.structure(data, tp)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            outcomes.append(sorted(field_errors(exc)))
+        else:
+            outcomes.append(None)
+    assert outcomes[0] is not None, "the global converter accepted a bad input"
+    assert outcomes[0] == outcomes[1]
+
+
+def test_port_out_of_range_is_refused_by_any_converter() -> None:
+    from stackd.convert import field_errors, make_converter
+
+    with pytest.raises(Exception) as info:  # noqa: PT011 - cattrs' validation group
+        make_converter().structure({"port": 99999}, ServerConfig)
+    assert field_errors(info.value) == [
+        ("$.port", "expected a port number between 1 and 65535 (0 picks a free one), got 99999")
+    ]
+

@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
+from stackd.apis.context import CallContext
 from stackd.apis.models import Model
-from stackd.providers.spec import CallContext
 
 __all__ = ["InferenceProvider", "OpenAIResult", "close_stream"]
 

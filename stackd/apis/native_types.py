@@ -5,27 +5,22 @@ The shapes are the ones ``llama-stack-client`` 0.2.x sends. Discriminated unions
 their own so that a wrong tag reads ``unknown message role 'bot'; expected one of 'user',
 'system', 'assistant', 'tool' @ $.messages[1].role`` instead of cattrs' union noise.
 
-Importing this module registers those hooks on :data:`stackd.convert.converter`. Unknown
-extra fields are ignored (newer clients add fields; the converter does not forbid them).
+The hooks are declared on the types (``Annotated`` markers, see :mod:`stackd.convert`) and
+built by each converter for itself; importing this module registers nothing. Unknown extra
+fields are ignored (newer clients add fields; the converter does not forbid them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NewType
+from typing import Annotated, Any, Literal
 
 import attrs
+import cattrs
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from stackd.convert import (
-    StructureError,
-    converter,
-    describe,
-    register_tagged_union,
-    register_union,
-    tagged_union_hook,
-)
+from stackd.convert import Check, Hook, StructureError, Tagged, describe
 
 __all__ = [
     "URL",
@@ -58,16 +53,100 @@ __all__ = [
 ]
 
 # Value checks live on small NewTypes so the message lands on the field's own path.
-Temperature = NewType("Temperature", float)
-TopP = NewType("TopP", float)
-TopK = NewType("TopK", int)
-TokenCount = NewType("TokenCount", int)
+Temperature = Annotated[
+    float, Check(lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output")
+]
+TopP = Annotated[float, Check(lambda x: 0 < x <= 1, "a number in (0, 1]")]
+TopK = Annotated[int, Check(lambda x: x >= 1, "an integer of at least 1")]
+TokenCount = Annotated[int, Check(lambda x: x >= 0, "an integer of at least 0")]
 
 ToolPromptFormat = Literal["json", "function_tag", "python_list"]
 SystemMessageBehavior = Literal["append", "replace"]
 TextTruncation = Literal["none", "start", "end"]
 EmbeddingTaskType = Literal["query", "document"]
 StopReason = Literal["end_of_turn", "end_of_message", "out_of_tokens"]
+
+
+# ---- hooks: each factory takes the converter it belongs to ---------------------------------
+
+
+def _content_hook(conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Mapping):
+            return conv.structure(value, ContentItem)  # type: ignore[arg-type]
+        if isinstance(value, list):
+            return conv.structure(value, list[ContentItem])
+        raise StructureError(
+            "expected a string, a content item ({type: text, text} or {type: image, image}) "
+            f"or a list of content items, got {describe(value)}"
+        )
+
+    return hook
+
+
+def _embedding_content_hook(conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Mapping):
+            return conv.structure(value, ContentItem)  # type: ignore[arg-type]
+        raise StructureError(f"expected a string or a content item {{type: text, text}}, got {describe(value)}")
+
+    return hook
+
+
+def _image_source_hook(conv: cattrs.Converter) -> Callable[[Any, Any], ImageSource]:
+    fields = make_dict_structure_fn(ImageSource, conv, _cattrs_detailed_validation=True)
+
+    def hook(value: Any, tp: Any) -> ImageSource:
+        if not isinstance(value, Mapping):
+            raise StructureError(f"expected {{url: {{uri}}}} or {{data: <base64>}}, got {describe(value)}")
+        source: ImageSource = fields(value, tp)
+        if (source.url is None) == (source.data is None):
+            raise StructureError("an image needs exactly one of url: {uri: ...} or data: <base64 string>")
+        return source
+
+    return hook
+
+
+def _tool_arguments(value: Any, _: Any) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise StructureError(f"expected a mapping or a JSON string, got {describe(value)}")
+
+
+def _tool_arguments_hook(_: cattrs.Converter) -> Callable[[Any, Any], str | dict[str, Any]]:
+    return _tool_arguments
+
+
+def _tool_parameters_hook(conv: cattrs.Converter) -> Callable[[Any, Any], dict[str, ToolParamDefinition] | None]:
+    def hook(value: Any, _: Any) -> dict[str, ToolParamDefinition] | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise StructureError(
+                f"expected a mapping of parameter name to {{param_type, ...}}, got {describe(value)}"
+            )
+        out: dict[str, ToolParamDefinition] = {}
+        errors: list[Exception] = []
+        for name, item in value.items():
+            try:
+                out[str(name)] = conv.structure(item, ToolParamDefinition)
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised with the parameter's name
+                exc.__notes__ = [
+                    *getattr(exc, "__notes__", []),
+                    AttributeValidationNote(f"Structuring @ attribute {name}", str(name), ToolParamDefinition),
+                ]
+                errors.append(exc)
+        if errors:
+            raise ClassValidationError("While structuring tool parameters", errors, dict)
+        return out
+
+    return hook
 
 
 # ---- content -------------------------------------------------------------------------------
@@ -94,12 +173,13 @@ class TextItem:
 
 @attrs.frozen
 class ImageItem:
-    image: ImageSource
+    image: Annotated[ImageSource, Hook(_image_source_hook)]
     type: Literal["image"] = "image"
 
 
-ContentItem = TextItem | ImageItem
-Content = str | TextItem | ImageItem | list[TextItem | ImageItem]
+ContentItem = Annotated[TextItem | ImageItem, Tagged("type", "content item")]
+Content = Annotated[str | TextItem | ImageItem | list[ContentItem], Hook(_content_hook)]
+EmbeddingContent = Annotated[str | TextItem | ImageItem, Hook(_embedding_content_hook)]
 
 
 # ---- messages ------------------------------------------------------------------------------
@@ -110,7 +190,7 @@ class ToolCall:
     call_id: str
     tool_name: str
     # 0.2.x sends a dict; a string is what a model produced that is not valid JSON.
-    arguments: str | dict[str, Any]
+    arguments: Annotated[str | dict[str, Any], Hook(_tool_arguments_hook)]
     arguments_json: str | None = None
 
 
@@ -142,7 +222,7 @@ class ToolResponseMessage:
     role: Literal["tool"] = "tool"
 
 
-Message = UserMessage | SystemMessage | AssistantMessage | ToolResponseMessage
+Message = Annotated[UserMessage | SystemMessage | AssistantMessage | ToolResponseMessage, Tagged("role", "message")]
 
 
 # ---- sampling, formats, tools --------------------------------------------------------------
@@ -156,7 +236,7 @@ class GreedyStrategy:
 @attrs.frozen
 class TopPStrategy:
     temperature: Temperature | None = None
-    top_p: TopP | None = TopP(0.95)
+    top_p: TopP | None = 0.95
     type: Literal["top_p"] = "top_p"
 
 
@@ -166,13 +246,13 @@ class TopKStrategy:
     type: Literal["top_k"] = "top_k"
 
 
-SamplingStrategy = GreedyStrategy | TopPStrategy | TopKStrategy
+SamplingStrategy = Annotated[GreedyStrategy | TopPStrategy | TopKStrategy, Tagged("type", "sampling strategy")]
 
 
 @attrs.frozen
 class SamplingParams:
     strategy: SamplingStrategy = attrs.field(factory=GreedyStrategy)
-    max_tokens: TokenCount | None = TokenCount(0)  # 0 and null both mean "the model's limit"
+    max_tokens: TokenCount | None = 0  # 0 and null both mean "the model's limit"
     repetition_penalty: float | None = 1.0
     stop: list[str] | None = None
 
@@ -189,7 +269,7 @@ class GrammarFormat:
     type: Literal["grammar"] = "grammar"
 
 
-ResponseFormat = JsonSchemaFormat | GrammarFormat
+ResponseFormat = Annotated[JsonSchemaFormat | GrammarFormat, Tagged("type", "response format")]
 
 
 @attrs.frozen
@@ -204,7 +284,7 @@ class ToolParamDefinition:
 class ToolDefinition:
     tool_name: str
     description: str | None = None
-    parameters: dict[str, ToolParamDefinition] | None = None
+    parameters: Annotated[dict[str, ToolParamDefinition] | None, Hook(_tool_parameters_hook)] = None
 
 
 @attrs.frozen
@@ -250,145 +330,7 @@ class CompletionRequest:
 @attrs.frozen
 class EmbeddingsRequest:
     model_id: str
-    contents: list[str | TextItem | ImageItem]
+    contents: list[EmbeddingContent]
     text_truncation: TextTruncation | None = "none"
     output_dimension: int | None = None
     task_type: EmbeddingTaskType | None = None
-
-
-# ---- hooks ---------------------------------------------------------------------------------
-
-
-def _is(tp: Any) -> Callable[[Any], bool]:
-    return lambda t: bool(t == tp)
-
-
-_content_item = tagged_union_hook("type", {"text": TextItem, "image": ImageItem}, "content item")
-
-
-def _content(value: Any, tp: Any) -> Any:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return _content_item(value, tp)
-    if isinstance(value, list):
-        return converter.structure(value, list[TextItem | ImageItem])
-    raise StructureError(
-        "expected a string, a content item ({type: text, text} or {type: image, image}) "
-        f"or a list of content items, got {describe(value)}"
-    )
-
-
-def _embedding_content(value: Any, tp: Any) -> Any:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return _content_item(value, tp)
-    raise StructureError(f"expected a string or a content item {{type: text, text}}, got {describe(value)}")
-
-
-_image_source_fields = make_dict_structure_fn(ImageSource, converter, _cattrs_detailed_validation=True)
-
-
-def _image_source(value: Any, tp: Any) -> ImageSource:
-    if not isinstance(value, Mapping):
-        raise StructureError(f"expected {{url: {{uri}}}} or {{data: <base64>}}, got {describe(value)}")
-    source: ImageSource = _image_source_fields(value, tp)
-    if (source.url is None) == (source.data is None):
-        raise StructureError("an image needs exactly one of url: {uri: ...} or data: <base64 string>")
-    return source
-
-
-def _tool_arguments(value: Any, _: Any) -> str | dict[str, Any]:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise StructureError(f"expected a mapping or a JSON string, got {describe(value)}")
-
-
-def _tool_parameters(value: Any, tp: Any) -> dict[str, ToolParamDefinition] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise StructureError(
-            f"expected a mapping of parameter name to {{param_type, ...}}, got {describe(value)}"
-        )
-    out: dict[str, ToolParamDefinition] = {}
-    errors: list[Exception] = []
-    for name, item in value.items():
-        try:
-            out[str(name)] = converter.structure(item, ToolParamDefinition)
-        except Exception as exc:  # noqa: BLE001 - collected and re-raised with the parameter's name
-            exc.__notes__ = [
-                *getattr(exc, "__notes__", []),
-                AttributeValidationNote(f"Structuring @ attribute {name}", str(name), ToolParamDefinition),
-            ]
-            errors.append(exc)
-    if errors:
-        raise ClassValidationError("While structuring tool parameters", errors, dict)
-    return out
-
-
-def _one_of(literal: Any) -> Callable[[Any, Any], Any]:
-    values = literal.__args__
-    valid = ", ".join(repr(v) for v in values)
-
-    def hook(value: Any, _: Any) -> Any:
-        if value in values and isinstance(value, str):
-            return value
-        raise StructureError(f"expected one of {valid}, got {describe(value)}")
-
-    return hook
-
-
-def _number_hook(
-    base: type, check: Callable[[Any], bool], wanted: str, hint: str = ""
-) -> Callable[[Any, Any], Any]:
-    def hook(value: Any, _: Any) -> Any:
-        number: Any = converter.structure(value, base)
-        if not check(number):
-            raise StructureError(f"expected {wanted}, got {describe(value)}{hint}")
-        return number
-
-    return hook
-
-
-converter.register_structure_hook(
-    Temperature,
-    _number_hook(
-        float,
-        lambda x: x > 0,
-        "a number greater than 0",
-        "; use strategy {type: greedy} for deterministic output",
-    ),
-)
-converter.register_structure_hook(TopP, _number_hook(float, lambda x: 0 < x <= 1, "a number in (0, 1]"))
-converter.register_structure_hook(TopK, _number_hook(int, lambda x: x >= 1, "an integer of at least 1"))
-converter.register_structure_hook(TokenCount, _number_hook(int, lambda x: x >= 0, "an integer of at least 0"))
-
-
-for _literal in (ToolPromptFormat, SystemMessageBehavior, TextTruncation, EmbeddingTaskType, StopReason):
-    converter.register_structure_hook_func(_is(_literal), _one_of(_literal))
-
-converter.register_structure_hook(ImageSource, _image_source)
-converter.register_structure_hook_func(_is(str | dict[str, Any]), _tool_arguments)
-converter.register_structure_hook_func(_is(dict[str, ToolParamDefinition] | None), _tool_parameters)
-register_union(TextItem | ImageItem, _content_item)
-register_union(Content, _content)
-register_union(str | TextItem | ImageItem, _embedding_content)
-register_tagged_union(
-    Message,
-    "role",
-    {"user": UserMessage, "system": SystemMessage, "assistant": AssistantMessage, "tool": ToolResponseMessage},
-    "message",
-)
-register_tagged_union(
-    SamplingStrategy,
-    "type",
-    {"greedy": GreedyStrategy, "top_p": TopPStrategy, "top_k": TopKStrategy},
-    "sampling strategy",
-)
-register_tagged_union(
-    ResponseFormat, "type", {"json_schema": JsonSchemaFormat, "grammar": GrammarFormat}, "response format"
-)

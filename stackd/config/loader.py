@@ -275,7 +275,7 @@ class _Builder:
         A provider, model or shield that fails keeps its place (paths stay right) as an inert
         stand-in; its id goes into ``self.failed`` so nothing is reported twice about it.
         """
-        hints = typing.get_type_hints(RunConfig)
+        hints = typing.get_type_hints(RunConfig, include_extras=True)
         values: dict[str, Any] = {}
         for name, value in data.items():
             if name not in hints:

@@ -1,19 +1,19 @@
 """The run configuration, as attrs classes (API.md §1).
 
-Value checks live in structure hooks (see :mod:`stackd.convert`) so that their messages land on
-the field's path; cross-field checks (a model naming an unknown provider...) live in
-:mod:`stackd.config.checks`.
+Value checks are declared on the types (``Annotated`` markers of :mod:`stackd.convert`) so
+that their messages land on the field's path; cross-field checks (a model naming an unknown
+provider...) live in :mod:`stackd.config.loader`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, NewType
+from typing import Annotated, Any, Literal
 
 import attrs
 
 from stackd.config.stores import StoreConfig
-from stackd.convert import Seconds, StructureError, converter
+from stackd.convert import Check, Seconds
 
 __all__ = [
     "AuthConfig",
@@ -28,17 +28,8 @@ __all__ = [
     "IGNORED_TOP_LEVEL_KEYS",
 ]
 
-Port = NewType("Port", int)
+Port = Annotated[int, Check(lambda p: 0 <= p <= 65535, "a port number between 1 and 65535 (0 picks a free one)")]
 
-
-def _structure_port(value: Any, _: type) -> Port:
-    port = converter.structure(value, int)
-    if not 0 <= port <= 65535:
-        raise StructureError(f"expected a port number between 1 and 65535 (0 picks a free one), got {port}")
-    return Port(port)
-
-
-converter.register_structure_hook(Port, _structure_port)
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
 IGNORED_TOP_LEVEL_KEYS = (
@@ -110,7 +101,7 @@ class QuotaConfig:
 @attrs.frozen
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: Port = Port(8321)
+    port: Port = 8321
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     tls_cafile: Path | None = None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import attrs
 
-from stackd.convert import Secret, register_tagged_union
+from stackd.convert import Secret, Tagged
 
 __all__ = ["PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig", "StoreConfig"]
 
@@ -39,11 +39,4 @@ class RedisStoreConfig:
     namespace: str | None = None
 
 
-StoreConfig = SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig
-
-register_tagged_union(
-    StoreConfig,
-    "type",
-    {"sqlite": SqliteStoreConfig, "postgres": PostgresStoreConfig, "redis": RedisStoreConfig},
-    "store",
-)
+StoreConfig = Annotated[SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig, Tagged("type", "store")]

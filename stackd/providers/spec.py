@@ -1,4 +1,4 @@
-"""What a provider plugin declares: :class:`ProviderSpec`, and what it receives: :class:`CallContext`."""
+"""What a provider plugin declares: :class:`ProviderSpec`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Caller", "CallContext", "ProviderSpec", "ANONYMOUS"]
+__all__ = ["ProviderSpec"]
 
 
 @attrs.frozen
@@ -34,33 +34,3 @@ class ProviderSpec:
             )
         if not attrs.has(self.config_class):
             raise TypeError(f"config_class of {self.provider_type} must be an attrs class")
-
-
-@attrs.frozen
-class Caller:
-    """Who is calling: the authenticated principal and the attributes used for access checks."""
-
-    principal: str | None = None
-    attributes: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
-    client_address: str | None = None
-
-    @property
-    def authenticated(self) -> bool:
-        return self.principal is not None
-
-
-ANONYMOUS = Caller()
-
-
-@attrs.frozen
-class CallContext:
-    """Per-request data handed to a provider call, and to nothing else.
-
-    ``provider_data`` is the decoded ``X-LlamaStack-Provider-Data`` header of this request
-    (an upstream API key for this call, say). It is passed as an argument, never stored on
-    the provider, so concurrent requests cannot see each other's.
-    """
-
-    caller: Caller = ANONYMOUS
-    provider_data: Mapping[str, Any] = attrs.field(factory=dict)
-    request_id: str = ""

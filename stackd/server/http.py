@@ -8,8 +8,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from stackd.apis.context import CallContext
 from stackd.errors import BadRequest, FieldError, PayloadTooLarge
-from stackd.providers.spec import CallContext
 from stackd.server.keys import CALLER, MAX_BODY
 
 __all__ = ["context", "json_response", "provider_data", "read_json"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from stackd.caller import Caller
 from stackd.config.loader import LoadedConfig
-from stackd.providers.spec import Caller
 from stackd.stack import Stack
 
 __all__ = ["CALLER", "CONFIG", "STACK", "STARTED_AT", "MAX_BODY", "STALL_TIMEOUT"]
