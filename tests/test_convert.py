@@ -179,7 +179,7 @@ _BAD_INPUTS: list[tuple[Any, Any]] = [
 
 
 def _request_type(name: Any) -> Any:
-    from stackd.apis.native_types import ChatCompletionRequest, EmbeddingsRequest
+    from stackd.apis.native.types import ChatCompletionRequest, EmbeddingsRequest
 
     return {"chat": ChatCompletionRequest, "embeddings": EmbeddingsRequest}.get(name, name)
 

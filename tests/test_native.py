@@ -13,17 +13,14 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stackd.apis.native import (
-    ChatStreamTranslator,
-    CompletionStreamTranslator,
-    chat_to_openai,
-    completion_to_openai,
-    embeddings_to_openai,
+from stackd.apis.native.requests import chat_to_openai, completion_to_openai, embeddings_to_openai
+from stackd.apis.native.responses import (
     openai_to_chat_response,
     openai_to_completion_response,
     openai_to_embeddings_response,
 )
-from stackd.apis.native_types import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
+from stackd.apis.native.streams import ChatStreamTranslator, CompletionStreamTranslator
+from stackd.apis.native.types import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
 from stackd.convert import converter, structure
 from stackd.errors import BadRequest, UpstreamBadResponse
 

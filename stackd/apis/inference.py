@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 from stackd.apis.context import CallContext
 from stackd.apis.models import Model
 
-__all__ = ["InferenceProvider", "OpenAIResult", "close_stream"]
+__all__ = ["InferenceProvider", "InferenceRouting", "OpenAIResult", "close_stream"]
 
 OpenAIResult = dict[str, Any] | AsyncIterator[dict[str, Any]]
 
@@ -52,11 +52,24 @@ class InferenceProvider(Protocol):
     async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]: ...
 
 
-# Optional provider methods, looked up with getattr by the core:
-#   async def close(self) -> None           -- on shutdown, reverse build order
-#   async def health(self) -> dict          -- {"status": "OK"} or {"status": "Error", "message": ...}
-#   def is_ready(self) -> bool              -- False while loading; calls then get 503
-#   async def list_models(self) -> list[str] -- what the upstream serves (for messages and docs)
+class InferenceRouting(Protocol):
+    """What the core's inference router offers: the provider calls, with ``params["model"]``
+    resolved through the registry (visibility, model type, readiness) to its provider and its
+    ``provider_resource_id``. A provider that ``requires`` inference receives this, so its calls
+    go through the same checks as a client's. ``loc`` is where the model id sits in the
+    caller's request, for error paths."""
+
+    async def openai_chat_completion(
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True
+    ) -> OpenAIResult: ...
+
+    async def openai_completion(
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model"
+    ) -> OpenAIResult: ...
+
+    async def openai_embeddings(
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", dimensions_loc: str = "$.dimensions"
+    ) -> dict[str, Any]: ...
 
 
 async def close_stream(stream: AsyncIterator[Any]) -> None:

@@ -1,4 +1,5 @@
-"""Resources: models and shields, as the registry holds them and the routes show them."""
+"""Resources: models and shields, as the registry holds them and the routes show them, and the
+requests that register them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["Model", "Shield", "ModelType"]
+__all__ = ["Model", "ModelType", "RegisterModelRequest", "RegisterShieldRequest", "Shield"]
 
 ModelType = Literal["llm", "embedding"]
 
@@ -51,3 +52,24 @@ class Shield:
             "params": self.params,
             "owner": self.owner,
         }
+
+
+@attrs.frozen
+class RegisterModelRequest:
+    """``POST /v1/models``."""
+
+    model_id: str
+    provider_model_id: str | None = None
+    provider_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    model_type: ModelType = "llm"
+
+
+@attrs.frozen
+class RegisterShieldRequest:
+    """``POST /v1/shields``."""
+
+    shield_id: str
+    provider_shield_id: str | None = None
+    provider_id: str | None = None
+    params: dict[str, Any] | None = None

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from stackd.apis.known import PROVIDER_APIS
 from stackd.config.loader import LoadedConfig
 from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import NotImplementedByProvider
@@ -16,35 +17,18 @@ from stackd.server.errors import error_middleware, quiet_parser_errors
 from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STALL_TIMEOUT, STARTED_AT
 from stackd.stack import open_stack
 
-__all__ = ["create_app", "API_PREFIXES"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("stackd.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Route prefixes of each API, to answer 501 for an API that is listed but not installed.
-API_PREFIXES: dict[str, tuple[str, ...]] = {
-    "inference": ("/v1/inference/", "/v1/chat/", "/v1/completions", "/v1/embeddings",
-                  "/v1/openai/v1/chat/", "/v1/openai/v1/completions", "/v1/openai/v1/embeddings"),
-    "safety": ("/v1/safety/", "/v1/moderations", "/v1/openai/v1/moderations"),
-    "agents": ("/v1/agents", "/v1/responses", "/v1/openai/v1/responses"),
-    "vector_io": ("/v1/vector-io/", "/v1/vector_stores", "/v1/openai/v1/vector_stores", "/v1/vector-dbs"),
-    "telemetry": ("/v1/telemetry/",),
-    "tool_runtime": ("/v1/tool-runtime/",),
-    "files": ("/v1/files", "/v1/openai/v1/files"),
-    "datasetio": ("/v1/datasetio/",),
-    "scoring": ("/v1/scoring/",),
-    "eval": ("/v1/eval/",),
-    "post_training": ("/v1/post-training/",),
-}
-
 
 def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         for api, why in missing.items():
-            if any(path.startswith(prefix) for prefix in API_PREFIXES.get(api, ())):
+            if any(path.startswith(prefix) for prefix in PROVIDER_APIS[api].prefixes):
                 raise NotImplementedByProvider(f"the {api} API is not available in this server: {why}")
         return await handler(request)
 

@@ -1,8 +1,9 @@
-"""Reading requests and writing JSON: parsed once, with orjson."""
+"""Reading requests and writing JSON (parsed once, with orjson), and what handlers share."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -12,7 +13,7 @@ from stackd.apis.context import CallContext
 from stackd.errors import BadRequest, FieldError, PayloadTooLarge
 from stackd.server.keys import CALLER, MAX_BODY
 
-__all__ = ["context", "json_response", "provider_data", "read_json"]
+__all__ = ["context", "json_response", "provider_data", "read_json", "served"]
 
 _JSON = "application/json"
 
@@ -77,3 +78,16 @@ def provider_data(request: web.Request) -> dict[str, Any]:
 def context(request: web.Request) -> CallContext:
     """What a provider call may know of this request: the caller and its provider data."""
     return CallContext(caller=request[CALLER], provider_data=provider_data(request))
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def served(api: str) -> Callable[[H], H]:
+    """Tag a handler with the API it serves, for /v1/inspect/routes."""
+
+    def mark(handler: H) -> H:
+        handler.stackd_api = api  # type: ignore[attr-defined]
+        return handler
+
+    return mark

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-import attrs
 from aiohttp import web
 
-from stackd.apis.models import Model
+from stackd.apis.models import Model, RegisterModelRequest, RegisterShieldRequest
 from stackd.convert import structure
 from stackd.server.http import json_response, read_json
 from stackd.server.keys import CALLER, STACK, STARTED_AT
@@ -15,24 +14,6 @@ from stackd.server.keys import CALLER, STACK, STARTED_AT
 __all__ = ["routes", "model_json"]
 
 routes = web.RouteTableDef()
-
-
-
-@attrs.frozen
-class RegisterModelRequest:
-    model_id: str
-    provider_model_id: str | None = None
-    provider_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    model_type: Literal["llm", "embedding"] = "llm"
-
-
-@attrs.frozen
-class RegisterShieldRequest:
-    shield_id: str
-    provider_shield_id: str | None = None
-    provider_id: str | None = None
-    params: dict[str, Any] | None = None
 
 
 def model_json(model: Model, created: int) -> dict[str, Any]:
