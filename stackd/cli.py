@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 import stackd
-from stackd.config.loader import ConfigError, LoadedConfig, Problem, load_config
+from stackd.loading import ConfigError, LoadedConfig, Problem, load_config
 from stackd.providers.discovery import Catalog, PluginLoadError
 
 __all__ = ["main"]

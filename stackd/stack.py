@@ -11,12 +11,12 @@ from typing import Any
 
 import attrs
 
-from stackd.config.loader import LoadedConfig
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.dispatch import Dispatcher
 from stackd.inference_store import InferenceStoreWriter, open_inference_store
 from stackd.kvstore import KVStore, open_kvstore
-from stackd.providers.resolver import build_providers
+from stackd.loading import LoadedConfig
+from stackd.providers.build import build_providers
 from stackd.registry import Registry
 from stackd.routing import InferenceRouter, SafetyRouter
 

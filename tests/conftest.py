@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.loader import LoadedConfig, load_config, parse_config
+from stackd.loading import LoadedConfig, load_config, parse_config
 from stackd.server import create_app
 
 __all__: list[str] = []

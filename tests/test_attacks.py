@@ -18,7 +18,7 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 
-from stackd.config.loader import LoadedConfig
+from stackd.loading import LoadedConfig
 from stackd.testing.fake_openai import FakeOpenAI
 
 Client = TestClient[Any, Any]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import stackd
-from stackd.config.loader import load_config
+from stackd.loading import load_config
 
 LOCATED = re.compile(r"^error: (?P<msg>.+) @ (?P<path>\$\S*) \((?P<file>[^:()]+):(?P<line>\d+):(?P<col>\d+)\)$")
 
@@ -398,3 +398,14 @@ def test_version(run_cli: Callable[..., Any]) -> None:
     done = run_cli("version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"stackd {stackd.__version__}"
+
+
+def test_serve_refuses_a_provider_that_breaks_the_contract(stackd_serve: Callable[..., Any], tmp_path: Path) -> None:
+    (tmp_path / "misspelt.yaml").write_text(GOOD.replace("inline::echo", "inline::misspelt"))
+    proc = stackd_serve("misspelt.yaml")
+    assert proc.wait() == 1
+    out = proc.output()
+    assert "Traceback" not in out
+    assert ("provider 'echo' (inline::misspelt, from stackd-provider-echo 0.1.0) does not implement the "
+            "inference API: openai_chat_completion() is missing; health() must be async def") in out
+    assert "closed provider echo" in out  # what its factory opened is released all the same

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from stackd.config.loader import ConfigError, LoadedConfig, parse_config
 from stackd.config.stores import SqliteStoreConfig
+from stackd.loading import ConfigError, LoadedConfig, parse_config
 
 
 def load(text: str, env: dict[str, str] | None = None, **kw: object) -> LoadedConfig:

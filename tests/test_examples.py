@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stackd.config.loader import load_config
+from stackd.loading import load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.loader import LoadedConfig
+from stackd.loading import LoadedConfig
 from stackd.server import create_app
 from stackd.testing.fake_openai import FakeOpenAI, Fault
 

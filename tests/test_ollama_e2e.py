@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.loader import parse_config
+from stackd.loading import parse_config
 from stackd.server import create_app
 from stackd.testing.fake_ollama import FakeOllama
 

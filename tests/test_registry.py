@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stackd import Caller
-from stackd.config.loader import parse_config
 from stackd.errors import BadRequest, Conflict, Forbidden, NotFound
+from stackd.loading import parse_config
 from stackd.registry import can_access
 from stackd.stack import open_stack
 

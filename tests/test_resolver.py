@@ -10,9 +10,9 @@ import attrs
 import pytest
 
 from stackd import ProviderSpec
-from stackd.config.loader import ConfigError, parse_config
+from stackd.loading import ConfigError, parse_config
+from stackd.providers.build import ProviderContractError, build_providers
 from stackd.providers.discovery import Catalog
-from stackd.providers.resolver import build_providers
 
 EVENTS: list[str] = []
 
@@ -29,6 +29,22 @@ class Recorder:
 
     async def close(self) -> None:
         EVENTS.append(f"close {self.name}")
+
+    # The methods of the inference and safety protocols, so the build's contract check passes.
+    async def register_model(self, model: Any) -> Any:
+        return model
+
+    async def openai_chat_completion(self, params: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {}
+
+    async def openai_completion(self, params: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {}
+
+    async def openai_embeddings(self, params: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {}
+
+    async def run_shield(self, shield: Any, messages: Any, params: Any, ctx: Any) -> dict[str, Any]:
+        return {"violation": None}
 
 
 def spec(api: str, name: str, requires: tuple[str, ...] = ()) -> ProviderSpec:
@@ -109,3 +125,40 @@ async def test_a_failing_close_does_not_stop_the_others(caplog: pytest.LogCaptur
         await build_providers(loaded.providers, {"inference": None}, stack)
     assert "close i" in EVENTS
     assert "provider 's' failed to close cleanly" in caplog.text
+
+
+class Sloppy(Recorder):
+    """Every way a provider object can break the contract of the safety API."""
+
+    run_shield = None  # type: ignore[assignment]
+
+    def register_shield(self, shield: Any) -> Any:  # sync: the core awaits it
+        return shield
+
+    async def is_ready(self) -> bool:  # async: the core calls it without awaiting
+        return True
+
+    close = "not callable"  # type: ignore[assignment]
+
+
+async def test_a_provider_is_checked_against_its_api_when_built() -> None:
+    EVENTS.clear()
+
+    async def sloppy_factory(config: NoConfig, deps: Mapping[str, Any]) -> Recorder:
+        return Sloppy("sloppy", deps)
+
+    catalog = Catalog.from_specs([
+        spec("inference", "base"),
+        ProviderSpec(api="safety", provider_type="inline::sloppy", config_class=NoConfig, factory=sloppy_factory,
+                     requires=("inference",)),
+    ], distribution="stackd-provider-sloppy 9.9")
+    loaded = parse_config(config(safety="sloppy"), env={}, catalog=catalog)
+    with pytest.raises(ProviderContractError) as info:
+        async with contextlib.AsyncExitStack() as stack:
+            await build_providers(loaded.providers, {"inference": None}, stack)
+    assert str(info.value).startswith(
+        "provider 's' (inline::sloppy, from stackd-provider-sloppy 9.9) does not implement the safety API: "
+        "run_shield() is missing; close must be a method; is_ready() must be a plain def (not async); "
+        "register_shield() must be async def."
+    )
+    assert "close i" in EVENTS  # the providers built before it are closed

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.loader import parse_config
+from stackd.loading import parse_config
 from stackd.server import create_app
 
 

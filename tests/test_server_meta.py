@@ -10,9 +10,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import stackd
 from stackd import Caller
-from stackd.config.loader import load_config
 from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import Unauthorized
+from stackd.loading import load_config
 from stackd.server import create_app
 
 Client = TestClient[Any, Any]

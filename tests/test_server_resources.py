@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from stackd import ProviderSpec
 from stackd.apis.models import Shield
-from stackd.config.loader import LoadedConfig, parse_config
 from stackd.errors import NotFound
+from stackd.loading import LoadedConfig, parse_config
 from stackd.providers.discovery import Catalog
 
 Client = TestClient[Any, Any]

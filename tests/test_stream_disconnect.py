@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 import pytest
 
-from stackd.config.loader import LoadedConfig
+from stackd.loading import LoadedConfig
 from stackd.testing.fake_openai import FakeOpenAI
 
 pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")

@@ -1,6 +1,9 @@
-"""Loading a run config: YAML -> env substitution -> attrs -> cross checks -> plugin configs.
+"""Reading a run config: YAML -> env substitution -> attrs -> checks across sections.
 
-Every problem is collected and reported at once as ``message @ $.path (file:line:col)``.
+Nothing here knows how providers are built: each enabled provider entry is handed on as a
+:class:`ProviderAt`, and :mod:`stackd.providers.resolve` checks its ``config:`` against its
+plugin's schema, writing to the same :class:`~stackd.config.problems.Report`. Every problem is
+reported at once as ``message @ $.path (file:line:col)``.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from typing import Any
 
 import attrs
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
+from stackd.apis.known import PROVIDER_APIS, RESOURCE_APIS
 from stackd.config.envsubst import substitute
+from stackd.config.problems import ConfigError, Locator, Problem, Report
 from stackd.config.schema import (
     IGNORED_TOP_LEVEL_KEYS,
     ModelInput,
@@ -29,130 +34,26 @@ from stackd.config.schema import (
     ShieldInput,
 )
 from stackd.convert import converter, field_errors, unknown_keys
-from stackd.errors import FieldError
-from stackd.providers.discovery import Catalog, PluginLoadError, package_hint
-from stackd.providers.spec import ProviderSpec
 
-__all__ = ["ConfigError", "LoadedConfig", "Problem", "ResolvedProvider", "load_config", "parse_config"]
+__all__ = ["ParsedConfig", "ProviderAt", "read_config", "parse_text"]
 
-# APIs of Llama Stack 0.2.x. stackd serves those that an installed plugin serves; the
-# resource APIs below come with the server itself.
-KNOWN_APIS = (
-    "inference",
-    "safety",
-    "agents",
-    "vector_io",
-    "telemetry",
-    "datasetio",
-    "scoring",
-    "eval",
-    "post_training",
-    "tool_runtime",
-    "files",
-)
-BUILTIN_APIS = (
-    "models",
-    "shields",
-    "providers",
-    "inspect",
-    "vector_dbs",
-    "datasets",
-    "scoring_functions",
-    "benchmarks",
-    "tool_groups",
-)
 DISABLED = "__disabled__"  # Llama Stack 0.2.x's sentinel for `${env.X:=__disabled__}`
 _INVALID = "(invalid)"  # stand-in provider_type for an entry whose errors are reported already
+_KNOWN_APIS = tuple(PROVIDER_APIS)
 
 
 @attrs.frozen
-class Problem:
-    path: str
-    message: str
-    location: str | None = None
+class ProviderAt:
+    """An enabled provider entry of the file, under its API, and where it stands."""
 
-    def __str__(self) -> str:
-        where = f" ({self.location})" if self.location else ""
-        return f"{self.message} @ {self.path}{where}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None) -> None:
-        self.problems = problems
-        self.warnings = warnings or []
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-@attrs.frozen
-class ResolvedProvider:
     api: str
-    provider_id: str
-    provider_type: str
-    spec: ProviderSpec
-    config: Any
-    raw_config: dict[str, Any]
+    path: str
+    entry: ProviderEntry
 
-
-@attrs.frozen
-class LoadedConfig:
-    run: RunConfig
-    providers: dict[str, ResolvedProvider]
-    warnings: list[Problem]
-    missing_apis: dict[str, str]
-    """API -> why it is not served (only with skip_missing_apis)."""
-    source: Path | None = None
-    models: list[ModelInput] = attrs.field(factory=list)
-    shields: list[ShieldInput] = attrs.field(factory=list)
-
-    def served_apis(self) -> list[str]:
-        return sorted({p.api for p in self.providers.values()})
-
-
-class _Locator:
-    """Maps ``$.a.b[0]`` paths to ``file:line:col`` using ruamel's node positions."""
-
-    def __init__(self, tree: Any, filename: str) -> None:
-        self.filename = filename
-        self.positions: dict[str, tuple[int, int]] = {}
-        self._index(tree, "$")
-
-    def _index(self, node: Any, path: str) -> None:
-        if isinstance(node, CommentedMap):
-            for key in node:
-                try:
-                    line, col = node.lc.value(key)
-                except (KeyError, TypeError, AttributeError):
-                    continue
-                try:
-                    kline, kcol = node.lc.key(key)
-                except (KeyError, TypeError, AttributeError):
-                    kline, kcol = line, col
-                child = f"{path}.{key}"
-                self.positions[child] = (line, col)
-                self.positions[child + "#key"] = (kline, kcol)
-                self._index(node[key], child)
-        elif isinstance(node, CommentedSeq):
-            for i, item in enumerate(node):
-                try:
-                    line, col = node.lc.item(i)
-                except (KeyError, TypeError, AttributeError, IndexError):
-                    continue
-                child = f"{path}[{i}]"
-                self.positions[child] = (line, col)
-                self._index(item, child)
-
-    def locate(self, path: str, *, key: bool = False) -> str | None:
-        probe = path
-        while probe:
-            pos = self.positions.get(probe + "#key") if key else None
-            pos = pos or self.positions.get(probe)
-            if pos is not None:
-                return f"{self.filename}:{pos[0] + 1}:{pos[1] + 1}"
-            cut = max(probe.rfind("."), probe.rfind("["))
-            if cut <= 0:
-                break
-            probe = probe[:cut]
-        return None
+    @property
+    def provider_id(self) -> str:
+        assert self.entry.provider_id is not None
+        return self.entry.provider_id
 
 
 def _plain(node: Any) -> Any:
@@ -163,31 +64,24 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def load_config(
-    path: Path | str,
-    *,
-    env: Mapping[str, str] | None = None,
-    catalog: Catalog | None = None,
-    skip_missing_apis: bool = False,
-) -> LoadedConfig:
+def read_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> ParsedConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([Problem("$", f"cannot read config file {path}: {exc.strerror or exc}")]) from None
-    return parse_config(text, filename=str(path), env=env, catalog=catalog, skip_missing_apis=skip_missing_apis,
-                        source=path)
+    return parse_text(text, filename=str(path), env=env, source=path)
 
 
-def parse_config(
+def parse_text(
     text: str,
     *,
     filename: str = "<config>",
     env: Mapping[str, str] | None = None,
-    catalog: Catalog | None = None,
-    skip_missing_apis: bool = False,
     source: Path | None = None,
-) -> LoadedConfig:
+) -> ParsedConfig:
+    """The config of ``text``; problems go to its ``report`` (raised by whoever finishes loading),
+    except a file that is not a YAML mapping, which raises :class:`ConfigError` at once."""
     env = os.environ if env is None else env
     yaml = YAML(typ="rt")
     try:
@@ -200,80 +94,60 @@ def parse_config(
         tree = CommentedMap()
     if not isinstance(tree, Mapping):
         raise ConfigError([Problem("$", "the config must be a mapping of keys to values", f"{filename}:1:1")])
-    return _Builder(tree, filename, env, catalog or Catalog.from_entry_points(), skip_missing_apis, source).build()
+    return ParsedConfig(tree, filename, env, source)
 
 
-class _Builder:
-    def __init__(
-        self,
-        tree: Any,
-        filename: str,
-        env: Mapping[str, str],
-        catalog: Catalog,
-        skip_missing_apis: bool,
-        source: Path | None,
-    ) -> None:
-        self.locator = _Locator(tree, filename)
-        self.tree = tree
-        self.env = env
-        self.catalog = catalog
-        self.skip_missing_apis = skip_missing_apis
+class ParsedConfig:
+    """A run config read and checked on its own: ``run``, the enabled ``providers`` entries,
+    and the ``report`` of every problem found so far."""
+
+    run: RunConfig
+    providers: list[ProviderAt]
+
+    def __init__(self, tree: Any, filename: str, env: Mapping[str, str], source: Path | None) -> None:
+        self.report = Report(Locator(tree, filename))
         self.source = source
-        self.problems: list[Problem] = []
-        self.warnings: list[Problem] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message, self.locator.locate(path)))
-
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(Problem(path, message, self.locator.locate(path, key=True)))
-
-    def _field_errors(self, errors: list[FieldError]) -> None:
-        for err in errors:
-            self.error(err.loc, err.msg)
-
-    def build(self) -> LoadedConfig:
-        data, env_errors = substitute(_plain(self.tree), self.env)
-        self._field_errors(env_errors)
+        self._failed: set[str] = set()  # ids of entries reported already; their resources are not reported again
+        data, env_errors = substitute(_plain(tree), env)
+        self.report.field_errors(env_errors)
 
         for key in list(data):
             if key in IGNORED_TOP_LEVEL_KEYS:
-                self.warn(f"$.{key}", f"'{key}' is a Llama Stack setting that stackd ignores")
+                self.report.warn(f"$.{key}", f"'{key}' is a Llama Stack setting that stackd ignores")
                 del data[key]
 
         for path in unknown_keys(data, RunConfig):
-            self.warn(path, f"unknown key {path.rsplit('.', 1)[-1]!r}{self._suggest(path)}; it is ignored")
+            self.report.warn(path, f"unknown key {path.rsplit('.', 1)[-1]!r}{self._suggest(path)}; it is ignored")
 
-        self.nulled = {
+        self._nulled = {
             (section, i)
             for section in ("models", "shields")
             for i, item in enumerate(data.get(section) or [])
             if isinstance(item, Mapping) and "provider_id" in item and item["provider_id"] in (None, "")
         }
-        self.skipped: set[str] = set()
-        self.failed: set[str] = set()  # already reported; their resources are not reported again
-        run = self._structure(data)
-        providers, missing = self._providers(run)
-        models = self._resources(run, providers, "models")
-        shields = self._resources(run, providers, "shields")
-        self._server(run)
-        self._dependencies(providers)
-        if self.problems:
-            raise ConfigError(self.problems, self.warnings)
-        return LoadedConfig(run, providers, self.warnings, missing, self.source, models, shields)
+        self.run = self._structure(data)
+        self.providers = self._entries(self.run)
+        self._server(self.run)
+
+    def resources(self, skipped: Mapping[str, str] | None = None) -> tuple[list[ModelInput], list[ShieldInput]]:
+        """The models and shields of the file that will be registered, each with its provider;
+        ``skipped`` maps the ids of providers that will not run to why (they take their
+        resources with them, with a warning)."""
+        skipped = skipped or {}
+        return self._resources(self.run, "models", skipped), self._resources(self.run, "shields", skipped)
 
     def _try(self, value: Any, tp: Any, path: str) -> tuple[bool, Any]:
         try:
             return True, converter.structure(value, tp)
         except Exception as exc:  # noqa: BLE001 - every structuring failure becomes a Problem
-            self._field_errors(field_errors(exc, path))
+            self.report.field_errors(field_errors(exc, path))
             return False, None
 
     def _structure(self, data: dict[str, Any]) -> RunConfig:
         """Section by section and item by item, so one bad value does not hide the other problems.
 
         A provider, model or shield that fails keeps its place (paths stay right) as an inert
-        stand-in; its id goes into ``self.failed`` so nothing is reported twice about it.
+        stand-in; its id goes into ``self._failed`` so nothing is reported twice about it.
         """
         hints = typing.get_type_hints(RunConfig, include_extras=True)
         values: dict[str, Any] = {}
@@ -307,7 +181,7 @@ class _Builder:
             ident = item.get(id_key) if isinstance(item, Mapping) else None
             if tp is ProviderEntry:
                 if isinstance(ident, str):
-                    self.failed.add(ident)
+                    self._failed.add(ident)
                 out.append(ProviderEntry(provider_type=_INVALID, provider_id=ident if isinstance(ident, str) else None))
             elif tp is ModelInput:
                 out.append(ModelInput(model_id=None))
@@ -326,139 +200,92 @@ class _Builder:
         close = difflib.get_close_matches(key, fields, n=1)
         return f" (did you mean {close[0]!r}?)" if close else ""
 
-    def _providers(self, run: RunConfig) -> tuple[dict[str, ResolvedProvider], dict[str, str]]:
-        resolved: dict[str, ResolvedProvider] = {}
+    def _entries(self, run: RunConfig) -> list[ProviderAt]:
+        """The provider entries that will be started: listed API, an id, not disabled, unique."""
+        entries: list[ProviderAt] = []
         first_seen: dict[tuple[str, str], str] = {}
-        missing: dict[str, str] = {}
         apis = set(run.apis)
         for i, api in enumerate(run.apis):
-            if api not in KNOWN_APIS and api not in BUILTIN_APIS:
-                close = difflib.get_close_matches(api, KNOWN_APIS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known APIs: {', '.join(KNOWN_APIS)}"
-                self.error(f"$.apis[{i}]", f"unknown API {api!r}{hint}")
-        for api, entries in run.providers.items():
+            if api not in PROVIDER_APIS and api not in RESOURCE_APIS:
+                close = difflib.get_close_matches(api, _KNOWN_APIS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known APIs: {', '.join(_KNOWN_APIS)}"
+                self.report.error(f"$.apis[{i}]", f"unknown API {api!r}{hint}")
+        for api, items in run.providers.items():
             if api not in apis:
-                if api in KNOWN_APIS or api in BUILTIN_APIS:
-                    self.warn(f"$.providers.{api}", f"providers for {api!r} are configured but {api!r} "
-                              "is not listed in apis; they are not started")
+                if api in PROVIDER_APIS or api in RESOURCE_APIS:
+                    self.report.warn(f"$.providers.{api}", f"providers for {api!r} are configured but {api!r} "
+                                     "is not listed in apis; they are not started")
                 else:
-                    self.error(f"$.providers.{api}", f"unknown API {api!r}; known APIs: {', '.join(KNOWN_APIS)}")
+                    self.report.error(f"$.providers.{api}", f"unknown API {api!r}; known APIs: "
+                                      f"{', '.join(_KNOWN_APIS)}")
                 continue
-            for i, entry in enumerate(entries):
+            for i, entry in enumerate(items):
                 path = f"$.providers.{api}[{i}]"
                 if not entry.provider_id or entry.provider_id == DISABLED or entry.provider_type == _INVALID:
                     continue  # disabled through ${env.X:+id}, or already reported
                 # Llama Stack scopes ids by API (agents and telemetry both say meta-reference).
                 if (api, entry.provider_id) in first_seen:
-                    self.error(f"{path}.provider_id", f"provider_id {entry.provider_id!r} is already used "
-                               f"at {first_seen[api, entry.provider_id]}; provider ids must be unique")
+                    self.report.error(f"{path}.provider_id", f"provider_id {entry.provider_id!r} is already used "
+                                      f"at {first_seen[api, entry.provider_id]}; provider ids must be unique")
                     continue
                 first_seen[api, entry.provider_id] = path
-                provider = self._provider(api, path, entry, missing)
-                if provider is None:
-                    continue
-                if entry.provider_id in resolved:
-                    other = resolved[entry.provider_id].api
-                    self.error(f"{path}.provider_id", f"provider_id {entry.provider_id!r} is also used by the "
-                               f"{other} API; give each served provider its own id")
-                    continue
-                resolved[entry.provider_id] = provider
+                entries.append(ProviderAt(api, path, entry))
         for api in run.apis:
-            if api in KNOWN_APIS and api not in missing and not any(p.api == api for p in resolved.values()):
+            if api in PROVIDER_APIS and not any(p.api == api for p in entries):
                 if not run.providers.get(api):
-                    self.error("$.apis", f"API {api!r} is listed but no provider serves it; add one under "
-                               f"providers.{api}")
-                elif not self.failed:
-                    self.warn(f"$.providers.{api}", f"every provider of the {api} API is disabled, so its "
-                              "routes will answer 404 for every model")
-        return resolved, missing
+                    self.report.error("$.apis", f"API {api!r} is listed but no provider serves it; add one under "
+                                      f"providers.{api}")
+                elif not self._failed:
+                    self.report.warn(f"$.providers.{api}", f"every provider of the {api} API is disabled, so its "
+                                     "routes will answer 404 for every model")
+        return entries
 
-    def _provider(
-        self, api: str, path: str, entry: ProviderEntry, missing: dict[str, str]
-    ) -> ResolvedProvider | None:
-        self.failed.add(entry.provider_id or "")  # until it resolves
-        try:
-            spec = self.catalog.get(entry.provider_type)
-        except KeyError as exc:
-            message = str(exc.args[0])
-            if self.skip_missing_apis:
-                self.skipped.add(entry.provider_id or "")
-                missing.setdefault(api, f"{entry.provider_type} is not installed "
-                                   f"(pip install {package_hint(entry.provider_type)})")
-                self.warn(f"{path}.provider_type", message)
-                return None
-            self.error(f"{path}.provider_type", message)
-            return None
-        except PluginLoadError as exc:
-            if self.skip_missing_apis:
-                self.skipped.add(entry.provider_id or "")
-                missing.setdefault(api, str(exc))
-                self.warn(f"{path}.provider_type", str(exc))
-                return None
-            self.error(f"{path}.provider_type", str(exc))
-            return None
-        if spec.api != api:
-            self.error(f"{path}.provider_type", f"{entry.provider_type!r} serves the {spec.api!r} API, "
-                       f"not {api!r}; move it under providers.{spec.api}")
-            return None
-        for unknown in unknown_keys(entry.config, spec.config_class, f"{path}.config"):
-            self.warn(unknown, f"unknown key {unknown.rsplit('.', 1)[-1]!r} for {entry.provider_type}; it is ignored")
-        try:
-            config: Any = converter.structure(entry.config, spec.config_class)
-        except Exception as exc:  # noqa: BLE001
-            self._field_errors(field_errors(exc, f"{path}.config"))
-            self.failed.add(entry.provider_id or "")
-            return None
-        assert entry.provider_id is not None
-        self.failed.discard(entry.provider_id)
-        return ResolvedProvider(api, entry.provider_id, entry.provider_type, spec, config, dict(entry.config))
-
-    def _owner(self, api: str, path: str, provider_id: str | None, providers: dict[str, ResolvedProvider],
-               kind: str) -> str | None:
-        candidates = [p.provider_id for p in providers.values() if p.api == api]
+    def _owner(self, api: str, path: str, provider_id: str | None, kind: str) -> str | None:
+        candidates = [p.provider_id for p in self.providers if p.api == api]
+        api_of = {p.provider_id: p.api for p in self.providers}
         if provider_id is None:
             if len(candidates) == 1:
                 return candidates[0]
-            if not candidates and self.failed:
+            if not candidates and self._failed:
                 return None  # its provider's own error is reported already
             if not candidates:
-                self.error(path, f"this {kind} needs a provider of the {api} API, and none is configured")
+                self.report.error(path, f"this {kind} needs a provider of the {api} API, and none is configured")
             else:
-                self.error(f"{path}.provider_id", f"provider_id is required: several {api} providers are "
-                           f"configured ({', '.join(sorted(candidates))})")
+                self.report.error(f"{path}.provider_id", f"provider_id is required: several {api} providers are "
+                                  f"configured ({', '.join(sorted(candidates))})")
             return None
-        if provider_id == DISABLED or provider_id in self.failed:
+        if provider_id == DISABLED or provider_id in self._failed:
             return None
-        if provider_id not in providers:
+        if provider_id not in api_of:
             known = ", ".join(sorted(candidates)) or "none"
-            self.error(f"{path}.provider_id", f"no provider with provider_id {provider_id!r}; "
-                       f"{api} providers: {known}")
+            self.report.error(f"{path}.provider_id", f"no provider with provider_id {provider_id!r}; "
+                              f"{api} providers: {known}")
             return None
-        if providers[provider_id].api != api:
-            self.error(f"{path}.provider_id", f"provider {provider_id!r} serves {providers[provider_id].api!r}, "
-                       f"not {api}")
+        if api_of[provider_id] != api:
+            self.report.error(f"{path}.provider_id", f"provider {provider_id!r} serves {api_of[provider_id]!r}, "
+                              f"not {api}")
             return None
         return provider_id
 
-    def _skip(self, run: RunConfig, section: str, i: int, provider_id: str | None) -> bool:
+    def _skip(self, run: RunConfig, section: str, i: int, provider_id: str | None, skipped: Mapping[str, str]) -> bool:
         """Resources go with their provider when it is disabled through the environment or skipped."""
         path = f"$.{section}[{i}]"
-        if (section, i) in self.nulled:
+        if (section, i) in self._nulled:
             return True
         if provider_id is None:
             return False
-        if provider_id in self.skipped:
-            self.warn(path, f"skipped: provider {provider_id!r} is not installed")
+        if provider_id in skipped:
+            self.report.warn(path, f"skipped: provider {provider_id!r} {skipped[provider_id]}")
             return True
         named = {e.provider_id for entries in run.providers.values() for e in entries}
         if provider_id not in named and any(
             not e.provider_id or e.provider_id == DISABLED for entries in run.providers.values() for e in entries
         ):
-            self.warn(path, f"skipped: provider {provider_id!r} is not configured (some providers are disabled)")
+            self.report.warn(path, f"skipped: provider {provider_id!r} is not configured (some providers are disabled)")
             return True
         return False
 
-    def _resources(self, run: RunConfig, providers: dict[str, ResolvedProvider], section: str) -> list[Any]:
+    def _resources(self, run: RunConfig, section: str, skipped: Mapping[str, str]) -> list[Any]:
         """The models (or shields) of the file that will be registered, each with its provider."""
         api, kind, id_field = ("inference", "model", "model_id") if section == "models" else (
             "safety", "shield", "shield_id")
@@ -469,59 +296,53 @@ class _Builder:
             ident = getattr(item, id_field)
             if not ident or ident == DISABLED or item.provider_id == DISABLED:
                 continue
-            if self._skip(run, section, i, item.provider_id):
+            if self._skip(run, section, i, item.provider_id, skipped):
                 continue
             if ident in seen:
-                self.error(f"{path}.{id_field}", f"{kind} {ident!r} is already defined at {seen[ident]}")
+                self.report.error(f"{path}.{id_field}", f"{kind} {ident!r} is already defined at {seen[ident]}")
                 continue
             seen[ident] = path
             if kind == "model" and item.model_type == "embedding" and "embedding_dimension" not in item.metadata:
-                self.error(f"{path}.metadata", "an embedding model needs metadata.embedding_dimension "
-                           "(the length of its vectors, e.g. 384)")
-            owner = self._owner(api, path, item.provider_id, providers, kind)
-            if owner is not None:
+                self.report.error(f"{path}.metadata", "an embedding model needs metadata.embedding_dimension "
+                                  "(the length of its vectors, e.g. 384)")
+            owner = self._owner(api, path, item.provider_id, kind)
+            if owner is not None and owner in skipped:
+                self.report.warn(path, f"skipped: provider {owner!r} {skipped[owner]}")
+            elif owner is not None:
                 out.append(attrs.evolve(item, provider_id=owner))
         return out
-
-    def _dependencies(self, providers: dict[str, ResolvedProvider]) -> None:
-        from stackd.providers.resolver import DependencyError, build_order  # it imports this module
-
-        try:
-            build_order(providers)
-        except DependencyError as exc:
-            self.error("$.providers", str(exc))
 
     def _stores(self, run: RunConfig) -> None:
         """Settings this build cannot honour are errors, never silently ignored: a quota or an
         auth section that did nothing would leave a server open that its operator believes closed."""
         if run.server.auth is not None:
-            self.error("$.server.auth", "authentication is not available in this build of stackd yet; remove "
-                       "server.auth, or keep the server behind an authenticating proxy until it is")
+            self.report.error("$.server.auth", "authentication is not available in this build of stackd yet; remove "
+                              "server.auth, or keep the server behind an authenticating proxy until it is")
         if run.server.quota is not None:
-            self.error("$.server.quota", "quotas are not available in this build of stackd yet; remove "
-                       "server.quota, or enforce limits in a proxy in front of it until they are")
+            self.report.error("$.server.quota", "quotas are not available in this build of stackd yet; remove "
+                              "server.quota, or enforce limits in a proxy in front of it until they are")
         if run.metadata_store is not None and run.metadata_store.type != "sqlite":
-            self.error("$.metadata_store.type", f"metadata_store type {run.metadata_store.type!r} is not "
-                       "available in this build of stackd yet; use type: sqlite")
+            self.report.error("$.metadata_store.type", f"metadata_store type {run.metadata_store.type!r} is not "
+                              "available in this build of stackd yet; use type: sqlite")
         store = run.inference_store
         if store is not None and store.type not in ("sqlite", "postgres"):
-            self.error("$.inference_store.type", f"inference_store type {store.type!r} cannot hold chat "
-                       "completions; use sqlite or postgres")
+            self.report.error("$.inference_store.type", f"inference_store type {store.type!r} cannot hold chat "
+                              "completions; use sqlite or postgres")
         if store is not None and store.type == "postgres" and importlib.util.find_spec("asyncpg") is None:
-            self.error("$.inference_store.type", "a postgres inference store needs asyncpg: "
-                       "pip install 'stackd[postgres]'")
+            self.report.error("$.inference_store.type", "a postgres inference store needs asyncpg: "
+                              "pip install 'stackd[postgres]'")
 
     def _server(self, run: RunConfig) -> None:
         self._stores(run)
         server = run.server
         if (server.tls_certfile is None) != (server.tls_keyfile is None):
-            self.error("$.server", "TLS needs both tls_certfile and tls_keyfile")
+            self.report.error("$.server", "TLS needs both tls_certfile and tls_keyfile")
         if server.tls_cafile is not None and server.tls_certfile is None:
-            self.error("$.server.tls_cafile", "client certificates (tls_cafile) need TLS: set tls_certfile "
-                       "and tls_keyfile too")
+            self.report.error("$.server.tls_cafile", "client certificates (tls_cafile) need TLS: set tls_certfile "
+                              "and tls_keyfile too")
         for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
             value = getattr(server, name)
             if value is not None and not Path(value).is_file():
-                self.error(f"$.server.{name}", f"file not found: {value}")
+                self.report.error(f"$.server.{name}", f"file not found: {value}")
         if server.max_body_bytes < 1024:
-            self.error("$.server.max_body_bytes", "must be at least 1024 bytes")
+            self.report.error("$.server.max_body_bytes", "must be at least 1024 bytes")

@@ -105,6 +105,11 @@ class Catalog:
             raise KeyError(self.unknown_message(provider_type))
         return plugin.load()
 
+    def distribution_of(self, provider_type: str) -> str:
+        """``name version`` of the distribution that declares ``provider_type``."""
+        plugin = self.plugins[provider_type]
+        return f"{plugin.distribution} {plugin.version}".strip()
+
     def unknown_message(self, provider_type: str) -> str:
         installed = ", ".join(sorted(self.plugins)) or "none"
         return (

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from stackd.apis.known import PROVIDER_APIS
-from stackd.config.loader import LoadedConfig
 from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import NotImplementedByProvider
+from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
 from stackd.server.errors import error_middleware, quiet_parser_errors
 from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STALL_TIMEOUT, STARTED_AT

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from stackd.caller import Caller
-from stackd.config.loader import LoadedConfig
+from stackd.loading import LoadedConfig
 from stackd.stack import Stack
 
 __all__ = ["CALLER", "CONFIG", "STACK", "STARTED_AT", "MAX_BODY", "STALL_TIMEOUT"]
