@@ -22,7 +22,6 @@ from stackd.providers.discovery import Catalog, PluginLoadError
 
 __all__ = ["main"]
 
-DEFAULT_PORT = 8321
 EXIT_CONFIG = 2
 EXIT_START = 1
 

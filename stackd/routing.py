@@ -13,7 +13,7 @@ from typing import Any
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
-from stackd.errors import BadRequest, FieldError, NotImplementedByProvider, UpstreamUnavailable
+from stackd.errors import BadRequest, FieldError, UpstreamUnavailable
 from stackd.inference_store.assemble import assemble_chat_stream
 from stackd.registry import Registry
 
@@ -60,9 +60,7 @@ class InferenceRouter:
             model, impl = await self.resolve(params.get("model"), ctx, want, loc)
         else:
             impl = self.providers[model.provider_id]
-        call = getattr(impl, method, None)
-        if call is None:
-            raise NotImplementedByProvider(f"provider {model.provider_id!r} does not implement {method}")
+        call = getattr(impl, method)  # present and async: checked when the provider was built
         upstream = dict(params)
         upstream["model"] = model.provider_resource_id
         result = await call(upstream, ctx)
@@ -148,8 +146,5 @@ class SafetyRouter:
         self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext
     ) -> dict[str, Any]:
         shield, impl = await self.resolve(shield_id, ctx)
-        run = getattr(impl, "run_shield", None)
-        if run is None:
-            raise NotImplementedByProvider(f"provider {shield.provider_id!r} does not implement run_shield")
-        result: dict[str, Any] = await run(shield, messages, params, ctx)
+        result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
         return result

@@ -1,4 +1,4 @@
-"""The running stack: stores, providers, registry, routers and dispatcher, opened and closed together."""
+"""The running stack: stores, providers, registry, routers and admission gate, opened and closed together."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
+from stackd.admission import Gatekeeper
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
-from stackd.dispatch import Dispatcher
 from stackd.inference_store import InferenceStoreWriter, open_inference_store
 from stackd.kvstore import KVStore, open_kvstore
 from stackd.loading import LoadedConfig
@@ -38,7 +38,7 @@ class Stack:
     providers: dict[str, Any]
     inference: InferenceRouter
     safety: SafetyRouter
-    dispatcher: Dispatcher
+    gate: Gatekeeper
     inference_store: InferenceStoreWriter | None = None
 
     def ready(self) -> dict[str, bool]:
@@ -56,7 +56,7 @@ def _default_store(config: StoreConfig | None, name: str, filename: str) -> Stor
 
 
 @contextlib.asynccontextmanager
-async def open_stack(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) -> AsyncIterator[Stack]:
+async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) -> AsyncIterator[Stack]:
     run = loaded.run
     async with contextlib.AsyncExitStack() as exits:
         metadata = await open_kvstore(_default_store(run.metadata_store, run.name, "registry.db"))
@@ -75,9 +75,9 @@ async def open_stack(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = No
         providers.update(await build_providers(loaded.providers, routers, exits))
         await registry.reconcile(loaded.models, loaded.shields)
 
-        if dispatcher is None:
-            dispatcher = Dispatcher(route_policy=list(run.server.route_policy))
-        yield Stack(loaded, metadata, registry, providers, inference, safety, dispatcher, inference_store)
+        if gate is None:
+            gate = Gatekeeper(route_policy=list(run.server.route_policy))
+        yield Stack(loaded, metadata, registry, providers, inference, safety, gate, inference_store)
 
 
 async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> InferenceStoreWriter:

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import stackd
 from stackd import Caller
-from stackd.dispatch import Dispatcher, RequestInfo
+from stackd.admission import Gatekeeper, RequestInfo
 from stackd.errors import Unauthorized
 from stackd.loading import load_config
 from stackd.server import create_app
@@ -102,7 +102,7 @@ class BearerAuth:
 
 async def test_health_and_version_are_public_with_auth_on(echo_config: Path) -> None:
     loaded = load_config(echo_config)
-    server = TestServer(create_app(loaded, dispatcher=Dispatcher(authenticator=BearerAuth("good-token"))),
+    server = TestServer(create_app(loaded, gate=Gatekeeper(authenticator=BearerAuth("good-token"))),
                         host="127.0.0.1")
     await server.start_server()
     try:
@@ -133,3 +133,39 @@ async def test_route_policy_without_auth(serve_app: Any, write_config: Callable[
                                                           "messages": [{"role": "user", "content": "x"}]})
         assert resp.status == 200
         assert (await c.get("/v1/providers")).status == 403  # deny once any rule exists
+
+
+# ---- request ids ---------------------------------------------------------------------------------
+
+async def test_every_answer_carries_a_request_id(client: Client) -> None:
+    ids = set()
+    for path in ("/v1/health", "/v1/models", "/v1/no-such-route"):
+        resp = await client.get(path)
+        rid = resp.headers["X-Request-ID"]
+        assert len(rid) == 24 and int(rid, 16) >= 0
+        ids.add(rid)
+    assert len(ids) == 3  # made anew for each request
+
+
+async def test_a_clients_request_id_is_kept_and_reaches_the_provider(client: Client) -> None:
+    body = {"model": "echo-1", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"X-Request-ID": "trace-42.a:b", "X-LlamaStack-Provider-Data": '{"echo_request_id": true}'}
+    resp = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert resp.headers["X-Request-ID"] == "trace-42.a:b"
+    assert (await resp.json())["choices"][0]["message"]["content"] == "hi request:trace-42.a:b"
+    # Streams and errors carry it too.
+    resp = await client.post("/v1/chat/completions", json={**body, "stream": True}, headers=headers)
+    assert resp.headers["X-Request-ID"] == "trace-42.a:b"
+    assert "request:trace-42.a:b" in await resp.text()
+    resp = await client.post("/v1/chat/completions", json={"model": "nope", "messages": body["messages"]},
+                             headers=headers)
+    assert resp.status == 404
+    assert resp.headers["X-Request-ID"] == "trace-42.a:b"
+
+
+async def test_an_unfit_request_id_is_replaced(client: Client) -> None:
+    for sent in ("x" * 129, "two words", 'quote"d', ""):
+        resp = await client.get("/v1/models", headers={"X-Request-ID": sent})
+        rid = resp.headers["X-Request-ID"]
+        assert rid != sent
+        assert len(rid) == 24

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 import attrs
 
@@ -23,17 +24,17 @@ class PluginLoadError(Exception):
     """A plugin could not be imported or did not declare a valid ProviderSpec."""
 
 
-# Plugins that live in stackd's own repository, not on PyPI: pointing at a PyPI name that
-# nobody publishes would invite whoever registers it first.
-IN_REPOSITORY = frozenset({"remote::vllm", "remote::ollama", "inline::llama-cpp"})
-
-
-def package_hint(provider_type: str) -> str:
-    """What to ``pip install`` for ``provider_type``, by stackd's naming convention."""
-    name = provider_type.split("::", 1)[-1].replace("_", "-")
-    if provider_type in IN_REPOSITORY:
-        return f"./plugins/stackd-provider-{name} from a stackd checkout"
-    return f"stackd-provider-{name}"
+def package_hint(provider_type: str, *, near: Path | None = None) -> str:
+    """What to ``pip install`` for ``provider_type``, by stackd's naming convention: the
+    distribution ``stackd-provider-NAME`` for ``remote::NAME`` / ``inline::NAME``. When that
+    distribution's source sits in ``plugins/`` of the folder stackd runs in (``near``, the
+    working directory by default: a stackd checkout), the hint points there, since a plugin of
+    the repository works before it is published."""
+    name = "stackd-provider-" + provider_type.split("::", 1)[-1].replace("_", "-")
+    local = (near or Path.cwd()) / "plugins" / name
+    if (local / "pyproject.toml").is_file():
+        return f"./plugins/{name}"
+    return name
 
 
 @attrs.define

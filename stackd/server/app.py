@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
-from stackd.dispatch import Dispatcher, RequestInfo
 from stackd.errors import NotImplementedByProvider
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
 from stackd.server.errors import error_middleware, quiet_parser_errors
+from stackd.server.http import send_request_id
 from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STALL_TIMEOUT, STARTED_AT
 from stackd.stack import open_stack
 
@@ -36,9 +37,9 @@ def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, H
 
 
 @web.middleware
-async def dispatch_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     stack = request.app[STACK]
-    admission = await stack.dispatcher.admit(
+    admission = await stack.gate.admit(
         RequestInfo(
             method=request.method,
             path=request.path,
@@ -54,13 +55,13 @@ async def dispatch_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-def create_app(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) -> web.Application:
+def create_app(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) -> web.Application:
     """The application for ``loaded``. The stack opens when the app starts and closes when it stops."""
     quiet_parser_errors()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
     if loaded.missing_apis:
         middlewares.append(_missing_api_middleware(loaded.missing_apis))
-    middlewares.append(dispatch_middleware)
+    middlewares.append(admission_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=loaded.run.server.max_body_bytes)
     app[CONFIG] = loaded
     app[STARTED_AT] = time.time()
@@ -68,11 +69,12 @@ def create_app(loaded: LoadedConfig, *, dispatcher: Dispatcher | None = None) ->
     app[STALL_TIMEOUT] = float(loaded.run.server.stream_stall_timeout)
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_stack(loaded, dispatcher=dispatcher) as stack:
+        async with open_stack(loaded, gate=gate) as stack:
             app[STACK] = stack
             yield
 
     app.cleanup_ctx.append(stack_ctx)
+    app.on_response_prepare.append(send_request_id)
     app.router.add_routes(routes_meta.routes)
     app.router.add_routes(routes_resources.routes)
     app.router.add_routes(routes_openai.routes)

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from stackd.errors import MethodNotAllowed, NotFound, PayloadTooLarge, StackdError
+from stackd.server.http import request_id
 from stackd.server.keys import MAX_BODY
 
 __all__ = ["error_middleware", "error_response", "quiet_parser_errors"]
@@ -71,7 +72,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.debug("client connection lost on %s: %s", request.path, exc)
         return web.Response(status=499, reason="Client Closed Request")
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s (request %s)", request.method, request.path, request_id(request))
         return error_response(StackdError("internal server error; the server log has the details"))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -11,9 +13,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from stackd.apis.context import CallContext
 from stackd.errors import BadRequest, FieldError, PayloadTooLarge
-from stackd.server.keys import CALLER, MAX_BODY
+from stackd.server.keys import CALLER, MAX_BODY, REQUEST_ID
 
-__all__ = ["context", "json_response", "provider_data", "read_json", "served"]
+__all__ = ["context", "json_response", "provider_data", "read_json", "request_id", "served"]
 
 _JSON = "application/json"
 
@@ -76,8 +78,28 @@ def provider_data(request: web.Request) -> dict[str, Any]:
 
 
 def context(request: web.Request) -> CallContext:
-    """What a provider call may know of this request: the caller and its provider data."""
-    return CallContext(caller=request[CALLER], provider_data=provider_data(request))
+    """What a provider call may know of this request: the caller, its provider data, its id."""
+    return CallContext(caller=request[CALLER], provider_data=provider_data(request), request_id=request_id(request))
+
+
+# What a client may choose as its request id: short, and nothing that could break a log line
+# or a header (no spaces, quotes, control characters).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+
+
+def request_id(request: web.Request) -> str:
+    """The request's ``X-Request-ID``: the client's when it is a sane token, else a new one."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        sent = request.headers.get("X-Request-ID", "")
+        rid = sent if _REQUEST_ID.fullmatch(sent) else os.urandom(12).hex()
+        request[REQUEST_ID] = rid
+    return rid
+
+
+async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer carries the id (JSON, streams and errors alike)."""
+    response.headers["X-Request-ID"] = request_id(request)
 
 
 H = TypeVar("H", bound=Callable[..., Any])

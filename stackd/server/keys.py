@@ -8,11 +8,12 @@ from stackd.caller import Caller
 from stackd.loading import LoadedConfig
 from stackd.stack import Stack
 
-__all__ = ["CALLER", "CONFIG", "STACK", "STARTED_AT", "MAX_BODY", "STALL_TIMEOUT"]
+__all__ = ["CALLER", "CONFIG", "MAX_BODY", "REQUEST_ID", "STACK", "STALL_TIMEOUT", "STARTED_AT"]
 
 STACK = web.AppKey("stack", Stack)
 CONFIG = web.AppKey("config", LoadedConfig)
 CALLER = web.RequestKey("caller", Caller)
+REQUEST_ID = web.RequestKey("request_id", str)
 STARTED_AT = web.AppKey("started_at", float)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 STALL_TIMEOUT = web.AppKey("stream_stall_timeout", float)

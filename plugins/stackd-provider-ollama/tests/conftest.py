@@ -8,10 +8,10 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
+from stackd_provider_ollama.fake import FakeOllama
 
 from stackd import CallContext, ProviderSpec
 from stackd.convert import structure
-from stackd.testing.fake_ollama import FakeOllama
 
 
 def load_spec() -> ProviderSpec:

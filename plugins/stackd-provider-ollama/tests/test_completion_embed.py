@@ -7,10 +7,10 @@ from array import array
 from typing import Any
 
 import pytest
+from stackd_provider_ollama.fake import FakeOllama
 
 from stackd import CallContext
 from stackd.errors import BadRequest
-from stackd.testing.fake_ollama import FakeOllama
 
 from .conftest import collect, make_provider
 

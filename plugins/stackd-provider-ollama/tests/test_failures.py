@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from stackd_provider_ollama.fake import FakeOllama
 
 from stackd import CallContext
 from stackd.errors import (
@@ -14,7 +15,6 @@ from stackd.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from stackd.testing.fake_ollama import FakeOllama
 
 from .conftest import make_provider
 

@@ -13,7 +13,7 @@ async def test_fake_ollama_as_a_process(closed_port: int) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stackd.testing.fake_ollama",
+        "stackd_provider_ollama.fake",
         "--port",
         str(closed_port),
         "--model",

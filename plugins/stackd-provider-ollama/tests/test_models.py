@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from stackd_provider_ollama.fake import FakeModel, FakeOllama
 
 from stackd import Model
 from stackd.errors import NotFound
-from stackd.testing.fake_ollama import FakeModel, FakeOllama
 
 from .conftest import make_provider
 

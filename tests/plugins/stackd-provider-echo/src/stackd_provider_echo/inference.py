@@ -39,6 +39,8 @@ class EchoInference:
         words = (self.config.prefix + prompt).split()
         if ctx.provider_data.get("echo_suffix"):
             words.append(str(ctx.provider_data["echo_suffix"]))
+        if ctx.provider_data.get("echo_request_id"):
+            words.append(f"request:{ctx.request_id}")
         limit = params.get("max_tokens") or params.get("max_completion_tokens")
         finish = "stop"
         if limit is not None and len(words) > int(limit):

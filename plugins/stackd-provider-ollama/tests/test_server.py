@@ -1,4 +1,4 @@
-"""remote::ollama through the server: both clients' routes, a model that is not pulled, failures."""
+"""remote::ollama served by stackd: both clients' routes, a model that is not pulled, failures."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from stackd_provider_ollama.fake import FakeOllama
 
 from stackd.loading import parse_config
 from stackd.server import create_app
-from stackd.testing.fake_ollama import FakeOllama
-
-pytest.importorskip("stackd_provider_ollama", reason="the remote::ollama plugin is installed by tox and .ci/run")
 
 
 def _config(url: str, state: Path) -> str:

@@ -14,7 +14,7 @@ byte, a stream cut mid-answer, an ``{"error"}`` line mid-stream, a canned answer
 It records every request body and counts clients that went away mid-stream.
 
 Use it as ``async with FakeOllama() as fake: ... fake.url ...`` or run
-``python -m stackd.testing.fake_ollama --port 11434``.
+``python -m stackd_provider_ollama.fake --port 11434``.
 """
 
 from __future__ import annotations
@@ -484,7 +484,7 @@ async def _serve(fake: FakeOllama) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m stackd.testing.fake_ollama", description=__doc__.split("\n")[0]
+        prog="python -m stackd_provider_ollama.fake", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)

@@ -1,13 +1,13 @@
-"""The dispatcher: every call is admitted here before a handler runs.
+"""Admission: every call passes the :class:`Gatekeeper` before a handler runs.
 
 1. authenticate  -> a :class:`Caller` (or 401; health and version stay public)
 2. quota         -> counted against the authenticated identity (or 429); a 401 costs nothing
-3. authorize     -> route policy (403); resource visibility is checked by the registry (404)
-4. route         -> the handler resolves model_id / shield_id to a provider through the registry
+3. authorize     -> route policy (403)
 
-The HTTP server, the in-process client and the tests all go through :meth:`Dispatcher.admit`.
-Auth and quota are pluggable: anything with the :class:`Authenticator` / :class:`QuotaCounter`
-shape fits.
+Routing is not the gate's: the handler calls an API module (:mod:`stackd.apis`), whose router
+resolves ``model_id`` / ``shield_id`` through the registry, which also decides what the caller
+may see (404) and change (403). Auth and quota are pluggable: anything with the
+:class:`Authenticator` / :class:`QuotaCounter` shape fits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from stackd.caller import Caller
 from stackd.config.schema import RoutePolicyRule
 from stackd.errors import Forbidden
 
-__all__ = ["Admission", "Authenticator", "Dispatcher", "QuotaCounter", "RequestInfo", "PUBLIC_PATHS"]
+__all__ = ["Admission", "Authenticator", "Gatekeeper", "QuotaCounter", "RequestInfo", "PUBLIC_PATHS"]
 
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/version"})
 
@@ -60,7 +60,7 @@ class QuotaCounter(Protocol):
 
 
 @attrs.define
-class Dispatcher:
+class Gatekeeper:
     authenticator: Authenticator | None = None
     quota: QuotaCounter | None = None
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
