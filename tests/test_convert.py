@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import attrs
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from stackd.config.schema import ModelInput, QuotaConfig, RunConfig, ServerConfig, ShieldInput
 from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
-from stackd.convert import HttpUrl, Seconds, Secret, converter, structure, unknown_keys
+from stackd.convert import Check, HttpUrl, Seconds, Secret, Tagged, converter, structure, unknown_keys
 from stackd.errors import BadRequest
 
 
@@ -210,3 +210,37 @@ def test_port_out_of_range_is_refused_by_any_converter() -> None:
         ("$.port", "expected a port number between 1 and 65535 (0 picks a free one), got 99999")
     ]
 
+
+
+
+# What docs/plugins.md shows a plugin author: checks declared on the types of a plugin's config.
+Retries = Annotated[int, Check(lambda n: 0 <= n <= 10, "an integer from 0 to 10")]
+
+
+@attrs.frozen
+class KeyAuth:
+    key: Secret
+    type: Literal["key"] = "key"
+
+
+@attrs.frozen
+class RoleAuth:
+    role_arn: str
+    type: Literal["role"] = "role"
+
+
+Auth = Annotated[KeyAuth | RoleAuth, Tagged("type", "auth method")]
+
+
+@attrs.frozen
+class PluginConfig:
+    retries: Retries = 2
+    auth: Auth | None = None
+
+
+def test_a_plugin_declares_its_own_checks_on_its_types() -> None:
+    assert structure({"auth": {"type": "role", "role_arn": "arn"}}, PluginConfig).auth == RoleAuth("arn")
+    assert errors_of({"retries": 11, "auth": {"type": "sso"}}, PluginConfig) == [
+        ("$.retries", "expected an integer from 0 to 10, got 11"),
+        ("$.auth.type", "unknown auth method type 'sso'; expected one of 'key', 'role'"),
+    ]

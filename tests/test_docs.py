@@ -28,3 +28,18 @@ def test_provider_spec_fields_are_documented() -> None:
     text = (DOCS / "plugins.md").read_text()
     missing = [f.name for f in attrs.fields(ProviderSpec) if f"`{f.name}`" not in text]
     assert missing == []
+
+
+def test_provider_protocol_methods_are_documented() -> None:
+    """Every method the core calls on a provider (required or optional, of every API) has its row."""
+    from stackd.apis.known import COMMON_METHODS, PROVIDER_APIS
+    from stackd.providers.build import _protocol_methods
+
+    text = (DOCS / "plugins.md").read_text()
+    names = set(COMMON_METHODS)
+    for api in PROVIDER_APIS.values():
+        if api.protocol is not None:
+            names.update(_protocol_methods(api.protocol))
+            names.update(api.optional)
+    missing = sorted(n for n in names if f" {n}(" not in text and f"`{n}(" not in text)
+    assert missing == [], f"document these provider methods in docs/plugins.md: {missing}"
