@@ -162,3 +162,22 @@ async def test_a_provider_is_checked_against_its_api_when_built() -> None:
         "register_shield() must be async def."
     )
     assert "close i" in EVENTS  # the providers built before it are closed
+
+
+def test_a_plugin_for_an_api_stackd_does_not_know_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import stackd.testing
+    from stackd.providers.discovery import InstalledPlugin, PluginLoadError
+
+    telepathy = ProviderSpec(api="telepathy", provider_type="inline::mind", config_class=NoConfig,
+                             factory=spec("inference", "x").factory)
+    monkeypatch.setattr(stackd.testing, "TELEPATHY", telepathy, raising=False)
+    plugin = InstalledPlugin("inline::mind", EntryPoint("inline::mind", "stackd.testing:TELEPATHY", "stackd.providers"),
+                             "stackd-provider-mind", "1.0")
+    with pytest.raises(PluginLoadError) as info:
+        plugin.load()
+    assert str(info.value).startswith(
+        "plugin stackd-provider-mind 1.0 (entry point 'stackd.testing:TELEPATHY') serves the 'telepathy' API, "
+        "which this stackd does not know"
+    )

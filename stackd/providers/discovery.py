@@ -7,12 +7,13 @@ uses its provider type, so one broken plugin breaks only the configs that name i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import attrs
 
+from stackd.apis.known import PROVIDER_APIS
 from stackd.providers.spec import ProviderSpec
 
 __all__ = ["GROUP", "Catalog", "InstalledPlugin", "PluginLoadError", "package_hint"]
@@ -59,6 +60,11 @@ class InstalledPlugin:
             ) from exc
         if not isinstance(obj, ProviderSpec):
             raise PluginLoadError(f"plugin {where} does not point at a stackd.ProviderSpec (got {type(obj).__name__})")
+        if obj.api not in PROVIDER_APIS:
+            raise PluginLoadError(
+                f"plugin {where} serves the {obj.api!r} API, which this stackd does not know "
+                f"(known: {', '.join(PROVIDER_APIS)}); it may need a newer stackd"
+            )
         if obj.provider_type != self.provider_type:
             raise PluginLoadError(
                 f"plugin {where} is registered as {self.provider_type!r} but its spec says {obj.provider_type!r}"
@@ -117,16 +123,6 @@ class Catalog:
             f"unknown provider_type {provider_type!r}: install the plugin that provides it "
             f"(pip install {package_hint(provider_type)}); installed provider types: {installed}"
         )
-
-    def apis(self) -> Mapping[str, list[str]]:
-        """API -> provider types, for the plugins that load."""
-        served: dict[str, list[str]] = {}
-        for name, plugin in self.plugins.items():
-            try:
-                served.setdefault(plugin.load().api, []).append(name)
-            except PluginLoadError:
-                continue
-        return served
 
 
 def _env_filter() -> set[str] | None:

@@ -29,7 +29,6 @@ class ResolvedProvider:
     provider_type: str
     spec: ProviderSpec
     config: Any
-    raw_config: dict[str, Any]
     distribution: str = "(in-process)"
     """``name version`` of the distribution that declares the plugin, for messages."""
 
@@ -86,7 +85,7 @@ def resolve_providers(
                          f"{providers[at.provider_id].api} API; give each served provider its own id")
             continue
         providers[at.provider_id] = ResolvedProvider(
-            at.api, at.provider_id, entry.provider_type, spec, config, dict(entry.config),
+            at.api, at.provider_id, entry.provider_type, spec, config,
             catalog.distribution_of(entry.provider_type),
         )
     try:
