@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import attrs
 
+from stackd.apis.models import ResourceId
 from stackd.config.stores import StoreConfig
 from stackd.convert import Check, Seconds
 
@@ -26,9 +27,14 @@ __all__ = [
     "ServerConfig",
     "ShieldInput",
     "IGNORED_TOP_LEVEL_KEYS",
+    "JsonDepth",
+    "ResourceCount",
 ]
 
 Port = Annotated[int, Check(lambda p: 0 <= p <= 65535, "a port number between 1 and 65535 (0 picks a free one)")]
+# orjson writes at most 255 levels, and a stored record comes back wrapped in a few more.
+JsonDepth = Annotated[int, Check(lambda n: 2 <= n <= 200, "an integer from 2 to 200")]
+ResourceCount = Annotated[int, Check(lambda n: n >= 1, "an integer of at least 1")]
 
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
@@ -57,9 +63,9 @@ class ProviderEntry:
 
 @attrs.frozen
 class ModelInput:
-    model_id: str | None
-    provider_id: str | None = None
-    provider_model_id: str | None = None
+    model_id: ResourceId | None
+    provider_id: ResourceId | None = None
+    provider_model_id: ResourceId | None = None
     model_type: Literal["llm", "embedding"] = "llm"
     metadata: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
@@ -67,9 +73,9 @@ class ModelInput:
 
 @attrs.frozen
 class ShieldInput:
-    shield_id: str | None
-    provider_id: str | None = None
-    provider_shield_id: str | None = None
+    shield_id: ResourceId | None
+    provider_id: ResourceId | None = None
+    provider_shield_id: ResourceId | None = None
     params: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
 
@@ -108,6 +114,10 @@ class ServerConfig:
     auth: AuthConfig | None = None
     quota: QuotaConfig | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: JsonDepth = 64
+    max_models: ResourceCount = 1000
+    max_shields: ResourceCount = 1000
+    allowed_hosts: list[str] | None = None
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
 
