@@ -408,7 +408,8 @@ async def test_hostile_model_ids_in_paths(serve_app: Any, echo_config: Path) -> 
             for prefix in (b"/v1/models/", b"/v1/openai/v1/models/", b"/v1/shields/"):
                 if method == b"DELETE" and prefix == b"/v1/openai/v1/models/":
                     continue
-                answer = await _raw(server.port, method + b" " + prefix + raw_id + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                answer = await _raw(server.port,
+                                    method + b" " + prefix + raw_id + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 status, body = _split(answer)
                 assert status == 404, (method, prefix, raw_id, body)
                 assert_error(body, 404)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -467,3 +468,25 @@ async def test_lists_stay_fresh_and_skip_re_reading_unchanged_records(client: Cl
         db.execute("DELETE FROM kvstore WHERE key = ?", ("model:from-replica",))
     assert len((await (await client.get("/v1/models")).json())["data"]) == 3
     assert ORJSON_MAX_DEPTH == 255
+
+
+def _status_for_host(port: int, host: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /v1/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(("listen", "evil_status"), [("127.0.0.1", 421), ("0.0.0.0", 200)])
+def test_stackd_serve_guards_hosts_by_the_address_it_listens_on(
+    stackd_serve: Callable[..., Any], write_config: Callable[..., Path], listen: str, evil_status: int
+) -> None:
+    # --host decides, not server.host: the config says loopback, the flag may open it up.
+    config = write_config()
+    proc = stackd_serve(str(config), "--host", listen, "--port", "0")
+    port = int(proc.wait_serving().rsplit(":", 1)[1])
+    assert _status_for_host(port, f"localhost:{port}") == 200
+    assert _status_for_host(port, "evil.example") == evil_status
+    assert proc.stop() == 0
