@@ -104,9 +104,14 @@ def upstream_errors(provider_id: str, url: str) -> Iterator[None]:
         ) from None
 
 
-def _too_deep(data: Any, provider_id: str, what: str) -> None:
+def _too_deep(data: Any, provider_id: str, what: str, raw: bytes | None = None) -> None:
     # An answer nested deeper than stackd could write back (or store and list) is refused here,
     # as a bad answer, rather than failing later as a 500 or breaking a stored list.
+    if raw is not None and (len(raw) <= 2 * ANSWER_MAX_DEPTH
+                            or raw.count(b"{") + raw.count(b"[") <= ANSWER_MAX_DEPTH):
+        # Stream events are small and many: N levels need 2N bytes and N opening brackets, and
+        # these two C-speed tests (about 0.03 and 0.25 µs) spare most events the walk (1.5 µs).
+        return
     loc = deeper_than(data, ANSWER_MAX_DEPTH)
     if loc is not None:
         raise UpstreamBadResponse(
@@ -195,7 +200,7 @@ async def iter_sse(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncItera
             raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream event that is not JSON") from None
         if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
             raise UpstreamBadResponse(f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-        _too_deep(data, provider_id, "a stream event")
+        _too_deep(data, provider_id, "a stream event", payload)
         yield data
     if not done:
         raise UpstreamBadResponse(f"provider {provider_id!r}: the stream ended before it was complete")
@@ -211,5 +216,5 @@ async def iter_ndjson(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncIt
             data = orjson.loads(line)
         except orjson.JSONDecodeError:
             raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream line that is not JSON") from None
-        _too_deep(data, provider_id, "a stream line")
+        _too_deep(data, provider_id, "a stream line", line)
         yield data

@@ -19,10 +19,10 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.errors import BadRequest, quote_id
+from stackd.errors import BadRequest, UpstreamBadResponse, quote_id
 from stackd.json_depth import ORJSON_MAX_DEPTH, deeper_than
 from stackd.loading import LoadedConfig, load_config, parse_config
-from stackd.upstream import make_session, upstream_errors
+from stackd.upstream import iter_ndjson, iter_sse, make_session, read_json, upstream_errors
 
 Client = TestClient[Any, Any]
 
@@ -211,6 +211,12 @@ class DeepUpstream:
         await resp.write(b"data: " + self.answer("delta") + b"\n\ndata: [DONE]\n\n")
         return resp
 
+    async def ndjson(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await resp.write(b'{"ok": 1}\n' + self.answer() + b"\n")
+        return resp
+
 
 @pytest.fixture
 async def deep_upstream() -> AsyncIterator[tuple[DeepUpstream, str]]:
@@ -218,6 +224,7 @@ async def deep_upstream() -> AsyncIterator[tuple[DeepUpstream, str]]:
     app = web.Application()
     app.router.add_get("/v1/models", fake.models)
     app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_get("/ndjson", fake.ndjson)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield fake, str(server.make_url("")).rstrip("/")
@@ -245,6 +252,37 @@ async def test_an_upstream_answer_nested_too_deep_is_a_502(
         assert (await post(c, "/v1/chat/completions", {"model": "chat", "messages": MSGS})).status == 200
         listed = await c.get("/v1/chat/completions")
         assert listed.status == 200 and len((await listed.json())["data"]) == 1
+
+
+async def test_every_upstream_reader_refuses_answers_nested_too_deep(deep_upstream: tuple[DeepUpstream, str]) -> None:
+    # read_json, iter_sse and iter_ndjson: what every plugin reads upstream answers with.
+    fake, url = deep_upstream
+    async with make_session() as session:
+        for depth, refused in ((120, False), (130, True), (600, True)):
+            fake.depth = depth
+            async with session.post(url + "/v1/chat/completions", json={}) as resp:
+                if refused:
+                    with pytest.raises(UpstreamBadResponse, match="nested deeper than 128 levels"):
+                        await read_json(resp, "p")
+                else:
+                    await read_json(resp, "p")
+            async with session.post(url + "/v1/chat/completions", json={"stream": True}) as resp:
+                events = iter_sse(resp, "p")
+                if refused:
+                    with pytest.raises(UpstreamBadResponse, match="a stream event nested deeper"):
+                        await anext(events)
+                else:
+                    await anext(events)
+                await events.aclose()
+            async with session.get(url + "/ndjson") as resp:
+                lines = iter_ndjson(resp, "p")
+                assert await anext(lines) == {"ok": 1}
+                if refused:
+                    with pytest.raises(UpstreamBadResponse, match="a stream line nested deeper"):
+                        await anext(lines)
+                else:
+                    await anext(lines)
+                await lines.aclose()
 
 
 # ---- 6. control characters in provider data --------------------------------------------------
