@@ -14,7 +14,8 @@ from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
 from stackd.errors import BadRequest, FieldError, UpstreamUnavailable
-from stackd.inference_store.assemble import assemble_chat_stream
+from stackd.inference_store.assemble import ChatStreamAssembler, weight
+from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]
@@ -22,7 +23,10 @@ __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]
 log = logging.getLogger("stackd.routing")
 
 StoreHook = Callable[[dict[str, Any], list[Any]], None]
-"""Called with (chat.completion body, input messages) once a completion is whole; must not block."""
+"""Called with (chat.completion body, input messages) once a completion is whole; must not block.
+What it raises is logged, never passed to the client: the answer does not depend on the store."""
+
+DEFAULT_MAX_STORED_BYTES = 4 * 1024 * 1024
 
 
 def _ready(provider_id: str, impl: Any) -> None:
@@ -33,10 +37,18 @@ def _ready(provider_id: str, impl: Any) -> None:
 
 
 class InferenceRouter:
-    def __init__(self, registry: Registry, providers: Mapping[str, Any], store: StoreHook | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        providers: Mapping[str, Any],
+        store: StoreHook | None = None,
+        *,
+        max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES,
+    ) -> None:
         self.registry = registry
         self.providers = providers
         self.store = store
+        self.max_stored_bytes = max_stored_bytes
 
     async def resolve(self, model_id: Any, ctx: CallContext, want: str, loc: str = "$.model") -> tuple[Model, Any]:
         if not isinstance(model_id, str) or not model_id:
@@ -77,9 +89,29 @@ class InferenceRouter:
         messages = params.get("messages") or []
         if isinstance(result, dict):
             if store:
-                self.store(result, messages)  # type: ignore[misc]
+                self._store_answer(result, messages, model.identifier)
             return result
         return self._relabel(result, model.identifier, messages if store else None)
+
+    def _store_answer(self, completion: dict[str, Any], messages: list[Any], model: str) -> None:
+        # Weighed only up to the budget: the walk stops being worth it once the answer is over it.
+        if _over(completion.get("choices"), self.max_stored_bytes):
+            log.warning("chat completion %.80r of model %r not stored: it is over "
+                        "server.max_stored_completion_bytes (%d)", completion.get("id"), model,
+                        self.max_stored_bytes)
+            return
+        self._keep(completion, messages, model)
+
+    def _keep(self, completion: Any, messages: list[Any], model: str) -> None:
+        """Hand one completion to the store; a record it cannot keep is one log line, no more."""
+        if self.store is None:
+            return
+        try:
+            self.store(storable(completion, model), messages)
+        except (ValueError, RuntimeError) as exc:
+            log.warning("a chat completion of model %r was not stored: %s", model, exc)
+        except Exception:
+            log.exception("a chat completion of model %r was not stored", model)
 
     async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:
         model, result = await self._call("openai_completion", "llm", params, ctx, loc)
@@ -97,21 +129,54 @@ class InferenceRouter:
         self, chunks: AsyncIterator[dict[str, Any]], identifier: str, store_with: list[Any] | None
     ) -> AsyncIterator[dict[str, Any]]:
         """The provider's chunks under the client's model name; with ``store_with`` (the input
-        messages), the stream is stored once it ran to its end, after its last byte went out."""
-        keep: list[dict[str, Any]] | None = [] if store_with is not None else None
+        messages), the stream is stored once it ran to its end, after its last byte went out.
+
+        Chunks are folded into the stored body as they pass (never kept as a list), within
+        ``max_stored_bytes``; past it the completion is not stored, which is logged once.
+        """
+        keep = ChatStreamAssembler(self.max_stored_bytes) if store_with is not None else None
+        seen = False
         try:
             async for chunk in chunks:
                 chunk["model"] = identifier
-                if keep is not None:
-                    keep.append(chunk)
+                seen = True
+                if keep is not None and not self._fold(keep, chunk, identifier):
+                    keep = None
                 yield chunk
         finally:
             await close_stream(chunks)
-        if keep and self.store is not None and store_with is not None:
+        if keep is not None and seen and store_with is not None:
             try:
-                self.store(assemble_chat_stream(keep), store_with)
-            except Exception:
-                log.exception("could not store a streamed chat completion")
+                body = keep.body()
+            except Exception:  # a stream the store cannot read is not the client's problem
+                log.exception("a streamed chat completion of model %r was not stored", identifier)
+                return
+            self._keep(body, store_with, identifier)
+
+    def _fold(self, keep: ChatStreamAssembler, chunk: dict[str, Any], identifier: str) -> bool:
+        """Add a chunk to what is kept; False (logged once) when the completion will not be stored."""
+        try:
+            if keep.add(chunk):
+                return True
+        except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
+            log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "
+                        "assembled (%s: %s)", identifier, type(exc).__name__, exc)
+            return False
+        log.warning("streamed chat completion %.80r of model %r is not stored: it passed "
+                    "server.max_stored_completion_bytes (%d)", keep.id, identifier, self.max_stored_bytes)
+        return False
+
+
+def _over(choices: Any, budget: int) -> bool:
+    """Whether the message parts of a whole answer weigh more than ``budget``."""
+    if not isinstance(choices, list):
+        return False
+    total = 0
+    for choice in choices:
+        total += weight(choice)
+        if total > budget:
+            return True
+    return False
 
 
 def _check_dimensions(model: Model, dimensions: Any, loc: str) -> None:

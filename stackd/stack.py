@@ -19,6 +19,7 @@ from stackd.loading import LoadedConfig
 from stackd.providers.build import build_providers
 from stackd.registry import Registry
 from stackd.routing import InferenceRouter, SafetyRouter
+from stackd.upstream import UpstreamLimits
 
 __all__ = ["Stack", "open_stack", "state_dir"]
 
@@ -69,10 +70,12 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
         providers: dict[str, Any] = {}
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
         registry = Registry(metadata, providers, provider_apis)
-        inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None)
+        inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None,
+                                    max_stored_bytes=run.server.max_stored_completion_bytes)
         safety = SafetyRouter(registry, providers)
         routers = {"inference": inference, "safety": safety}
-        providers.update(await build_providers(loaded.providers, routers, exits))
+        limits = UpstreamLimits(run.server.max_upstream_body_bytes, run.server.max_upstream_line_bytes)
+        providers.update(await build_providers(loaded.providers, routers, exits, limits))
         await registry.reconcile(loaded.models, loaded.shields)
 
         if gate is None:
