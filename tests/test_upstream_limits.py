@@ -46,13 +46,13 @@ async def post_json(fake: FakeOpenAI, limits: UpstreamLimits = SMALL, **session:
                 return await read_json(resp, "p", limits)
 
 
-async def sse_events(fake: FakeOpenAI, limits: UpstreamLimits = SMALL, *, timeout: float = 5.0,
+async def sse_events(fake: FakeOpenAI, limits: UpstreamLimits = SMALL, *,
                      first: float | None = None, idle: float | None = None) -> list[dict[str, Any]]:
     url = fake.url + "/v1/chat/completions"
     loop = asyncio.get_running_loop()
-    async with make_session(timeout=timeout) as s:
+    async with make_session(timeout=5.0) as s:
         with upstream_errors("p", url):
-            async with s.post(url, json={**CHAT, "stream": True}, timeout=stream_timeout(timeout)) as resp:
+            async with s.post(url, json={**CHAT, "stream": True}, timeout=stream_timeout(5.0)) as resp:
                 by = loop.time() + first if first is not None else None
                 return [e async for e in iter_sse(resp, "p", limits, first_event_by=by, idle_timeout=idle)]
 
@@ -67,7 +67,8 @@ async def test_an_answer_over_the_body_limit_is_502_before_it_is_read_whole(
     # 64 MiB offered against a 64 KiB limit: refused on the header, or after about the limit.
     fake.fault = Fault(huge=64 * 1024 * 1024, announce_length=announce_length)
     started = time.monotonic()
-    with pytest.raises(UpstreamBadResponse, match=r"over the limit of 65536 bytes; raise server\.max_upstream_body_bytes"):
+    expected = r"over the limit of 65536 bytes; raise server\.max_upstream_body_bytes"
+    with pytest.raises(UpstreamBadResponse, match=expected):
         await post_json(fake)
     assert time.monotonic() - started < 3.0
     await asyncio.wait_for(fake.disconnected.wait(), 5.0)  # the connection was dropped, not drained
@@ -91,10 +92,9 @@ async def test_a_huge_error_body_is_not_read_whole() -> None:
         return resp
 
     app.router.add_post("/x", handler)
-    async with serve(app) as url:
-        async with make_session() as s, s.post(url + "/x") as resp:
-            with pytest.raises(StackdError) as info:
-                await check_status(resp, "p")
+    async with serve(app) as url, make_session() as s, s.post(url + "/x") as resp:
+        with pytest.raises(StackdError) as info:
+            await check_status(resp, "p")
     assert info.value.status == 400
     assert len(info.value.message) < 1000
 
