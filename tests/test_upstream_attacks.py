@@ -288,3 +288,13 @@ async def test_a_chunk_the_store_cannot_fold_is_passed_on(
     assert resp.status == 200 and len(got) == 4 and got[-1] == b"[DONE]"
     assert len([r for r in caplog.records if "not stored" in r.getMessage()]) == 1
     assert await stored(client) == []
+
+
+async def test_an_upstream_slow_to_answer_a_stream_is_504_before_it_began(
+    fake: FakeOpenAI, make_client: Callable[..., Any]
+) -> None:
+    client: Client = await make_client(fake.url, provider=", stream_first_byte_timeout: 0.5")
+    fake.fault = Fault(delay=3.0)
+    resp = await client.post("/v1/chat/completions", json=STREAM)
+    assert resp.status == 504
+    assert (await resp.json())["error"]["type"]
