@@ -264,7 +264,7 @@ class _Watchdog:
         self._provider_id = provider_id
         self._idle = idle
         self._handle: asyncio.TimerHandle | None = None
-        self._what = "its first event in time (stream_first_byte_timeout)"
+        self._what = "did not send its first stream event in time (stream_first_byte_timeout)"
         self.deadline: float | None = first_event_by
         if first_event_by is None:
             self.resume()
@@ -278,7 +278,7 @@ class _Watchdog:
     def resume(self) -> None:
         if self._idle is None:
             return
-        self._what = f"no event for {self._idle:g} s (stream_idle_timeout)"
+        self._what = f"sent no stream event for {self._idle:g} s (stream_idle_timeout)"
         self.deadline = self._loop.time() + self._idle
         if self._handle is None:
             self._handle = self._loop.call_at(self.deadline, self._check)
@@ -292,7 +292,7 @@ class _Watchdog:
             self._handle = self._loop.call_at(deadline, self._check)
             return
         self._resp.content.set_exception(
-            UpstreamTimeout(f"provider {self._provider_id!r}: {self._resp.url} sent {self._what}")
+            UpstreamTimeout(f"provider {self._provider_id!r}: {self._resp.url} {self._what}")
         )
         self._resp.close()
 

@@ -169,7 +169,7 @@ async def test_a_dripping_answer_meets_the_total_timeout(fake: FakeOpenAI) -> No
 async def test_a_stream_dripping_before_its_first_event_meets_the_first_byte_timeout(fake: FakeOpenAI) -> None:
     fake.fault = Fault(drip=0.05, drip_after=0)
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout, match=r"first event in time \(stream_first_byte_timeout\)"):
+    with pytest.raises(UpstreamTimeout, match=r"did not send its first stream event in time \(stream_first_byte_timeout\)"):
         await sse_events(fake, first=0.6, idle=30)
     assert time.monotonic() - started < 2.0
 
@@ -178,7 +178,7 @@ async def test_a_stream_dripping_between_events_meets_the_idle_timeout(fake: Fak
     fake.fault = Fault(drip=0.05, drip_after=3)
     seen: list[dict[str, Any]] = []
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout, match=r"no event for 0\.5 s \(stream_idle_timeout\)"):
+    with pytest.raises(UpstreamTimeout, match=r"sent no stream event for 0\.5 s \(stream_idle_timeout\)"):
         url = fake.url + "/v1/chat/completions"
         async with make_session(timeout=5.0) as s, s.post(url, json={**CHAT, "stream": True}) as resp:
             async for event in iter_sse(resp, "p", SMALL, idle_timeout=0.5):
