@@ -169,7 +169,8 @@ async def test_a_dripping_answer_meets_the_total_timeout(fake: FakeOpenAI) -> No
 async def test_a_stream_dripping_before_its_first_event_meets_the_first_byte_timeout(fake: FakeOpenAI) -> None:
     fake.fault = Fault(drip=0.05, drip_after=0)
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout, match=r"did not send its first stream event in time \(stream_first_byte_timeout\)"):
+    expected = r"did not send its first stream event in time \(stream_first_byte_timeout\)"
+    with pytest.raises(UpstreamTimeout, match=expected):
         await sse_events(fake, first=0.6, idle=30)
     assert time.monotonic() - started < 2.0
 
