@@ -254,7 +254,7 @@ class _Watchdog:
     in progress fails with 504 and the connection is dropped.
     """
 
-    __slots__ = ("_handle", "_idle", "_loop", "_provider_id", "_resp", "_what", "deadline")
+    __slots__ = ("_first_by", "_loop", "_provider_id", "_resp", "clock", "deadline", "handle", "idle")
 
     def __init__(
         self, resp: aiohttp.ClientResponse, provider_id: str, first_event_by: float | None, idle: float | None
@@ -262,44 +262,47 @@ class _Watchdog:
         self._loop = asyncio.get_running_loop()
         self._resp = resp
         self._provider_id = provider_id
-        self._idle = idle
-        self._handle: asyncio.TimerHandle | None = None
-        self._what = "did not send its first stream event in time (stream_first_byte_timeout)"
-        self.deadline: float | None = first_event_by
-        if first_event_by is None:
-            self.resume()
-        else:
-            self._handle = self._loop.call_at(first_event_by, self._check)
+        self._first_by = first_event_by
+        self.idle = idle
+        self.clock = self._loop.time
+        self.handle: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        if first_event_by is not None:
+            self.deadline = first_event_by
+            self.arm()
+        elif idle is not None:
+            self.deadline = self.clock() + idle
+            self.arm()
 
-    def pause(self) -> None:
-        """An event is out: the gap to the next one starts when the consumer asks for it."""
-        self.deadline = None
+    # The readers set ``deadline`` themselves on the per-event path (a method call per event
+    # costs more than the rest of it): None while an event is out, the next one's deadline when
+    # the consumer asks for it, then ``arm()`` if ``handle`` is None. The timer is not moved per
+    # event: it fires at the old deadline, finds a later one and sleeps again.
 
-    def resume(self) -> None:
-        if self._idle is None:
-            return
-        self._what = f"sent no stream event for {self._idle:g} s (stream_idle_timeout)"
-        self.deadline = self._loop.time() + self._idle
-        if self._handle is None:
-            self._handle = self._loop.call_at(self.deadline, self._check)
+    def arm(self) -> None:
+        if self.deadline is not None:
+            self.handle = self._loop.call_at(self.deadline, self._check)
 
     def _check(self) -> None:
-        self._handle = None
+        self.handle = None
         deadline = self.deadline
         if deadline is None:
-            return  # paused: resume() arms a new timer
-        if self._loop.time() < deadline:
-            self._handle = self._loop.call_at(deadline, self._check)
+            return  # an event is out with the consumer: the readers re-arm when it asks again
+        if self.clock() < deadline:
+            self.arm()
             return
-        self._resp.content.set_exception(
-            UpstreamTimeout(f"provider {self._provider_id!r}: {self._resp.url} {self._what}")
+        what = (
+            "did not send its first stream event in time (stream_first_byte_timeout)"
+            if deadline == self._first_by
+            else f"sent no stream event for {self.idle:g} s (stream_idle_timeout)"
         )
+        self._resp.content.set_exception(UpstreamTimeout(f"provider {self._provider_id!r}: {self._resp.url} {what}"))
         self._resp.close()
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
 
 async def iter_sse(
@@ -319,6 +322,7 @@ async def iter_sse(
     """
     done = False
     watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
+    clock = watchdog.clock
     try:
         async for raw in _lines(resp, provider_id, limits.max_line_bytes):
             if not raw.startswith(b"data:"):
@@ -333,9 +337,12 @@ async def iter_sse(
                 raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream event that is not JSON") from None
             if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
                 raise UpstreamBadResponse(f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-            watchdog.pause()
+            watchdog.deadline = None  # the consumer's time with the event is not the upstream's
             yield data
-            watchdog.resume()
+            if idle_timeout is not None:
+                watchdog.deadline = clock() + idle_timeout
+                if watchdog.handle is None:
+                    watchdog.arm()
     finally:
         watchdog.cancel()
     if not done:
@@ -353,6 +360,7 @@ async def iter_ndjson(
     """Objects of a newline-delimited JSON stream (Ollama's streaming format); limits and
     timeouts as for :func:`iter_sse`, each object counting as an event."""
     watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
+    clock = watchdog.clock
     try:
         async for raw in _lines(resp, provider_id, limits.max_line_bytes):
             line = raw.strip()
@@ -362,8 +370,11 @@ async def iter_ndjson(
                 data = orjson.loads(line)
             except orjson.JSONDecodeError:
                 raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream line that is not JSON") from None
-            watchdog.pause()
+            watchdog.deadline = None  # the consumer's time with the event is not the upstream's
             yield data
-            watchdog.resume()
+            if idle_timeout is not None:
+                watchdog.deadline = clock() + idle_timeout
+                if watchdog.handle is None:
+                    watchdog.arm()
     finally:
         watchdog.cancel()
