@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.loading import LoadedConfig, parse_config
+from stackd.loading import ConfigError, LoadedConfig, parse_config
 from stackd.server import create_app
 from stackd.testing.fake_openai import FakeOpenAI, Fault
 
@@ -298,3 +298,29 @@ async def test_an_upstream_slow_to_answer_a_stream_is_504_before_it_began(
     resp = await client.post("/v1/chat/completions", json=STREAM)
     assert resp.status == 504
     assert (await resp.json())["error"]["type"]
+
+
+# ---- the settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["max_upstream_body_bytes", "max_upstream_line_bytes", "max_stored_completion_bytes"])
+def test_a_limit_below_1024_bytes_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"apis: [inference]\nserver:\n  {name}: 10\n", env={})
+    assert f"$.server.{name}" in str(info.value) and "at least 1024 bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["total_timeout", "stream_first_byte_timeout", "stream_idle_timeout"])
+@pytest.mark.parametrize("provider_type", ["remote::vllm", "remote::ollama"])
+def test_a_deadline_must_be_positive(name: str, provider_type: str) -> None:
+    text = f"""\
+apis: [inference]
+providers:
+  inference:
+  - provider_id: p
+    provider_type: {provider_type}
+    config: {{url: "http://127.0.0.1:1", {name}: 0}}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={})
+    assert f"$.providers.inference[0].config.{name}" in str(info.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -224,3 +225,27 @@ class serve:
     async def __aexit__(self, *exc: object) -> None:
         await self.runner.cleanup()
 
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_a_compressed_bomb_is_bounded_by_what_it_inflates_to(stream: bool) -> None:
+    # 64 MiB of one byte, gzipped to ~64 KB: small on the wire, so only the inflated size can tell.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = b"0" * (1024 * 1024)
+    bomb = b"".join(packer.compress(zeros) for _ in range(64)) + packer.flush()
+    kind = "text/event-stream" if stream else "application/json"
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=bomb, headers={"Content-Type": kind, "Content-Encoding": "gzip"})
+
+    app.router.add_post("/b", handler)
+    started = time.monotonic()
+    async with serve(app) as url, make_session() as s, s.post(url + "/b") as resp:
+        limits = UpstreamLimits(max_body_bytes=4 * 1024 * 1024, max_line_bytes=1024 * 1024)
+        with pytest.raises(UpstreamBadResponse, match="over the limit"):
+            if stream:
+                [e async for e in iter_sse(resp, "p", limits)]
+            else:
+                await read_json(resp, "p", limits)
+    assert time.monotonic() - started < 3.0
