@@ -183,13 +183,18 @@ async def read_json(
         ) from None
 
 
+def _where(resp: aiohttp.ClientResponse) -> str:
+    # Messages reach clients and logs: no user:password or query (an API key may sit in either).
+    return str(resp.url.with_user(None).with_query(None))
+
+
 def _too_large(
     resp: aiohttp.ClientResponse, provider_id: str, what: str, limit: int, setting: str
 ) -> UpstreamBadResponse:
     # The rest of the answer is not read: drop the connection instead of draining it.
     resp.close()
     return UpstreamBadResponse(
-        f"provider {provider_id!r}: {resp.url} sent {what} over the limit of {limit} bytes; "
+        f"provider {provider_id!r}: {_where(resp)} sent {what} over the limit of {limit} bytes; "
         f"raise server.{setting} to allow more"
     )
 
@@ -296,7 +301,8 @@ class _Watchdog:
             if deadline == self._first_by
             else f"sent no stream event for {self.idle:g} s (stream_idle_timeout)"
         )
-        self._resp.content.set_exception(UpstreamTimeout(f"provider {self._provider_id!r}: {self._resp.url} {what}"))
+        message = f"provider {self._provider_id!r}: {_where(self._resp)} {what}"
+        self._resp.content.set_exception(UpstreamTimeout(message))
         self._resp.close()
 
     def cancel(self) -> None:

@@ -249,3 +249,13 @@ async def test_a_compressed_bomb_is_bounded_by_what_it_inflates_to(stream: bool)
             else:
                 await read_json(resp, "p", limits)
     assert time.monotonic() - started < 3.0
+
+
+async def test_the_limit_message_names_no_credentials_of_the_url(fake: FakeOpenAI) -> None:
+    fake.fault = Fault(huge=1024 * 1024)
+    url = fake.url.replace("http://", "http://user:hunter2@") + "/v1/chat/completions?key=sk-secret"
+    async with make_session() as s, s.post(url, json=CHAT) as resp:
+        with pytest.raises(UpstreamBadResponse) as info:
+            await read_json(resp, "p", SMALL)
+    assert "hunter2" not in info.value.message and "sk-secret" not in info.value.message
+    assert "/v1/chat/completions" in info.value.message
