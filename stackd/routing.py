@@ -22,9 +22,10 @@ __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]
 
 log = logging.getLogger("stackd.routing")
 
-StoreHook = Callable[[dict[str, Any], list[Any]], None]
-"""Called with (chat.completion body, input messages) once a completion is whole; must not block.
-What it raises is logged, never passed to the client: the answer does not depend on the store."""
+StoreHook = Callable[[dict[str, Any], list[Any], int], None]
+"""Called with (chat.completion body, input messages, their weight in bytes, roughly) once a
+completion is whole; must not block. What it raises is logged, never passed to the client: the
+answer does not depend on the store."""
 
 DEFAULT_MAX_STORED_BYTES = 4 * 1024 * 1024
 
@@ -94,20 +95,20 @@ class InferenceRouter:
         return self._relabel(result, model.identifier, messages if store else None)
 
     def _store_answer(self, completion: dict[str, Any], messages: list[Any], model: str) -> None:
-        # Weighed only up to the budget: the walk stops being worth it once the answer is over it.
-        if _over(completion.get("choices"), self.max_stored_bytes):
+        kept = _weigh(completion.get("choices"), self.max_stored_bytes)
+        if kept is None:
             log.warning("chat completion %.80r of model %r not stored: it is over "
                         "server.max_stored_completion_bytes (%d)", completion.get("id"), model,
                         self.max_stored_bytes)
             return
-        self._keep(completion, messages, model)
+        self._keep(completion, messages, model, kept)
 
-    def _keep(self, completion: Any, messages: list[Any], model: str) -> None:
+    def _keep(self, completion: Any, messages: list[Any], model: str, kept: int) -> None:
         """Hand one completion to the store; a record it cannot keep is one log line, no more."""
         if self.store is None:
             return
         try:
-            self.store(storable(completion, model), messages)
+            self.store(storable(completion, model), messages, kept + weight(messages))
         except (ValueError, RuntimeError) as exc:
             log.warning("a chat completion of model %r was not stored: %s", model, exc)
         except Exception:
@@ -151,7 +152,7 @@ class InferenceRouter:
             except Exception:  # a stream the store cannot read is not the client's problem
                 log.exception("a streamed chat completion of model %r was not stored", identifier)
                 return
-            self._keep(body, store_with, identifier)
+            self._keep(body, store_with, identifier, keep.kept)
 
     def _fold(self, keep: ChatStreamAssembler, chunk: dict[str, Any], identifier: str) -> bool:
         """Add a chunk to what is kept; False (logged once) when the completion will not be stored."""
@@ -167,16 +168,16 @@ class InferenceRouter:
         return False
 
 
-def _over(choices: Any, budget: int) -> bool:
-    """Whether the message parts of a whole answer weigh more than ``budget``."""
+def _weigh(choices: Any, budget: int) -> int | None:
+    """What the choices of a whole answer weigh, or None when that is over ``budget``."""
     if not isinstance(choices, list):
-        return False
+        return 0
     total = 0
     for choice in choices:
         total += weight(choice)
         if total > budget:
-            return True
-    return False
+            return None
+    return total
 
 
 def _check_dimensions(model: Model, dimensions: Any, loc: str) -> None:

@@ -89,6 +89,6 @@ async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExi
     config = _default_store(loaded.run.inference_store, loaded.run.name, "inference_store.db")
     store = await open_inference_store(config)
     exits.push_async_callback(store.close)
-    writer = InferenceStoreWriter(store)
+    writer = InferenceStoreWriter(store, max_queue_bytes=loaded.run.server.max_store_queue_bytes)
     exits.push_async_callback(writer.aclose)
     return writer

@@ -3,11 +3,15 @@ records normalised so that storing never fails an answer (stackd.inference_store
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stackd.config.stores import SqliteStoreConfig
+from stackd.inference_store import InferenceStoreWriter, open_inference_store
 from stackd.inference_store.assemble import ChatStreamAssembler, assemble_chat_stream
 from stackd.inference_store.normalise import storable
 
@@ -73,3 +77,19 @@ def test_a_record_that_needs_no_fix_is_the_answer_itself() -> None:
 def test_what_is_not_an_object_cannot_be_stored(bad: Any) -> None:
     with pytest.raises(ValueError, match="not a JSON object"):
         storable(bad, "m")
+
+
+async def test_the_writer_queue_is_bounded_in_bytes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # submit() never awaits: ten in a row all wait in the queue, as behind a database that is away.
+    backend = await open_inference_store(SqliteStoreConfig(db_path=tmp_path / "s.db"))
+    writer = InferenceStoreWriter(backend, max_queue_bytes=3_500)
+    with caplog.at_level(logging.WARNING):
+        for i in range(10):
+            writer.submit({"id": f"w{i}", "created": 1, "model": "m", "choices": []}, [], 1_000)
+    assert writer.queued == 3 and writer.dropped == 7
+    assert "queue full" in caplog.text
+    await writer.close()
+    backend = await open_inference_store(SqliteStoreConfig(db_path=tmp_path / "s.db"))
+    ids = [item["id"] for item in (await backend.list(order="asc"))["data"]]
+    await backend.close()
+    assert sorted(ids) == ["w7", "w8", "w9"]  # the newest kept, the oldest dropped

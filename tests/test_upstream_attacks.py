@@ -303,7 +303,10 @@ async def test_an_upstream_slow_to_answer_a_stream_is_504_before_it_began(
 # ---- the settings ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["max_upstream_body_bytes", "max_upstream_line_bytes", "max_stored_completion_bytes"])
+@pytest.mark.parametrize(
+    "name",
+    ["max_upstream_body_bytes", "max_upstream_line_bytes", "max_stored_completion_bytes", "max_store_queue_bytes"],
+)
 def test_a_limit_below_1024_bytes_is_a_config_error(name: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(f"apis: [inference]\nserver:\n  {name}: 10\n", env={})

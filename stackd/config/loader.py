@@ -345,6 +345,6 @@ class ParsedConfig:
             if value is not None and not Path(value).is_file():
                 self.report.error(f"$.server.{name}", f"file not found: {value}")
         for name in ("max_body_bytes", "max_upstream_body_bytes", "max_upstream_line_bytes",
-                     "max_stored_completion_bytes"):
+                     "max_stored_completion_bytes", "max_store_queue_bytes"):
             if getattr(server, name) < 1024:
                 self.report.error(f"$.server.{name}", "must be at least 1024 bytes")

@@ -114,6 +114,8 @@ class ServerConfig:
     max_upstream_line_bytes: int = 1024 * 1024
     # A streamed chat completion is kept for the inference store up to this size, then not stored.
     max_stored_completion_bytes: int = 4 * 1024 * 1024
+    # Completions waiting for the database (an outage) are dropped oldest first past this.
+    max_store_queue_bytes: int = 256 * 1024 * 1024
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
 
 
