@@ -71,7 +71,7 @@ async def test_an_answer_over_the_body_limit_is_502_before_it_is_read_whole(
     expected = r"over the limit of 65536 bytes; raise server\.max_upstream_body_bytes"
     with pytest.raises(UpstreamBadResponse, match=expected):
         await post_json(fake)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 5.0
     await asyncio.wait_for(fake.disconnected.wait(), 5.0)  # the connection was dropped, not drained
 
 
@@ -108,7 +108,7 @@ async def test_an_sse_line_over_the_limit_is_502(fake: FakeOpenAI) -> None:
     started = time.monotonic()
     with pytest.raises(UpstreamBadResponse, match=r"a stream line over the limit of 16384 bytes"):
         await sse_events(fake)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 5.0
 
 
 async def test_a_line_split_over_many_reads_counts_whole() -> None:
@@ -164,7 +164,7 @@ async def test_a_dripping_answer_meets_the_total_timeout(fake: FakeOpenAI) -> No
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
         await post_json(fake, timeout=5.0, total_timeout=0.6)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
 
 
 async def test_a_stream_dripping_before_its_first_event_meets_the_first_byte_timeout(fake: FakeOpenAI) -> None:
@@ -173,7 +173,7 @@ async def test_a_stream_dripping_before_its_first_event_meets_the_first_byte_tim
     expected = r"did not send its first stream event in time \(stream_first_byte_timeout\)"
     with pytest.raises(UpstreamTimeout, match=expected):
         await sse_events(fake, first=0.6, idle=30)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
 
 
 async def test_a_stream_dripping_between_events_meets_the_idle_timeout(fake: FakeOpenAI) -> None:
@@ -186,7 +186,7 @@ async def test_a_stream_dripping_between_events_meets_the_idle_timeout(fake: Fak
             async for event in iter_sse(resp, "p", SMALL, idle_timeout=0.5):
                 seen.append(event)
     assert len(seen) == 3
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
 
 
 async def test_a_slow_consumer_is_not_an_idle_upstream(fake: FakeOpenAI) -> None:
@@ -248,7 +248,7 @@ async def test_a_compressed_bomb_is_bounded_by_what_it_inflates_to(stream: bool)
                 [e async for e in iter_sse(resp, "p", limits)]
             else:
                 await read_json(resp, "p", limits)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 5.0
 
 
 async def test_the_limit_message_names_no_credentials_of_the_url(fake: FakeOpenAI) -> None:

@@ -109,7 +109,7 @@ async def test_a_dripping_answer_meets_total_timeout(ollama: Callable[[Play], Aw
             await prov.openai_chat_completion(CHAT, CallContext())
     finally:
         await prov.close()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
 
 
 @pytest.mark.parametrize(("before", "setting"), [(0, "stream_first_byte_timeout"), (2, "stream_idle_timeout")])
@@ -132,4 +132,4 @@ async def test_a_dripping_stream_meets_its_timeouts(
     finally:
         await prov.close()
     assert len(got) == 1 + before  # the role chunk, then one per object that came whole
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
