@@ -97,7 +97,7 @@ class InferenceRouter:
     def _store_answer(self, completion: dict[str, Any], messages: list[Any], model: str) -> None:
         kept = _weigh(completion.get("choices"), self.max_stored_bytes)
         if kept is None:
-            log.warning("chat completion %.80r of model %r not stored: it is over "
+            log.warning("chat completion %.80r of model %r is not stored: it passed "
                         "server.max_stored_completion_bytes (%d)", completion.get("id"), model,
                         self.max_stored_bytes)
             return
