@@ -149,8 +149,9 @@ class InferenceRouter:
         if keep is not None and seen and store_with is not None:
             try:
                 body = keep.body()
-            except Exception:  # a stream the store cannot read is not the client's problem
-                log.exception("a streamed chat completion of model %r was not stored", identifier)
+            except Exception as exc:  # noqa: BLE001 - odd upstream data costs the record, not the answer
+                log.warning("a streamed chat completion of model %r is not stored: it could not be "
+                            "assembled (%s: %s)", identifier, type(exc).__name__, exc)
                 return
             self._keep(body, store_with, identifier, keep.kept)
 

@@ -327,3 +327,19 @@ providers:
     with pytest.raises(ConfigError) as info:
         parse_config(text, env={})
     assert f"$.providers.inference[0].config.{name}" in str(info.value)
+
+
+async def test_tool_call_arguments_that_are_not_text_cost_only_the_record(
+    client: Client, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+    events = (sse({"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}),)
+    fake.fault = Fault(events=events)
+    with caplog.at_level(logging.WARNING, "stackd.routing"):
+        resp = await client.post("/v1/chat/completions", json=STREAM)
+        got = frames(await resp.read())
+    assert resp.status == 200 and got[-1] == b"[DONE]"
+    assert orjson.loads(got[0])["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+    notes = [r for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].exc_info is None
+    assert await stored(client) == []
