@@ -8,6 +8,7 @@ for shapes the fake does not play), read by the helpers every remote plugin uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -259,3 +260,56 @@ async def test_the_limit_message_names_no_credentials_of_the_url(fake: FakeOpenA
             await read_json(resp, "p", SMALL)
     assert "hunter2" not in info.value.message and "sk-secret" not in info.value.message
     assert "/v1/chat/completions" in info.value.message
+
+
+async def test_keep_alive_comments_are_not_events() -> None:
+    # An upstream that only ever says ": keep-alive" is idle, however chatty.
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": []}\n\n')
+        for _ in range(200):
+            await resp.write(b": keep-alive\n\n")
+            await asyncio.sleep(0.02)
+        return resp
+
+    app.router.add_post("/k", handler)
+    started = time.monotonic()
+    async with serve(app) as url, make_session() as s, s.post(url + "/k") as resp:
+        seen = []
+        with pytest.raises(UpstreamTimeout, match="stream_idle_timeout"):
+            async for event in iter_sse(resp, "p", SMALL, idle_timeout=0.4):
+                seen.append(event)
+    assert seen == [{"choices": []}]
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"h" * (1024 * 1024) + b"\r\n\r\n",  # a 1 MiB header
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: h\r\n" * 100_000 + b"\r\n",  # a hundred thousand headers
+        b"HTTP/9.9 abc nonsense\r\n\r\n",  # not HTTP
+    ],
+    ids=["huge-header", "many-headers", "bad-status-line"],
+)
+async def test_a_hostile_response_head_is_502(head: bytes) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    try:
+        async with make_session(timeout=5.0) as s:
+            with pytest.raises(UpstreamBadResponse), upstream_errors("p", url):
+                async with s.post(url, json=CHAT) as resp:
+                    await read_json(resp, "p", SMALL)
+    finally:
+        server.close()
+        await server.wait_closed()
