@@ -14,15 +14,20 @@ from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
 from stackd.errors import BadRequest, FieldError, UpstreamUnavailable, quote_id
-from stackd.inference_store.assemble import assemble_chat_stream
+from stackd.inference_store.assemble import ChatStreamAssembler, weight
+from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]
 
 log = logging.getLogger("stackd.routing")
 
-StoreHook = Callable[[dict[str, Any], list[Any]], None]
-"""Called with (chat.completion body, input messages) once a completion is whole; must not block."""
+StoreHook = Callable[[dict[str, Any], list[Any], int], None]
+"""Called with (chat.completion body, input messages, their weight in bytes, roughly) once a
+completion is whole; must not block. What it raises is logged, never passed to the client: the
+answer does not depend on the store."""
+
+DEFAULT_MAX_STORED_BYTES = 4 * 1024 * 1024
 
 
 def _ready(provider_id: str, impl: Any) -> None:
@@ -33,10 +38,18 @@ def _ready(provider_id: str, impl: Any) -> None:
 
 
 class InferenceRouter:
-    def __init__(self, registry: Registry, providers: Mapping[str, Any], store: StoreHook | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        providers: Mapping[str, Any],
+        store: StoreHook | None = None,
+        *,
+        max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES,
+    ) -> None:
         self.registry = registry
         self.providers = providers
         self.store = store
+        self.max_stored_bytes = max_stored_bytes
 
     async def resolve(self, model_id: Any, ctx: CallContext, want: str, loc: str = "$.model") -> tuple[Model, Any]:
         if not isinstance(model_id, str) or not model_id:
@@ -77,9 +90,29 @@ class InferenceRouter:
         messages = params.get("messages") or []
         if isinstance(result, dict):
             if store:
-                self.store(result, messages)  # type: ignore[misc]
+                self._store_answer(result, messages, model.identifier)
             return result
         return self._relabel(result, model.identifier, messages if store else None)
+
+    def _store_answer(self, completion: dict[str, Any], messages: list[Any], model: str) -> None:
+        kept = _weigh(completion.get("choices"), self.max_stored_bytes)
+        if kept is None:
+            log.warning("chat completion %.80r of model %r is not stored: it passed "
+                        "server.max_stored_completion_bytes (%d)", completion.get("id"), model,
+                        self.max_stored_bytes)
+            return
+        self._keep(completion, messages, model, kept)
+
+    def _keep(self, completion: Any, messages: list[Any], model: str, kept: int) -> None:
+        """Hand one completion to the store; a record it cannot keep is one log line, no more."""
+        if self.store is None:
+            return
+        try:
+            self.store(storable(completion, model), messages, kept + weight(messages))
+        except (ValueError, RuntimeError) as exc:
+            log.warning("a chat completion of model %r was not stored: %s", model, exc)
+        except Exception:
+            log.exception("a chat completion of model %r was not stored", model)
 
     async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:
         model, result = await self._call("openai_completion", "llm", params, ctx, loc)
@@ -97,21 +130,55 @@ class InferenceRouter:
         self, chunks: AsyncIterator[dict[str, Any]], identifier: str, store_with: list[Any] | None
     ) -> AsyncIterator[dict[str, Any]]:
         """The provider's chunks under the client's model name; with ``store_with`` (the input
-        messages), the stream is stored once it ran to its end, after its last byte went out."""
-        keep: list[dict[str, Any]] | None = [] if store_with is not None else None
+        messages), the stream is stored once it ran to its end, after its last byte went out.
+
+        Chunks are folded into the stored body as they pass (never kept as a list), within
+        ``max_stored_bytes``; past it the completion is not stored, which is logged once.
+        """
+        keep = ChatStreamAssembler(self.max_stored_bytes) if store_with is not None else None
+        seen = False
         try:
             async for chunk in chunks:
                 chunk["model"] = identifier
-                if keep is not None:
-                    keep.append(chunk)
+                seen = True
+                if keep is not None and not self._fold(keep, chunk, identifier):
+                    keep = None
                 yield chunk
         finally:
             await close_stream(chunks)
-        if keep and self.store is not None and store_with is not None:
+        if keep is not None and seen and store_with is not None:
             try:
-                self.store(assemble_chat_stream(keep), store_with)
-            except Exception:
-                log.exception("could not store a streamed chat completion")
+                body = keep.body()
+            except Exception as exc:  # noqa: BLE001 - odd upstream data costs the record, not the answer
+                log.warning("a streamed chat completion of model %r is not stored: it could not be "
+                            "assembled (%s: %s)", identifier, type(exc).__name__, exc)
+                return
+            self._keep(body, store_with, identifier, keep.kept)
+
+    def _fold(self, keep: ChatStreamAssembler, chunk: dict[str, Any], identifier: str) -> bool:
+        """Add a chunk to what is kept; False (logged once) when the completion will not be stored."""
+        try:
+            if keep.add(chunk):
+                return True
+        except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
+            log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "
+                        "assembled (%s: %s)", identifier, type(exc).__name__, exc)
+            return False
+        log.warning("streamed chat completion %.80r of model %r is not stored: it passed "
+                    "server.max_stored_completion_bytes (%d)", keep.id, identifier, self.max_stored_bytes)
+        return False
+
+
+def _weigh(choices: Any, budget: int) -> int | None:
+    """What the choices of a whole answer weigh, or None when that is over ``budget``."""
+    if not isinstance(choices, list):
+        return 0
+    total = 0
+    for choice in choices:
+        total += weight(choice)
+        if total > budget:
+            return None
+    return total
 
 
 def _check_dimensions(model: Model, dimensions: Any, loc: str) -> None:

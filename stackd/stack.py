@@ -19,6 +19,7 @@ from stackd.loading import LoadedConfig
 from stackd.providers.build import build_providers
 from stackd.registry import Registry
 from stackd.routing import InferenceRouter, SafetyRouter
+from stackd.upstream import UpstreamLimits
 
 __all__ = ["Stack", "open_stack", "state_dir"]
 
@@ -70,10 +71,12 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
         registry = Registry(metadata, providers, provider_apis,
                             max_models=run.server.max_models, max_shields=run.server.max_shields)
-        inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None)
+        inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None,
+                                    max_stored_bytes=run.server.max_stored_completion_bytes)
         safety = SafetyRouter(registry, providers)
         routers = {"inference": inference, "safety": safety}
-        providers.update(await build_providers(loaded.providers, routers, exits))
+        limits = UpstreamLimits(run.server.max_upstream_body_bytes, run.server.max_upstream_line_bytes)
+        providers.update(await build_providers(loaded.providers, routers, exits, limits))
         await registry.reconcile(loaded.models, loaded.shields)
 
         if gate is None:
@@ -87,6 +90,6 @@ async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExi
     config = _default_store(loaded.run.inference_store, loaded.run.name, "inference_store.db")
     store = await open_inference_store(config)
     exits.push_async_callback(store.close)
-    writer = InferenceStoreWriter(store)
+    writer = InferenceStoreWriter(store, max_queue_bytes=loaded.run.server.max_store_queue_bytes)
     exits.push_async_callback(writer.aclose)
     return writer

@@ -4,17 +4,25 @@ One pooled :class:`aiohttp.ClientSession` per provider (:func:`make_session`), a
 of transport failures to stackd's statuses (:func:`upstream_errors`), so every remote plugin
 fails the same way: cannot connect -> 503 naming the provider and URL, timeout -> 504,
 upstream 4xx -> the same 4xx with the upstream's message, garbage -> 502.
+
+What an upstream sends is bounded while it is read, never after: a body over
+:attr:`UpstreamLimits.max_body_bytes` or a stream line over
+:attr:`UpstreamLimits.max_line_bytes` is 502 (an error frame once a stream began), and a
+stream that sends no event for its idle timeout is 504. The core builds the limits from
+``server.*`` and hands them to each provider factory as ``deps["__upstream_limits__"]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import orjson
 
 from stackd.errors import (
@@ -29,18 +37,46 @@ from stackd.errors import (
 from stackd.json_depth import ANSWER_MAX_DEPTH, deeper_than
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "UpstreamLimits",
     "check_status",
     "iter_ndjson",
     "iter_sse",
+    "limits_of",
     "make_session",
     "read_json",
+    "stream_timeout",
     "upstream_errors",
 ]
+
+MiB = 1024 * 1024
+
+
+@attrs.frozen
+class UpstreamLimits:
+    """How much one upstream answer may weigh (``server.max_upstream_body_bytes`` and
+    ``server.max_upstream_line_bytes``); over either, the answer is 502 instead of memory."""
+
+    max_body_bytes: int = 64 * MiB
+    max_line_bytes: int = 1 * MiB
+
+
+DEFAULT_LIMITS = UpstreamLimits()
+
+# An error body is read only for its message (500 characters of it are kept).
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def limits_of(deps: Mapping[str, Any]) -> UpstreamLimits:
+    """The limits the core handed a provider factory (the defaults when built outside a stack)."""
+    limits = deps.get("__upstream_limits__")
+    return limits if isinstance(limits, UpstreamLimits) else DEFAULT_LIMITS
 
 
 def make_session(
     *,
     timeout: float | None = None,
+    total_timeout: float | None = None,
     tls_verify: bool | str | Path = True,
     headers: dict[str, str] | None = None,
     limit: int = 0,
@@ -48,7 +84,9 @@ def make_session(
     """The provider's one session: pooled keep-alive connections, no per-request set-up.
 
     ``tls_verify`` is True (system CAs), False (no verification) or a CA bundle path.
-    ``timeout`` bounds the whole exchange except streams' gaps, which ``sock_read`` bounds.
+    ``timeout`` bounds each wait for a byte; ``total_timeout`` the whole exchange, body
+    included, so an upstream that drips bytes is still cut off. Streams lift the total with
+    ``timeout=stream_timeout(timeout)`` and are bounded by :func:`iter_sse`'s timeouts instead.
     """
     ssl_ctx: ssl.SSLContext | bool
     if tls_verify is True:
@@ -58,7 +96,9 @@ def make_session(
     else:
         ssl_ctx = ssl.create_default_context(cafile=str(tls_verify))
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx, enable_cleanup_closed=False)
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout or 30, 30), sock_read=timeout)
+    client_timeout = aiohttp.ClientTimeout(
+        total=total_timeout, sock_connect=min(timeout or 30, 30), sock_read=timeout
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=client_timeout,
@@ -67,6 +107,12 @@ def make_session(
         raise_for_status=False,
         auto_decompress=True,
     )
+
+
+def stream_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
+    """The per-request timeout of a streaming call: no total (a stream may run long), each
+    wait for a byte bounded by ``timeout``; pass it as ``session.post(..., timeout=...)``."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(timeout or 30, 30), sock_read=timeout)
 
 
 @contextlib.contextmanager
@@ -141,7 +187,8 @@ async def check_status(resp: aiohttp.ClientResponse, provider_id: str) -> None:
     """Raise the stackd error for a non-2xx upstream answer (the body is read to get its message)."""
     if resp.status < 400:
         return
-    body = await resp.read()
+    # Only the message is wanted: a huge error body must not be held whole.
+    body = await resp.content.read(_MAX_ERROR_BODY)
     message = _message_of(body)
     if 400 <= resp.status < 500:
         raise UpstreamClientError(resp.status, f"provider {provider_id!r}: {message}")
@@ -152,10 +199,12 @@ async def check_status(resp: aiohttp.ClientResponse, provider_id: str) -> None:
     raise UpstreamBadResponse(f"provider {provider_id!r} failed with HTTP {resp.status}: {message}")
 
 
-async def read_json(resp: aiohttp.ClientResponse, provider_id: str) -> Any:
-    """The whole JSON body of a 2xx answer, or 502 when it is not JSON."""
+async def read_json(
+    resp: aiohttp.ClientResponse, provider_id: str, limits: UpstreamLimits = DEFAULT_LIMITS
+) -> Any:
+    """The whole JSON body of a 2xx answer; 502 when it is not JSON or over ``max_body_bytes``."""
     await check_status(resp, provider_id)
-    body = await resp.read()
+    body = await _read_body(resp, provider_id, limits.max_body_bytes)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -166,55 +215,206 @@ async def read_json(resp: aiohttp.ClientResponse, provider_id: str) -> Any:
     return data
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body's lines, however long (aiohttp's readline caps a line at its buffer limit)."""
-    pending = b""
+def _where(resp: aiohttp.ClientResponse) -> str:
+    # Messages reach clients and logs: no user:password or query (an API key may sit in either).
+    return str(resp.url.with_user(None).with_query(None))
+
+
+def _too_large(
+    resp: aiohttp.ClientResponse, provider_id: str, what: str, limit: int, setting: str
+) -> UpstreamBadResponse:
+    # The rest of the answer is not read: drop the connection instead of draining it.
+    resp.close()
+    return UpstreamBadResponse(
+        f"provider {provider_id!r}: {_where(resp)} sent {what} over the limit of {limit} bytes; "
+        f"raise server.{setting} to allow more"
+    )
+
+
+async def _read_body(resp: aiohttp.ClientResponse, provider_id: str, limit: int) -> bytes:
+    """The body, refused as soon as it is known to be over ``limit``: by its Content-Length
+    before reading a byte, else (chunked, compressed) while it arrives."""
+    length = resp.content_length
+    if length is not None and length > limit and not resp.headers.get("Content-Encoding"):
+        raise _too_large(resp, provider_id, f"an answer of {length} bytes,", limit, "max_upstream_body_bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        block = await resp.content.read(256 * 1024)
+        if not block:
+            break
+        size += len(block)
+        if size > limit:
+            raise _too_large(resp, provider_id, "an answer", limit, "max_upstream_body_bytes")
+        parts.append(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _lines(resp: aiohttp.ClientResponse, provider_id: str, limit: int) -> AsyncIterator[bytes]:
+    """The body's lines, each at most ``limit`` bytes (aiohttp's readline would cap them at its
+    buffer size with an error that says nothing, so lines are split here)."""
+    head: list[bytes] = []  # the pieces of a line that has not ended yet
+    size = 0
     async for block in resp.content.iter_any():
-        if pending:
-            block = pending + block
         lines = block.split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            yield line
-    if pending:
-        yield pending
+        tail = lines.pop()
+        if lines:
+            if head:
+                head.append(lines[0])
+                lines[0] = b"".join(head)
+                head = []
+            for line in lines:
+                if len(line) > limit:
+                    raise _line_too_long(resp, provider_id, limit)
+                yield line
+            size = 0
+        if tail:
+            head.append(tail)
+            size += len(tail)
+            if size > limit:
+                raise _line_too_long(resp, provider_id, limit)
+    if head:
+        yield b"".join(head)
 
 
-async def iter_sse(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncIterator[dict[str, Any]]:
+def _line_too_long(resp: aiohttp.ClientResponse, provider_id: str, limit: int) -> UpstreamBadResponse:
+    return _too_large(resp, provider_id, "a stream line", limit, "max_upstream_line_bytes")
+
+
+class _Watchdog:
+    """Ends a stream whose upstream keeps stackd waiting too long for its next event.
+
+    aiohttp's ``sock_read`` restarts with every byte, so an upstream that drips bytes is never
+    cut off by it; this counts whole events. It costs one clock read per event and at most one
+    timer per gap, and it only counts time spent waiting on the upstream: while the consumer
+    (a slow client) holds the stream between events, the clock is paused. On expiry the read
+    in progress fails with 504 and the connection is dropped.
+    """
+
+    __slots__ = ("_first_by", "_loop", "_provider_id", "_resp", "clock", "deadline", "handle", "idle")
+
+    def __init__(
+        self, resp: aiohttp.ClientResponse, provider_id: str, first_event_by: float | None, idle: float | None
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._resp = resp
+        self._provider_id = provider_id
+        self._first_by = first_event_by
+        self.idle = idle
+        self.clock = self._loop.time
+        self.handle: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        if first_event_by is not None:
+            self.deadline = first_event_by
+            self.arm()
+        elif idle is not None:
+            self.deadline = self.clock() + idle
+            self.arm()
+
+    # The readers set ``deadline`` themselves on the per-event path (a method call per event
+    # costs more than the rest of it): None while an event is out, the next one's deadline when
+    # the consumer asks for it, then ``arm()`` if ``handle`` is None. The timer is not moved per
+    # event: it fires at the old deadline, finds a later one and sleeps again.
+
+    def arm(self) -> None:
+        if self.deadline is not None:
+            self.handle = self._loop.call_at(self.deadline, self._check)
+
+    def _check(self) -> None:
+        self.handle = None
+        deadline = self.deadline
+        if deadline is None:
+            return  # an event is out with the consumer: the readers re-arm when it asks again
+        if self.clock() < deadline:
+            self.arm()
+            return
+        what = (
+            "did not send its first stream event in time (stream_first_byte_timeout)"
+            if deadline == self._first_by
+            else f"sent no stream event for {self.idle:g} s (stream_idle_timeout)"
+        )
+        message = f"provider {self._provider_id!r}: {_where(self._resp)} {what}"
+        self._resp.content.set_exception(UpstreamTimeout(message))
+        self._resp.close()
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+async def iter_sse(
+    resp: aiohttp.ClientResponse,
+    provider_id: str,
+    limits: UpstreamLimits = DEFAULT_LIMITS,
+    *,
+    first_event_by: float | None = None,
+    idle_timeout: float | None = None,
+) -> AsyncIterator[dict[str, Any]]:
     """The JSON payloads of an OpenAI-style SSE stream, up to ``data: [DONE]``.
 
     A stream that ends without ``[DONE]`` was cut: that raises 502, which the server turns
-    into one error frame.
+    into one error frame. ``first_event_by`` (a ``loop.time()`` deadline, usually set when
+    the request was sent) bounds the wait for the first event, ``idle_timeout`` (seconds) each
+    wait for the next one: past either, 504. Comments and keep-alives are not events.
     """
     done = False
-    async for raw in _lines(resp):
-        if not raw.startswith(b"data:"):
-            continue  # blank separators, comments, event:/id: fields, keep-alives
-        payload = raw[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            break
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream event that is not JSON") from None
-        if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
-            raise UpstreamBadResponse(f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-        _too_deep(data, provider_id, "a stream event", payload)
-        yield data
+    watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
+    clock = watchdog.clock
+    try:
+        async for raw in _lines(resp, provider_id, limits.max_line_bytes):
+            if not raw.startswith(b"data:"):
+                continue  # blank separators, comments, event:/id: fields, keep-alives
+            payload = raw[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream event that is not JSON") from None
+            if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
+                raise UpstreamBadResponse(f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
+            _too_deep(data, provider_id, "a stream event", payload)
+            watchdog.deadline = None  # the consumer's time with the event is not the upstream's
+            yield data
+            if idle_timeout is not None:
+                watchdog.deadline = clock() + idle_timeout
+                if watchdog.handle is None:
+                    watchdog.arm()
+    finally:
+        watchdog.cancel()
     if not done:
         raise UpstreamBadResponse(f"provider {provider_id!r}: the stream ended before it was complete")
 
 
-async def iter_ndjson(resp: aiohttp.ClientResponse, provider_id: str) -> AsyncIterator[dict[str, Any]]:
-    """Objects of a newline-delimited JSON stream (Ollama's streaming format)."""
-    async for raw in _lines(resp):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream line that is not JSON") from None
-        _too_deep(data, provider_id, "a stream line", line)
-        yield data
+async def iter_ndjson(
+    resp: aiohttp.ClientResponse,
+    provider_id: str,
+    limits: UpstreamLimits = DEFAULT_LIMITS,
+    *,
+    first_event_by: float | None = None,
+    idle_timeout: float | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Objects of a newline-delimited JSON stream (Ollama's streaming format); limits and
+    timeouts as for :func:`iter_sse`, each object counting as an event."""
+    watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
+    clock = watchdog.clock
+    try:
+        async for raw in _lines(resp, provider_id, limits.max_line_bytes):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream line that is not JSON") from None
+            _too_deep(data, provider_id, "a stream line", line)
+            watchdog.deadline = None  # the consumer's time with the event is not the upstream's
+            yield data
+            if idle_timeout is not None:
+                watchdog.deadline = clock() + idle_timeout
+                if watchdog.handle is None:
+                    watchdog.arm()
+    finally:
+        watchdog.cancel()

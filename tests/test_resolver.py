@@ -49,7 +49,7 @@ class Recorder:
 
 def spec(api: str, name: str, requires: tuple[str, ...] = ()) -> ProviderSpec:
     async def factory(config: NoConfig, deps: Mapping[str, Any]) -> Recorder:
-        EVENTS.append(f"build {deps['__provider_id__']} with {sorted(k for k in deps if k != '__provider_id__')}")
+        EVENTS.append(f"build {deps['__provider_id__']} with {sorted(k for k in deps if not k.startswith('__'))}")
         return Recorder(str(deps["__provider_id__"]), deps)
 
     return ProviderSpec(api=api, provider_type=f"inline::{name}", config_class=NoConfig, factory=factory,

@@ -344,5 +344,7 @@ class ParsedConfig:
             value = getattr(server, name)
             if value is not None and not Path(value).is_file():
                 self.report.error(f"$.server.{name}", f"file not found: {value}")
-        if server.max_body_bytes < 1024:
-            self.report.error("$.server.max_body_bytes", "must be at least 1024 bytes")
+        for name in ("max_body_bytes", "max_upstream_body_bytes", "max_upstream_line_bytes",
+                     "max_stored_completion_bytes", "max_store_queue_bytes"):
+            if getattr(server, name) < 1024:
+                self.report.error(f"$.server.{name}", "must be at least 1024 bytes")

@@ -119,6 +119,13 @@ class ServerConfig:
     max_shields: ResourceCount = 1000
     allowed_hosts: list[str] | None = None
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
+    # What an upstream may send: bigger answers or stream lines are 502, not memory.
+    max_upstream_body_bytes: int = 64 * 1024 * 1024
+    max_upstream_line_bytes: int = 1024 * 1024
+    # A streamed chat completion is kept for the inference store up to this size, then not stored.
+    max_stored_completion_bytes: int = 4 * 1024 * 1024
+    # Completions waiting for the database (an outage) are dropped oldest first past this.
+    max_store_queue_bytes: int = 256 * 1024 * 1024
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
 
 

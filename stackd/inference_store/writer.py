@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 class InferenceStoreWriter:
     """Queues writes to ``store`` and performs them in a background task.
 
-    When the queue is full the *oldest* queued completion is dropped, counted in
+    When the queue is full (``max_queue`` completions, or ``max_queue_bytes`` of them by the
+    weight their submitter gives) the *oldest* queued completions are dropped, counted in
     :attr:`dropped` and logged. Blocking instead would turn a slow or unreachable database into
     slow or failing chat completions, and answering is the server's job while storing is a
     record of it. Of the two losses, old entries are the cheaper one: clients read a stored
@@ -50,6 +51,7 @@ class InferenceStoreWriter:
         store: InferenceStore,
         *,
         max_queue: int = 10_000,
+        max_queue_bytes: int = 256 * 1024 * 1024,
         max_batch: int = 500,
         retry_delay: float = 0.1,
         max_retry_delay: float = 5.0,
@@ -60,6 +62,10 @@ class InferenceStoreWriter:
             raise ValueError("max_queue and max_batch must be at least 1")
         self.store_backend = store
         self._max_queue = max_queue
+        # Counted from submit until written or dropped, so a database that is away cannot make
+        # the queue hold more than this however large each completion is.
+        self._max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
         self._max_batch = max_batch
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
@@ -67,7 +73,7 @@ class InferenceStoreWriter:
         # Waiting a moment before a write lets a busy server put many completions in one
         # transaction (one thread hand-off and one commit for all), which is most of the cost.
         self._linger = linger
-        self._queue: collections.deque[tuple[int, StoredCompletion]] = collections.deque()
+        self._queue: collections.deque[tuple[int, StoredCompletion, int]] = collections.deque()
         self._pending_ids: collections.Counter[str] = collections.Counter()
         self._submitted = 0  # sequence number of the last queued write
         self._done = 0  # every write up to this sequence number is finished (written or lost)
@@ -92,9 +98,10 @@ class InferenceStoreWriter:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
+    def submit(self, completion: dict[str, Any], input_messages: list[dict[str, Any]], weight: int = 0) -> None:
         """Queue one completion; returns at once. Raises ``ValueError`` for an unusable body.
 
+        ``weight`` is roughly the bytes the two take (counted against ``max_queue_bytes``).
         The dicts are serialised later, in the background: do not change them afterwards.
         """
         if self._closing:
@@ -105,8 +112,11 @@ class InferenceStoreWriter:
             self._task.add_done_callback(self._task_done)
         if len(self._queue) >= self._max_queue:
             self._drop_oldest()
+        self._queued_bytes += weight
+        while self._queued_bytes > self._max_queue_bytes and self._queue:
+            self._drop_oldest()
         self._submitted += 1
-        self._queue.append((self._submitted, (completion, input_messages)))
+        self._queue.append((self._submitted, (completion, input_messages), weight))
         self._pending_ids[completion["id"]] += 1
         self._wake.set()
 
@@ -125,7 +135,8 @@ class InferenceStoreWriter:
             self.submit(completion, input_messages)
 
     def _drop_oldest(self) -> None:
-        _, (completion, _) = self._queue.popleft()
+        _, (completion, _), weight = self._queue.popleft()
+        self._queued_bytes -= weight
         self._forget(completion["id"])
         self.dropped += 1
         now = time.monotonic()
@@ -133,10 +144,11 @@ class InferenceStoreWriter:
         if now - self._last_drop_log >= 5.0:
             self._last_drop_log = now
             log.warning(
-                "inference store %r is behind: queue full (%d), dropped the oldest queued completion "
-                "(%d dropped so far); check the database",
+                "inference store %r is behind: queue full (%d completions or %d bytes), dropped the "
+                "oldest queued completion (%d dropped so far); check the database",
                 self.store_backend,
                 self._max_queue,
+                self._max_queue_bytes,
                 self.dropped,
             )
         # A dropped write is finished as far as readers waiting on it are concerned.
@@ -167,15 +179,16 @@ class InferenceStoreWriter:
                 continue
             if self._linger and not self._closing and len(self._queue) < self._max_batch:
                 await asyncio.sleep(self._linger)
-            batch: list[tuple[int, StoredCompletion]] = []
+            batch: list[tuple[int, StoredCompletion, int]] = []
             while self._queue and len(batch) < self._max_batch:
                 batch.append(self._queue.popleft())
             self._in_flight = batch[0][0]
             self._in_flight_size = len(batch)
             try:
-                await self._write([item for _, item in batch])
+                await self._write([item for _, item, _ in batch])
             finally:
-                for _, (completion, _) in batch:
+                for _, (completion, _), weight in batch:
+                    self._queued_bytes -= weight
                     self._forget(completion["id"])
                 self._in_flight = None
                 self._in_flight_size = 0
@@ -282,6 +295,7 @@ class InferenceStoreWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self._queue.clear()
+            self._queued_bytes = 0
             self._pending_ids.clear()
             self._advance()  # wake readers still waiting on the abandoned writes
             log.error(

@@ -16,6 +16,7 @@ from typing import Any
 
 from stackd.apis.known import COMMON_METHODS, PROVIDER_APIS
 from stackd.providers.resolve import ResolvedProvider, build_order
+from stackd.upstream import DEFAULT_LIMITS, UpstreamLimits
 
 __all__ = ["ProviderContractError", "build_providers", "check_provider"]
 
@@ -64,12 +65,14 @@ async def build_providers(
     providers: Mapping[str, ResolvedProvider],
     routers: Mapping[str, Any],
     stack: contextlib.AsyncExitStack,
+    upstream_limits: UpstreamLimits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """Await every factory in order, check each object, and register its ``close()`` on ``stack``."""
     built: dict[str, Any] = {}
     for p in build_order(providers):
         deps: dict[str, Any] = {api: routers[api] for api in p.spec.requires}
         deps["__provider_id__"] = p.provider_id
+        deps["__upstream_limits__"] = upstream_limits
         log.info("starting provider %s (%s)", p.provider_id, p.provider_type)
         impl = await p.spec.factory(p.config, deps)
         # Closed even when it fails its check: the factory may have opened sessions or processes.

@@ -56,6 +56,14 @@ class Fault:
     - ``cut_after``: streams send this many events then drop the connection without ``[DONE]``;
       non-stream answers announce their full length and drop the connection half-way.
     - ``delay``: wait this long before the status line (for client timeouts).
+    - ``body``: answer 200 with these bytes as JSON instead of the answer (odd shapes);
+      ``events``: stream these SSE events (whole ``data: ...\n\n`` frames), then ``[DONE]``.
+    - ``huge``: a non-stream answer of this many bytes (a valid answer whose content is
+      padded), or a stream whose second event is one line of this many bytes; written in
+      64 KiB pieces as the client reads, never held whole. ``announce_length`` sends its
+      Content-Length (else the body is chunked).
+    - ``drip``: after ``drip_after`` stream events (a non-stream answer: from its first byte),
+      send the rest one byte every ``drip`` seconds, a byte stream that never goes quiet.
     """
 
     status: int | None = None
@@ -64,6 +72,12 @@ class Fault:
     non_json: bool = False
     cut_after: int | None = None
     delay: float = 0.0
+    body: bytes | None = None
+    events: tuple[bytes, ...] | None = None
+    huge: int | None = None
+    announce_length: bool = True
+    drip: float | None = None
+    drip_after: int = 0
 
 
 @attrs.frozen
@@ -219,6 +233,15 @@ class FakeOpenAI:
 
     async def _send(self, request: web.Request, payload: bytes) -> web.StreamResponse:
         fault = self.fault if request.path in self.fault_on else None
+        if fault is not None and fault.body is not None:
+            payload = fault.body
+        if fault is not None and fault.huge is not None:
+            return await self._send_huge(request, fault)
+        if fault is not None and fault.drip is not None:
+            resp = web.StreamResponse(headers={"Content-Type": _JSON, "Content-Length": str(len(payload))})
+            await resp.prepare(request)
+            await _drip(resp, payload, fault.drip)
+            return resp
         if fault is not None and fault.cut_after is not None:
             # Promise the whole body, send half, hang up: the client sees a truncated answer.
             resp = web.StreamResponse(headers={"Content-Type": _JSON, "Content-Length": str(len(payload))})
@@ -228,17 +251,47 @@ class FakeOpenAI:
             return resp
         return web.Response(body=payload, content_type=_JSON)
 
+    async def _send_huge(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        size = fault.huge or 0
+        head = b'{"id":"chatcmpl-huge","object":"chat.completion","created":1700000000,"model":"m",' \
+               b'"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"'
+        tail = b'"}}]}'
+        headers = {"Content-Type": _JSON}
+        if fault.announce_length:
+            headers["Content-Length"] = str(size)
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        try:
+            await resp.write(head)
+            await _write_padding(resp, size - len(head) - len(tail))
+            await resp.write(tail)
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnects += 1
+            self.disconnected.set()
+            raise
+        return resp
+
     async def _stream(self, request: web.Request, events: Sequence[bytes]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         fault = self.fault if request.path in self.fault_on else None
         cut_after = fault.cut_after if fault is not None else None
+        if fault is not None and fault.events is not None:
+            events = fault.events
         delay = self.chunk_delay
         try:
             for i, event in enumerate(events):
                 if cut_after is not None and i >= cut_after:
                     _hang_up(request)
                     return resp
+                if fault is not None and fault.huge is not None and i == 1:
+                    await resp.write(b'data: {"id":"chatcmpl-fake","choices":[{"index":0,"delta":{"content":"')
+                    await _write_padding(resp, fault.huge)
+                    await resp.write(b'"}}]}\n\n')
+                if fault is not None and fault.drip is not None and i >= fault.drip_after:
+                    await _drip(resp, b"".join(events[i:]), fault.drip)
+                    break
                 await resp.write(event)
                 if delay:
                     await asyncio.sleep(delay)
@@ -335,6 +388,19 @@ def _fresh_id() -> bytes:
 def _error(status: int, message: str, error_type: str, param: str | None = None) -> web.Response:
     body = {"error": {"message": message, "type": error_type, "param": param, "code": status}}
     return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON)
+
+
+async def _write_padding(resp: web.StreamResponse, size: int) -> None:
+    piece = b"x" * 65536
+    while size > 0:
+        await resp.write(piece[:size])  # waits for the client to read: nothing piles up here
+        size -= len(piece)
+
+
+async def _drip(resp: web.StreamResponse, payload: bytes, every: float) -> None:
+    for i in range(len(payload)):
+        await resp.write(payload[i : i + 1])
+        await asyncio.sleep(every)
 
 
 def _hang_up(request: web.Request) -> None:

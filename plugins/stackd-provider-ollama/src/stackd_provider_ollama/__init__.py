@@ -16,10 +16,11 @@ __all__ = ["spec"]
 
 async def create(config: OllamaConfig, deps: Mapping[str, Any]) -> Any:
     # Imported here so that listing installed providers does not import aiohttp client code.
+    from stackd.upstream import limits_of
     from stackd_provider_ollama.inference import OllamaInferenceProvider
 
     provider_id = str(deps.get("__provider_id__") or "ollama")
-    return OllamaInferenceProvider(config, provider_id)
+    return OllamaInferenceProvider(config, provider_id, limits_of(deps))
 
 
 spec = ProviderSpec(

@@ -37,6 +37,10 @@ class OllamaConfig:
       Ollama's own default (5 minutes).
     - ``timeout``: seconds without a byte from Ollama before a call fails with 504. Loading a
       large model can take a while, hence the generous default.
+    - ``total_timeout``: seconds for a whole non-streamed answer; ``stream_first_byte_timeout``
+      for a stream's first object (model loading included), ``stream_idle_timeout`` for each
+      gap between its objects. Past them: 504, or an error frame once the stream began, even
+      when Ollama keeps dripping bytes.
     - ``raw_completions``: send ``/v1/completions`` prompts to Ollama with ``raw: true`` (no chat
       template), which is what a text-completion client means; a request may override it
       with its own ``raw`` field.
@@ -45,4 +49,7 @@ class OllamaConfig:
     url: HttpUrl = attrs.field(factory=_default_url)
     keep_alive: str | int | None = None
     timeout: Seconds = Seconds(300.0)  # noqa: RUF009 - NewType call, no shared mutable default
+    total_timeout: Seconds = Seconds(600.0)  # noqa: RUF009 - NewType call, no shared mutable default
+    stream_first_byte_timeout: Seconds = Seconds(300.0)  # noqa: RUF009 - NewType call, no shared mutable default
+    stream_idle_timeout: Seconds = Seconds(120.0)  # noqa: RUF009 - NewType call, no shared mutable default
     raw_completions: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -12,7 +13,16 @@ import attrs
 
 from stackd import CallContext, Model, OpenAIResult
 from stackd.errors import NotFound, UpstreamBadResponse, UpstreamClientError
-from stackd.upstream import check_status, iter_ndjson, make_session, read_json, upstream_errors
+from stackd.upstream import (
+    DEFAULT_LIMITS,
+    UpstreamLimits,
+    check_status,
+    iter_ndjson,
+    make_session,
+    read_json,
+    stream_timeout,
+    upstream_errors,
+)
 from stackd_provider_ollama import translate
 from stackd_provider_ollama.config import OllamaConfig
 
@@ -32,11 +42,13 @@ def canonical_name(name: str) -> str:
 class OllamaInferenceProvider:
     """One Ollama server. Holds one pooled session and nothing per request."""
 
-    def __init__(self, config: OllamaConfig, provider_id: str) -> None:
+    def __init__(self, config: OllamaConfig, provider_id: str, limits: UpstreamLimits = DEFAULT_LIMITS) -> None:
         self.config = config
         self.provider_id = provider_id
+        self.limits = limits
         self._url = str(config.url)
-        self._session = make_session(timeout=float(config.timeout))
+        self._session = make_session(timeout=float(config.timeout), total_timeout=float(config.total_timeout))
+        self._stream_timeout = stream_timeout(float(config.timeout))
 
     def __repr__(self) -> str:
         return f"<OllamaInferenceProvider {self.provider_id!r} {self._url}>"
@@ -46,11 +58,21 @@ class OllamaInferenceProvider:
 
     # --- plumbing -------------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        """Send, read the status, raise the stackd error for a failure; the caller releases."""
+    async def _post(
+        self, path: str, body: dict[str, Any], first_event_by: float | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send, read the status, raise the stackd error for a failure; the caller releases.
+
+        With ``first_event_by`` (a stream), the answer's head must come by then and the
+        session's total timeout is lifted: the stream's own timeouts bound it instead.
+        """
         url = self._url + path
         with upstream_errors(self.provider_id, url):
-            resp = await self._session.post(url, json=body)
+            if first_event_by is None:
+                resp = await self._session.post(url, json=body)
+            else:
+                async with asyncio.timeout_at(first_event_by):
+                    resp = await self._session.post(url, json=body, timeout=self._stream_timeout)
             try:
                 await self._check(resp, body.get("model"))
             except BaseException:
@@ -75,7 +97,7 @@ class OllamaInferenceProvider:
         url = self._url + path
         with upstream_errors(self.provider_id, url):
             try:
-                data = await read_json(resp, self.provider_id)
+                data = await read_json(resp, self.provider_id, self.limits)
             finally:
                 resp.release()
         if not isinstance(data, dict):
@@ -88,7 +110,7 @@ class OllamaInferenceProvider:
         url = self._url + path
         with upstream_errors(self.provider_id, url):
             async with self._session.get(url) as resp:
-                return await read_json(resp, self.provider_id)
+                return await read_json(resp, self.provider_id, self.limits)
 
     def _bad_answer(self, path: str, what: str) -> UpstreamBadResponse:
         return UpstreamBadResponse(f"provider {self.provider_id!r}: {self._url}{path} answered {what}")
@@ -138,8 +160,9 @@ class OllamaInferenceProvider:
         if not body["stream"]:
             data = await self._post_json("/api/chat", body)
             return translate.chat_response(data, model)
-        resp = await self._post("/api/chat", body)
-        return _Stream(self._chat_stream(resp, model, _include_usage(params)), resp)
+        first_event_by = self._first_event_by()
+        resp = await self._post("/api/chat", body, first_event_by)
+        return _Stream(self._chat_stream(resp, model, _include_usage(params), first_event_by), resp)
 
     async def openai_completion(self, params: dict[str, Any], ctx: CallContext) -> OpenAIResult:
         body = translate.completion_request(
@@ -149,8 +172,9 @@ class OllamaInferenceProvider:
         if not body["stream"]:
             data = await self._post_json("/api/generate", body)
             return translate.completion_response(data, model)
-        resp = await self._post("/api/generate", body)
-        return _Stream(self._completion_stream(resp, model, _include_usage(params)), resp)
+        first_event_by = self._first_event_by()
+        resp = await self._post("/api/generate", body, first_event_by)
+        return _Stream(self._completion_stream(resp, model, _include_usage(params), first_event_by), resp)
 
     async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         body = translate.embeddings_request(params, self.config.keep_alive)
@@ -162,7 +186,12 @@ class OllamaInferenceProvider:
 
     # --- streams --------------------------------------------------------------------------
 
-    async def _lines(self, resp: aiohttp.ClientResponse, path: str) -> AsyncGenerator[dict[str, Any], None]:
+    def _first_event_by(self) -> float:
+        return asyncio.get_running_loop().time() + float(self.config.stream_first_byte_timeout)
+
+    async def _lines(
+        self, resp: aiohttp.ClientResponse, path: str, first_event_by: float
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Ollama's NDJSON objects up to the one with ``done: true``; errors become 502.
 
         The response is released in ``finally``: closed outright when the stream did not
@@ -172,7 +201,10 @@ class OllamaInferenceProvider:
         finished = False
         try:
             with upstream_errors(self.provider_id, url):
-                async for obj in iter_ndjson(resp, self.provider_id):
+                async for obj in iter_ndjson(
+                    resp, self.provider_id, self.limits, first_event_by=first_event_by,
+                    idle_timeout=float(self.config.stream_idle_timeout),
+                ):
                     if "error" in obj:
                         raise UpstreamBadResponse(
                             f"provider {self.provider_id!r}: Ollama failed mid-stream: {obj['error']}"
@@ -191,7 +223,7 @@ class OllamaInferenceProvider:
                 resp.close()
 
     async def _chat_stream(
-        self, resp: aiohttp.ClientResponse, model: str, include_usage: bool
+        self, resp: aiohttp.ClientResponse, model: str, include_usage: bool, first_event_by: float
     ) -> AsyncGenerator[dict[str, Any], None]:
         cid = translate.new_id("chatcmpl")
         created = int(time.time())
@@ -205,7 +237,7 @@ class OllamaInferenceProvider:
                 out.update(extra)
             return out
 
-        lines = self._lines(resp, "/api/chat")
+        lines = self._lines(resp, "/api/chat", first_event_by)
         try:
             yield emit({"role": "assistant", "content": ""})
             async for obj in lines:
@@ -231,11 +263,11 @@ class OllamaInferenceProvider:
             await lines.aclose()
 
     async def _completion_stream(
-        self, resp: aiohttp.ClientResponse, model: str, include_usage: bool
+        self, resp: aiohttp.ClientResponse, model: str, include_usage: bool, first_event_by: float
     ) -> AsyncGenerator[dict[str, Any], None]:
         cid = translate.new_id("cmpl")
         created = int(time.time())
-        lines = self._lines(resp, "/api/generate")
+        lines = self._lines(resp, "/api/generate", first_event_by)
         try:
             async for obj in lines:
                 text = obj.get("response")

@@ -18,8 +18,11 @@ class VLLMConfig:
     ``url`` may end in ``/v1`` or not (``http://host:8000`` and ``http://host:8000/v1`` are
     the same server). ``tls_verify`` is true, false, or the path of a CA bundle.
     ``max_tokens`` is applied to requests that do not set one (vLLM's own default for
-    ``/v1/completions`` is 16 tokens). ``timeout`` bounds each wait for the server (the
-    answer's start, and every gap in a stream). ``max_connections`` caps the pool (0: no cap).
+    ``/v1/completions`` is 16 tokens). ``timeout`` bounds each wait for a byte from the
+    server; ``total_timeout`` a whole non-streamed answer, ``stream_first_byte_timeout`` the
+    wait for a stream's first event and ``stream_idle_timeout`` each gap between its events
+    (so a server that drips bytes is cut off: 504, or an error frame once the stream began).
+    ``max_connections`` caps the pool (0: no cap).
     """
 
     url: HttpUrl = attrs.field()
@@ -27,6 +30,9 @@ class VLLMConfig:
     tls_verify: bool | str = attrs.field(default=True)
     max_tokens: int | None = attrs.field(default=None)
     timeout: Seconds = attrs.field(default=Seconds(600.0))
+    total_timeout: Seconds = attrs.field(default=Seconds(600.0))
+    stream_first_byte_timeout: Seconds = attrs.field(default=Seconds(600.0))
+    stream_idle_timeout: Seconds = attrs.field(default=Seconds(120.0))
     max_connections: int = attrs.field(default=0)
 
     # Validators cannot see the config path, so their messages name the field themselves.

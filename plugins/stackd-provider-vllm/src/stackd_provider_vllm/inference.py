@@ -8,6 +8,7 @@ on as parsed without being checked or rebuilt. Every field the client sent reach
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, cast
@@ -25,7 +26,17 @@ from stackd.errors import (
     UpstreamBadResponse,
     UpstreamClientError,
 )
-from stackd.upstream import check_status, iter_sse, make_session, read_json, upstream_errors
+from stackd.upstream import (
+    DEFAULT_LIMITS,
+    UpstreamLimits,
+    check_status,
+    iter_sse,
+    limits_of,
+    make_session,
+    read_json,
+    stream_timeout,
+    upstream_errors,
+)
 from stackd_provider_vllm.config import VLLMConfig
 
 __all__ = ["PROVIDER_DATA_KEYS", "VLLMInferenceProvider", "create"]
@@ -47,6 +58,8 @@ class VLLMInferenceProvider:
     provider_id: str
     config: VLLMConfig
     _session: aiohttp.ClientSession
+    limits: UpstreamLimits = DEFAULT_LIMITS
+    _stream_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
     _chat_url: URL = attrs.field(init=False)
     _completions_url: URL = attrs.field(init=False)
     _embeddings_url: URL = attrs.field(init=False)
@@ -59,6 +72,7 @@ class VLLMInferenceProvider:
         self._completions_url = base / "v1/completions"
         self._embeddings_url = base / "v1/embeddings"
         self._models_url = base / "v1/models"
+        self._stream_timeout = stream_timeout(self.config.timeout)
 
     def __repr__(self) -> str:
         return f"VLLMInferenceProvider(provider_id={self.provider_id!r}, url={self.config.base_url!r})"
@@ -76,7 +90,7 @@ class VLLMInferenceProvider:
                 async with self._session.get(
                     self._models_url, headers=self._auth_header(None), timeout=client_timeout
                 ) as resp:
-                    body = await read_json(resp, self.provider_id)
+                    body = await read_json(resp, self.provider_id, self.limits)
         except UpstreamClientError as exc:
             # The server refused stackd's own request, not the client's: a 401 or 404 here
             # is a configuration problem, so it must not look like the client's fault.
@@ -139,7 +153,7 @@ class VLLMInferenceProvider:
             return await self._open_stream(url, body, headers)
         with upstream_errors(self.provider_id, str(url)):
             async with self._session.post(url, data=body, headers=headers) as resp:
-                result = await read_json(resp, self.provider_id)
+                result = await read_json(resp, self.provider_id, self.limits)
         if not isinstance(result, dict):
             raise UpstreamBadResponse(
                 f"provider {self.provider_id!r}: {url} answered JSON that is not an object"
@@ -150,8 +164,10 @@ class VLLMInferenceProvider:
         self, url: URL, body: bytes, headers: Mapping[str, str] | None
     ) -> AsyncIterator[dict[str, Any]]:
         # Everything that can fail before the first event fails here, as an HTTP status.
+        first_event_by = asyncio.get_running_loop().time() + self.config.stream_first_byte_timeout
         with upstream_errors(self.provider_id, str(url)):
-            resp = await self._session.post(url, data=body, headers=headers)
+            async with asyncio.timeout_at(first_event_by):
+                resp = await self._session.post(url, data=body, headers=headers, timeout=self._stream_timeout)
             try:
                 await check_status(resp, self.provider_id)
                 if resp.content_type != "text/event-stream":
@@ -162,13 +178,19 @@ class VLLMInferenceProvider:
             except BaseException:
                 resp.close()
                 raise
-        events = self._events(resp, str(url))
+        events = self._events(resp, str(url), first_event_by)
         await events.__anext__()  # past the primer
         return events
 
-    async def _events(self, resp: aiohttp.ClientResponse, url: str) -> AsyncGenerator[dict[str, Any], None]:
+    async def _events(
+        self, resp: aiohttp.ClientResponse, url: str, first_event_by: float
+    ) -> AsyncGenerator[dict[str, Any], None]:
         # Declared an AsyncIterator, built as an async generator: closed explicitly below.
-        sse = cast(AsyncGenerator[dict[str, Any], None], iter_sse(resp, self.provider_id))
+        sse = cast(
+            AsyncGenerator[dict[str, Any], None],
+            iter_sse(resp, self.provider_id, self.limits, first_event_by=first_event_by,
+                     idle_timeout=self.config.stream_idle_timeout),
+        )
         finished = False
         try:
             yield _PRIMER
@@ -223,6 +245,7 @@ async def create(config: VLLMConfig, deps: Mapping[str, Any]) -> VLLMInferencePr
     try:
         session = make_session(
             timeout=config.timeout,
+            total_timeout=config.total_timeout,
             tls_verify=config.tls_verify,
             headers=headers,
             limit=config.max_connections,
@@ -232,4 +255,4 @@ async def create(config: VLLMConfig, deps: Mapping[str, Any]) -> VLLMInferencePr
             f"provider {provider_id!r}: cannot load the CA bundle tls_verify={config.tls_verify!r} ({exc}); "
             "set tls_verify to true, false or the path of a PEM file"
         ) from exc
-    return VLLMInferenceProvider(provider_id, config, session)
+    return VLLMInferenceProvider(provider_id, config, session, limits_of(deps))
