@@ -454,6 +454,13 @@ async def test_allowed_hosts_setting(
     assert (await _get(port, "my-box.lan"))[0] == 200
 
 
+def test_allowed_hosts_entries_are_checked(write_config: Callable[..., Path]) -> None:
+    for bad in ("http://stackd.internal", "stackd.internal/v1", "''"):
+        with pytest.raises(Exception) as info:
+            load_config(write_config(server=f"  allowed_hosts: [{bad}]\n"))
+        assert "$.server.allowed_hosts[0]" in str(info.value) and "without scheme or path" in str(info.value)
+
+
 # ---- observed: GET /v1/models is bounded --------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ provider...) live in :mod:`stackd.config.loader`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,7 @@ __all__ = [
     "ServerConfig",
     "ShieldInput",
     "IGNORED_TOP_LEVEL_KEYS",
+    "AllowedHost",
     "JsonDepth",
     "ResourceCount",
 ]
@@ -35,6 +37,12 @@ Port = Annotated[int, Check(lambda p: 0 <= p <= 65535, "a port number between 1 
 # orjson writes at most 255 levels, and a stored record comes back wrapped in a few more.
 JsonDepth = Annotated[int, Check(lambda n: 2 <= n <= 200, "an integer from 2 to 200")]
 ResourceCount = Annotated[int, Check(lambda n: n >= 1, "an integer of at least 1")]
+# A Host name as a request carries it, without scheme or path; the port is ignored when matched.
+AllowedHost = Annotated[str, Check(
+    lambda h: h == "*" or re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+|[A-Za-z0-9._-]+)(:\d+)?", h)
+    is not None,
+    "a host name or address without scheme or path (localhost, 10.0.0.5, [::1], api.example.com), or '*' for any",
+)]
 
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
@@ -117,7 +125,7 @@ class ServerConfig:
     max_json_depth: JsonDepth = 64
     max_models: ResourceCount = 1000
     max_shields: ResourceCount = 1000
-    allowed_hosts: list[str] | None = None
+    allowed_hosts: list[AllowedHost] | None = None
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     # What an upstream may send: bigger answers or stream lines are 502, not memory.
     max_upstream_body_bytes: int = 64 * 1024 * 1024

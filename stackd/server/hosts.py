@@ -37,7 +37,8 @@ def hostname(header: str) -> str:
     header = header.strip().lower()
     if header.startswith("["):
         return header[: header.find("]") + 1] or header
-    return header.rpartition(":")[0] if ":" in header else header.rstrip(".")
+    name = header.rpartition(":")[0] if ":" in header else header
+    return name.rstrip(".")  # "localhost." is the same name, fully qualified
 
 
 def allowed_hosts(setting: Sequence[str] | None, listen_host: str) -> frozenset[str] | None:
