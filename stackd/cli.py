@@ -125,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    app = create_app(loaded)
+    app = create_app(loaded, listen_host=host)
     loop_factory: Any = None
     try:
         import uvloop

@@ -16,6 +16,7 @@ __all__ = [
     "Conflict",
     "FieldError",
     "Forbidden",
+    "MisdirectedRequest",
     "MethodNotAllowed",
     "NotFound",
     "NotImplementedByProvider",
@@ -23,11 +24,24 @@ __all__ = [
     "QuotaExceeded",
     "StackdError",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UpstreamBadResponse",
     "UpstreamClientError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "quote_id",
 ]
+
+# Ids are quoted in messages this long at most: a client-chosen id of megabytes must not come
+# back as a response (or a log line) of megabytes.
+_QUOTED_ID_CHARS = 64
+
+
+def quote_id(identifier: str) -> str:
+    """``identifier`` as an error message quotes it: repr, cut to its first 64 characters."""
+    if len(identifier) <= _QUOTED_ID_CHARS:
+        return repr(identifier)
+    return repr(identifier[:_QUOTED_ID_CHARS]) + f"… ({len(identifier)} characters)"
 
 
 class FieldError(tuple[str, str]):
@@ -109,6 +123,11 @@ class MethodNotAllowed(StackdError):
     type = "method_not_allowed"
 
 
+class MisdirectedRequest(StackdError):
+    status = 421
+    type = "misdirected_request"
+
+
 class Conflict(StackdError):
     status = 409
     type = "conflict_error"
@@ -117,6 +136,11 @@ class Conflict(StackdError):
 class PayloadTooLarge(StackdError):
     status = 413
     type = "request_too_large"
+
+
+class UnsupportedMediaType(StackdError):
+    status = 415
+    type = "unsupported_media_type"
 
 
 class QuotaExceeded(StackdError):

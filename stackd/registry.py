@@ -19,7 +19,17 @@ from stackd.apis.models import Model, Shield
 from stackd.caller import Caller
 from stackd.config.schema import ModelInput, ShieldInput
 from stackd.convert import converter
-from stackd.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, UpstreamTimeout, UpstreamUnavailable
+from stackd.errors import (
+    BadRequest,
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    quote_id,
+)
+from stackd.json_depth import STORED_MAX_DEPTH, deeper_than
 from stackd.kvstore import KVStore
 
 __all__ = ["Registry", "can_access", "owner_of"]
@@ -53,7 +63,10 @@ class _Table(Generic[R]):
 
     A cached entry is trusted for ``ttl`` seconds, so a resource that another replica sharing
     the store registered or removed is seen within that time, while a busy server reads the
-    store about once per resource per ``ttl``, not once per request. Lists always read the store.
+    store about once per resource per ``ttl``, not once per request. Lists always read the store,
+    but a record whose stored text has not changed is not structured again: re-structuring
+    thousands of records on the event loop for each ``GET /v1/models`` was half of what made
+    lists slow and delayed everyone else's calls.
     """
 
     def __init__(self, kind: str, cls: type[R], kv: KVStore, ttl: float = 2.0) -> None:
@@ -63,6 +76,8 @@ class _Table(Generic[R]):
         self.ttl = ttl
         self.cache: dict[str, R] = {}
         self._fresh_until: dict[str, float] = {}
+        self._parsed: dict[str, tuple[str, R]] = {}  # key -> (stored text, item made of it)
+        self._unreadable: set[str] = set()  # keys logged already: one line per bad record, not per list
 
     def _key(self, identifier: str) -> str:
         return f"{self.kind}:{identifier}"
@@ -72,21 +87,45 @@ class _Table(Generic[R]):
         self._fresh_until[item.identifier] = time.monotonic() + self.ttl
 
     def _parse(self, key: str, value: str) -> R | None:
+        known = self._parsed.get(key)
+        if known is not None and known[0] == value:
+            return known[1]
         try:
-            item: R = converter.structure(orjson.loads(value), self.cls)
+            data = orjson.loads(value)
+            # stackd 0.1.0 accepted values nested deeper than orjson writes; such a record would
+            # make every list that includes it fail, so it is left out (and can be deleted).
+            too_deep = deeper_than(data, STORED_MAX_DEPTH)
+            if too_deep is not None:
+                if key not in self._unreadable:
+                    self._unreadable.add(key)
+                    log.warning("ignoring %s record %s in the metadata store: nested deeper than %d levels "
+                                "at %s, so it cannot be answered; unregister it", self.kind,
+                                quote_id(key), STORED_MAX_DEPTH, too_deep)
+                return None
+            item: R = converter.structure(data, self.cls)
         except Exception:
-            log.exception("ignoring unreadable %s record %r in the metadata store", self.kind, key)
+            if key not in self._unreadable:
+                self._unreadable.add(key)
+                log.exception("ignoring unreadable %s record %s in the metadata store", self.kind, quote_id(key))
             return None
+        self._parsed[key] = (value, item)
         return item
 
     async def load(self) -> list[R]:
         """Every stored item (the cache is replaced by what the store holds now)."""
-        self.cache, self._fresh_until = {}, {}
-        for key, value in await self.kv.scan(f"{self.kind}:"):
+        cache: dict[str, R] = {}
+        fresh_until = time.monotonic() + self.ttl
+        rows = await self.kv.scan(f"{self.kind}:")
+        for key, value in rows:
             item = self._parse(key, value)
             if item is not None:
-                self._remember(item)
-        return list(self.cache.values())
+                cache[item.identifier] = item
+        if len(self._parsed) > len(rows):
+            # Forget records removed from the store (by this replica or another).
+            present = {key for key, _ in rows}
+            self._parsed = {k: v for k, v in self._parsed.items() if k in present}
+        self.cache, self._fresh_until = cache, dict.fromkeys(cache, fresh_until)
+        return list(cache.values())
 
     async def put(self, item: R) -> None:
         await self.kv.set(self._key(item.identifier), orjson.dumps(converter.unstructure(item)).decode())
@@ -94,6 +133,7 @@ class _Table(Generic[R]):
 
     async def remove(self, identifier: str) -> None:
         await self.kv.delete(self._key(identifier))
+        self._parsed.pop(self._key(identifier), None)
         self.cache.pop(identifier, None)
         self._fresh_until.pop(identifier, None)
 
@@ -108,7 +148,17 @@ class _Table(Generic[R]):
         found = self._parse(self._key(identifier), raw)
         if found is not None:
             self._remember(found)
+        else:
+            self.cache.pop(identifier, None)
         return found
+
+    async def forget_unreadable(self, identifier: str) -> bool:
+        """Delete the record of ``identifier`` if it is one :meth:`_parse` cannot serve."""
+        raw = await self.kv.get(self._key(identifier))
+        if raw is None or self._parse(self._key(identifier), raw) is not None:
+            return False
+        await self.remove(identifier)
+        return True
 
 
 @attrs.define
@@ -118,6 +168,8 @@ class Registry:
     """provider_id -> provider instance"""
     provider_apis: Mapping[str, str]
     """provider_id -> API it serves"""
+    max_models: int = 1000
+    max_shields: int = 1000
     models: _Table[Model] = attrs.field(init=False)
     shields: _Table[Shield] = attrs.field(init=False)
 
@@ -198,7 +250,7 @@ class Registry:
     async def get_model(self, identifier: str, caller: Caller) -> Model:
         model = await self.models.find(identifier)
         if model is None or not self._visible(model, caller):
-            raise NotFound(f"model {identifier!r} not found; GET /v1/models lists the available ones")
+            raise NotFound(f"model {quote_id(identifier)} not found; GET /v1/models lists the available ones")
         return model
 
     async def register_model(
@@ -220,7 +272,7 @@ class Registry:
                 "an embedding model needs metadata.embedding_dimension",
                 [FieldError("$.metadata.embedding_dimension", "required for embedding models")],
             )
-        await self._may_register(self.models, model_id, provider_id, caller)
+        await self._may_register(self.models, model_id, provider_id, caller, self.max_models)
         model = Model(
             identifier=model_id,
             provider_id=provider_id,
@@ -236,8 +288,9 @@ class Registry:
 
     async def unregister_model(self, identifier: str, caller: Caller) -> None:
         # One the caller may not see is a 404 (get_model), so a stranger learns nothing of it.
-        model = await self.get_model(identifier, caller)
-        await self.models.remove(model.identifier)
+        if not await self.models.forget_unreadable(identifier):
+            model = await self.get_model(identifier, caller)
+            await self.models.remove(model.identifier)
 
     # -- shields -------------------------------------------------------------------------------
 
@@ -247,7 +300,7 @@ class Registry:
     async def get_shield(self, identifier: str, caller: Caller) -> Shield:
         shield = await self.shields.find(identifier)
         if shield is None or not self._visible(shield, caller):
-            raise NotFound(f"shield {identifier!r} not found; GET /v1/shields lists the available ones")
+            raise NotFound(f"shield {quote_id(identifier)} not found; GET /v1/shields lists the available ones")
         return shield
 
     async def register_shield(
@@ -259,7 +312,7 @@ class Registry:
         params: dict[str, Any] | None = None,
     ) -> Shield:
         provider_id = self._pick_provider("safety", provider_id, "shield")
-        await self._may_register(self.shields, shield_id, provider_id, caller)
+        await self._may_register(self.shields, shield_id, provider_id, caller, self.max_shields)
         shield = Shield(
             identifier=shield_id,
             provider_id=provider_id,
@@ -273,21 +326,33 @@ class Registry:
         return shield
 
     async def unregister_shield(self, identifier: str, caller: Caller) -> None:
-        shield = await self.get_shield(identifier, caller)
-        await self.shields.remove(shield.identifier)
+        if not await self.shields.forget_unreadable(identifier):
+            shield = await self.get_shield(identifier, caller)
+            await self.shields.remove(shield.identifier)
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _may_register(self, table: _Table[R], identifier: str, provider_id: str, caller: Caller) -> None:
+    async def _may_register(
+        self, table: _Table[R], identifier: str, provider_id: str, caller: Caller, limit: int
+    ) -> None:
         """Registering again with the same provider updates; anything else is refused."""
         existing = await table.find(identifier)
         if existing is None:
+            # A bound on what a server holds is what keeps its list answerable in one page
+            # (neither client pages through GET /v1/models).
+            if len(await table.load()) >= limit:
+                raise BadRequest(
+                    f"this server holds {limit} {table.kind}s, its limit (server.max_{table.kind}s); "
+                    f"unregister one first, or raise server.max_{table.kind}s",
+                    [FieldError(f"$.{table.kind}_id", f"no room for another {table.kind}")],
+                )
             return
         if existing.provider_id != provider_id:
-            raise Conflict(f"{table.kind} {identifier!r} is already registered with provider "
+            raise Conflict(f"{table.kind} {quote_id(identifier)} is already registered with provider "
                            f"{existing.provider_id!r}; unregister it first or choose another {table.kind}_id")
         if not can_access(existing.owner, caller):
-            raise Forbidden(f"{table.kind} {identifier!r} belongs to someone else; choose another {table.kind}_id")
+            raise Forbidden(f"{table.kind} {quote_id(identifier)} belongs to someone else; "
+                            f"choose another {table.kind}_id")
 
     def _pick_provider(self, api: str, provider_id: str | None, kind: str) -> str:
         candidates = sorted(pid for pid, a in self.provider_apis.items() if a == api)
@@ -301,7 +366,7 @@ class Registry:
                 [FieldError("$.provider_id", "required when several providers serve this API")],
             )
         if provider_id not in candidates:
-            raise NotFound(f"no {api} provider with provider_id {provider_id!r}; "
+            raise NotFound(f"no {api} provider with provider_id {quote_id(provider_id)}; "
                            f"configured: {', '.join(candidates) or 'none'}")
         return provider_id
 

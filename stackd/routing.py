@@ -13,7 +13,7 @@ from typing import Any
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
-from stackd.errors import BadRequest, FieldError, UpstreamUnavailable
+from stackd.errors import BadRequest, FieldError, UpstreamUnavailable, quote_id
 from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
@@ -58,7 +58,7 @@ class InferenceRouter:
         model = await self.registry.get_model(model_id, ctx.caller)
         if model.model_type != want:
             raise BadRequest(
-                f"model {model_id!r} is an {model.model_type} model and cannot serve this call "
+                f"model {quote_id(model_id)} is an {model.model_type} model and cannot serve this call "
                 f"(it needs an {want} model)",
                 [FieldError(loc, f"expected an {want} model")],
             )

@@ -69,7 +69,8 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
 
         providers: dict[str, Any] = {}
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
-        registry = Registry(metadata, providers, provider_apis)
+        registry = Registry(metadata, providers, provider_apis,
+                            max_models=run.server.max_models, max_shields=run.server.max_shields)
         inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None,
                                     max_stored_bytes=run.server.max_stored_completion_bytes)
         safety = SafetyRouter(registry, providers)

@@ -318,7 +318,7 @@ server:
 """
     assert problems(text) == [
         "required field missing @ $.providers.inference[0].provider_type (run.yaml:4:5)",
-        "expected a string or null, got 7 @ $.models[2].model_id (run.yaml:12:13)",
+        "expected a string, got 7 @ $.models[2].model_id (run.yaml:12:13)",
         "expected a port number between 1 and 65535 (0 picks a free one), got 70000 @ $.server.port (run.yaml:14:9)",
         "unknown API 'inferance'; did you mean 'inference'? @ $.apis[0] (run.yaml:1:8)",
         "no provider with provider_id 'nowhere'; inference providers: echo @ $.models[0].provider_id (run.yaml:9:16)",

@@ -236,7 +236,7 @@ async def test_a_client_that_stops_reading_releases_the_upstream(
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, ("127.0.0.1", port))
     body = orjson.dumps({**CHAT, "stream": True})
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     await loop.sock_sendall(sock, request)
     # ... and never read: the server must give up on this client and release the upstream.

@@ -42,7 +42,7 @@ async def _hang_up_mid_stream(port: int, path: str, body: dict[str, object]) -> 
     try:
         await loop.sock_connect(sock, ("127.0.0.1", port))
         data = orjson.dumps(body)
-        await loop.sock_sendall(sock, (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        await loop.sock_sendall(sock, (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                                        f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
         got = b""
         while b"data: " not in got:
@@ -86,7 +86,7 @@ async def test_clients_that_hang_up_mid_upload_log_no_error(
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
         # A body announced at 10,000 bytes, of which 20 arrive before the client is gone.
-        await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                                       b"Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n"
                                       b'{"model": "chat", "m')
         await asyncio.sleep(0.01)

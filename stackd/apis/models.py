@@ -3,13 +3,45 @@ requests that register them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 import attrs
 
-__all__ = ["Model", "ModelType", "RegisterModelRequest", "RegisterShieldRequest", "Shield"]
+from stackd.convert import Check
+
+__all__ = [
+    "MAX_ID_CHARS",
+    "Model",
+    "ModelType",
+    "RegisterModelRequest",
+    "RegisterShieldRequest",
+    "ResourceId",
+    "Shield",
+    "is_resource_id",
+]
 
 ModelType = Literal["llm", "embedding"]
+
+MAX_ID_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def is_resource_id(value: str) -> bool:
+    """1 to 256 characters, no control characters, no leading or trailing whitespace.
+
+    An id must be usable in a path (``GET /v1/models/{id}``: an empty or space-padded one could
+    be registered but never fetched or deleted), in a log line and in an upstream request. ``/``
+    and ``:`` are allowed: Hugging Face and Ollama names carry them.
+    """
+    return 0 < len(value) <= MAX_ID_CHARS and value == value.strip() and _CONTROL.search(value) is None
+
+
+ResourceId = Annotated[str, Check(
+    is_resource_id,
+    f"an id of 1 to {MAX_ID_CHARS} characters without control characters or leading/trailing spaces",
+)]
+"""A model, shield or provider id, as requests and config files give it."""
 
 
 @attrs.frozen
@@ -58,9 +90,9 @@ class Shield:
 class RegisterModelRequest:
     """``POST /v1/models``."""
 
-    model_id: str
-    provider_model_id: str | None = None
-    provider_id: str | None = None
+    model_id: ResourceId
+    provider_model_id: ResourceId | None = None
+    provider_id: ResourceId | None = None
     metadata: dict[str, Any] | None = None
     model_type: ModelType = "llm"
 
@@ -69,7 +101,7 @@ class RegisterModelRequest:
 class RegisterShieldRequest:
     """``POST /v1/shields``."""
 
-    shield_id: str
-    provider_shield_id: str | None = None
-    provider_id: str | None = None
+    shield_id: ResourceId
+    provider_shield_id: ResourceId | None = None
+    provider_id: ResourceId | None = None
     params: dict[str, Any] | None = None

@@ -7,11 +7,13 @@ provider...) live in :mod:`stackd.config.loader`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import attrs
 
+from stackd.apis.models import ResourceId
 from stackd.config.stores import StoreConfig
 from stackd.convert import Check, Seconds
 
@@ -26,9 +28,21 @@ __all__ = [
     "ServerConfig",
     "ShieldInput",
     "IGNORED_TOP_LEVEL_KEYS",
+    "AllowedHost",
+    "JsonDepth",
+    "ResourceCount",
 ]
 
 Port = Annotated[int, Check(lambda p: 0 <= p <= 65535, "a port number between 1 and 65535 (0 picks a free one)")]
+# orjson writes at most 255 levels, and a stored record comes back wrapped in a few more.
+JsonDepth = Annotated[int, Check(lambda n: 2 <= n <= 200, "an integer from 2 to 200")]
+ResourceCount = Annotated[int, Check(lambda n: n >= 1, "an integer of at least 1")]
+# A Host name as a request carries it, without scheme or path; the port is ignored when matched.
+AllowedHost = Annotated[str, Check(
+    lambda h: h == "*" or re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+|[A-Za-z0-9._-]+)(:\d+)?", h)
+    is not None,
+    "a host name or address without scheme or path (localhost, 10.0.0.5, [::1], api.example.com), or '*' for any",
+)]
 
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
@@ -57,9 +71,9 @@ class ProviderEntry:
 
 @attrs.frozen
 class ModelInput:
-    model_id: str | None
-    provider_id: str | None = None
-    provider_model_id: str | None = None
+    model_id: ResourceId | None
+    provider_id: ResourceId | None = None
+    provider_model_id: ResourceId | None = None
     model_type: Literal["llm", "embedding"] = "llm"
     metadata: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
@@ -67,9 +81,9 @@ class ModelInput:
 
 @attrs.frozen
 class ShieldInput:
-    shield_id: str | None
-    provider_id: str | None = None
-    provider_shield_id: str | None = None
+    shield_id: ResourceId | None
+    provider_id: ResourceId | None = None
+    provider_shield_id: ResourceId | None = None
     params: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
 
@@ -108,6 +122,10 @@ class ServerConfig:
     auth: AuthConfig | None = None
     quota: QuotaConfig | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: JsonDepth = 64
+    max_models: ResourceCount = 1000
+    max_shields: ResourceCount = 1000
+    allowed_hosts: list[AllowedHost] | None = None
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     # What an upstream may send: bigger answers or stream lines are 502, not memory.
     max_upstream_body_bytes: int = 64 * 1024 * 1024

@@ -8,13 +8,15 @@ with ``id`` and ``content_parts``, default order ``asc``).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
-from stackd.errors import BadRequest, FieldError, NotFound
+from stackd.errors import BadRequest, FieldError, NotFound, UpstreamBadResponse, quote_id
+from stackd.json_depth import STORED_MAX_DEPTH, deeper_than
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -36,6 +38,8 @@ __all__ = [
     "not_found",
     "unknown_cursor",
 ]
+
+log = logging.getLogger("stackd.inference_store")
 
 Order = Literal["asc", "desc"]
 
@@ -157,14 +161,14 @@ def check_table_name(name: str, loc: str) -> str:
 
 def not_found(completion_id: str) -> NotFound:
     return NotFound(
-        f"chat completion {completion_id!r} not found: only completions created through this server "
+        f"chat completion {quote_id(completion_id)} not found: only completions created through this server "
         "are stored; list them with GET /v1/chat/completions"
     )
 
 
 def unknown_cursor(after: str, what: str = "chat completion") -> BadRequest:
     return BadRequest(
-        f"invalid 'after' cursor {after!r}: no stored {what} has this id; pass the last_id "
+        f"invalid 'after' cursor {quote_id(after)}: no stored {what} has this id; pass the last_id "
         "of the previous page, or leave 'after' out to start from the beginning",
         [FieldError("$.query.after", f"unknown {what} id")],
     )
@@ -178,16 +182,54 @@ def item_of(body: str | bytes, input_messages: str | bytes) -> dict[str, Any]:
     return item
 
 
+# Ids of stored rows that cannot be served, logged once each (not once per list that meets them).
+_unservable: set[str] = set()
+
+
+def _servable(item: dict[str, Any]) -> bool:
+    """False (and logged once) for a row nested deeper than an answer can carry.
+
+    stackd 0.1.0 stored such rows; one of them made every page that included it a 500, and no
+    route can delete a stored completion. They are left out of lists and refused on get.
+    """
+    loc = deeper_than(item, STORED_MAX_DEPTH)
+    if loc is None:
+        return True
+    cid = str(item.get("id"))
+    if cid not in _unservable:
+        _unservable.add(cid)
+        log.warning("stored chat completion %s is nested deeper than %d levels (at %s) and cannot be "
+                    "answered; it is left out of lists", quote_id(cid), STORED_MAX_DEPTH, loc)
+    return False
+
+
 def one_item(rows: Sequence[Sequence[Any]], completion_id: str) -> dict[str, Any]:
     """The item of a get, whose query found ``rows``."""
     if not rows:
         raise not_found(completion_id)
-    return item_of(rows[0][0], rows[0][1])
+    item = item_of(rows[0][0], rows[0][1])
+    if not _servable(item):
+        raise UpstreamBadResponse(
+            f"stored chat completion {quote_id(completion_id)} is nested deeper than {STORED_MAX_DEPTH} "
+            "levels (written by an older stackd) and cannot be answered; lists leave it out"
+        )
+    return item
 
 
 def items_page(rows: Sequence[Sequence[Any]], limit: int) -> dict[str, Any]:
-    """The list page of a query that asked for ``limit + 1`` rows."""
-    return list_page([item_of(body, inputs) for body, inputs in rows], limit)
+    """The list page of a query that asked for ``limit + 1`` rows.
+
+    A row that cannot be answered is left out, so such a page may be one item short; paging
+    on with ``last_id`` still reaches every other row.
+    """
+    page = list_page([item_of(body, inputs) for body, inputs in rows], limit)
+    data = page["data"]
+    kept = [item for item in data if _servable(item)]
+    if len(kept) < len(data):
+        # has_more and last_id stay those of the rows read, so paging on skips nothing else.
+        page["data"] = kept
+        page["first_id"] = kept[0]["id"] if kept else page["first_id"]
+    return page
 
 
 def list_page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
@@ -217,6 +259,11 @@ def message_page(
     order: Order,
 ) -> dict[str, Any]:
     """OpenAI's message list: each input message with the id ``<completion id>-<position>``."""
+    if not _servable({"id": completion_id, "input_messages": input_messages}):
+        raise UpstreamBadResponse(
+            f"the input messages of stored chat completion {quote_id(completion_id)} are nested deeper "
+            f"than {STORED_MAX_DEPTH} levels (written by an older stackd) and cannot be answered"
+        )
     items: list[dict[str, Any]] = []
     for position, message in enumerate(input_messages):
         item: dict[str, Any] = {"id": f"{completion_id}-{position}"}

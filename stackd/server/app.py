@@ -14,8 +14,9 @@ from stackd.errors import NotImplementedByProvider
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
 from stackd.server.errors import error_middleware, quiet_parser_errors
+from stackd.server.hosts import allowed_hosts, host_middleware
 from stackd.server.http import send_request_id
-from stackd.server.keys import CALLER, CONFIG, MAX_BODY, STACK, STALL_TIMEOUT, STARTED_AT
+from stackd.server.keys import CALLER, CONFIG, MAX_BODY, MAX_JSON_DEPTH, STACK, STALL_TIMEOUT, STARTED_AT
 from stackd.stack import open_stack
 
 __all__ = ["create_app"]
@@ -55,10 +56,19 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
     return response
 
 
-def create_app(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) -> web.Application:
-    """The application for ``loaded``. The stack opens when the app starts and closes when it stops."""
+def create_app(
+    loaded: LoadedConfig, *, gate: Gatekeeper | None = None, listen_host: str | None = None
+) -> web.Application:
+    """The application for ``loaded``. The stack opens when the app starts and closes when it stops.
+
+    ``listen_host`` is the address served (``--host`` wins over ``server.host``): it decides
+    which ``Host`` headers are answered when ``server.allowed_hosts`` is not set.
+    """
     quiet_parser_errors()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    hosts = allowed_hosts(loaded.run.server.allowed_hosts, listen_host or loaded.run.server.host)
+    if hosts is not None:
+        middlewares.append(host_middleware(hosts))
     if loaded.missing_apis:
         middlewares.append(_missing_api_middleware(loaded.missing_apis))
     middlewares.append(admission_middleware)
@@ -66,6 +76,7 @@ def create_app(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) -> web.A
     app[CONFIG] = loaded
     app[STARTED_AT] = time.time()
     app[MAX_BODY] = loaded.run.server.max_body_bytes
+    app[MAX_JSON_DEPTH] = loaded.run.server.max_json_depth
     app[STALL_TIMEOUT] = float(loaded.run.server.stream_stall_timeout)
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:

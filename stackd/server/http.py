@@ -12,8 +12,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from stackd.apis.context import CallContext
-from stackd.errors import BadRequest, FieldError, PayloadTooLarge
-from stackd.server.keys import CALLER, MAX_BODY, REQUEST_ID
+from stackd.errors import BadRequest, FieldError, PayloadTooLarge, UnsupportedMediaType, UpstreamBadResponse
+from stackd.json_depth import deeper_than
+from stackd.server.keys import CALLER, MAX_BODY, MAX_JSON_DEPTH, REQUEST_ID
 
 __all__ = ["context", "json_response", "provider_data", "read_json", "request_id", "served"]
 
@@ -26,7 +27,32 @@ def _too_large(request: web.Request) -> PayloadTooLarge:
     )
 
 
+def _check_content_type(request: web.Request) -> None:
+    # A browser page may POST to a local stackd without asking first only with text/plain,
+    # form or multipart bodies (or none declared): requiring a JSON type makes such a request
+    # fail before it does anything, as CORS intends. Every client of the API sends JSON.
+    declared = request.headers.get("Content-Type", "")
+    mime = declared.partition(";")[0].strip().lower()
+    if mime == _JSON or (mime.startswith("application/") and mime.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"{request.method} {request.path} takes a JSON body: send it with 'Content-Type: application/json' "
+        f"(got {declared[:64]!r})" if declared else
+        f"{request.method} {request.path} takes a JSON body: send it with 'Content-Type: application/json' "
+        "(the request had no Content-Type)"
+    )
+
+
+def _too_deep(where: str, loc: str, limit: int) -> BadRequest:
+    return BadRequest(
+        f"{where} nests deeper than {limit} levels at {loc}; flatten it, or raise server.max_json_depth",
+        [FieldError(loc, f"nested deeper than {limit} levels")],
+    )
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, checked: declared JSON, within size and depth limits."""
+    _check_content_type(request)
     # A declared length over the limit is refused before reading: otherwise a client that
     # announces more than it sends holds the request open until the read times out.
     declared = request.content_length
@@ -54,11 +80,24 @@ async def read_json(request: web.Request) -> dict[str, Any]:
                          [FieldError("$", "not valid JSON")]) from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", [FieldError("$", "expected an object")])
+    # orjson reads far deeper than it writes: a body accepted deeper than it can be written
+    # back would break every later answer that includes it (a list of models, of completions).
+    limit = request.app[MAX_JSON_DEPTH]
+    loc = deeper_than(data, limit)
+    if loc is not None:
+        raise _too_deep("the body", loc, limit)
     return data
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON, headers=headers)
+    try:
+        body = orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        # Requests and upstream answers are held under orjson's depth limit where they come in,
+        # so this is an answer put together from something that came past those checks.
+        raise UpstreamBadResponse(f"the answer could not be written as JSON ({exc}); "
+                                  "an upstream or a stored record holds a value nested too deeply") from None
+    return web.Response(body=body, status=status, content_type=_JSON, headers=headers)
 
 
 def provider_data(request: web.Request) -> dict[str, Any]:
@@ -74,7 +113,39 @@ def provider_data(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("the X-LlamaStack-Provider-Data header must be a JSON object",
                          [FieldError("$.headers.X-LlamaStack-Provider-Data", "expected an object")])
+    limit = request.app[MAX_JSON_DEPTH]
+    loc = deeper_than(data, limit)
+    if loc is not None:
+        raise _too_deep("the X-LlamaStack-Provider-Data header", _PD + loc[1:], limit)
+    bad = _control_characters(data, _PD)
+    if bad:
+        # Providers put these values in upstream headers (a caller's API key): CR/LF there is
+        # header injection, and aiohttp refuses them with an exception that would be a 500.
+        raise BadRequest("X-LlamaStack-Provider-Data values must not contain control characters "
+                         "(CR, LF, NUL, tab...); remove them from the values named in errors",
+                         [FieldError(loc, "contains a control character") for loc in bad[:10]])
     return data
+
+
+_PD = "$.headers.X-LlamaStack-Provider-Data"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _control_characters(value: Any, loc: str) -> list[str]:
+    """The places in ``value`` of strings (keys included) holding a control character."""
+    if isinstance(value, str):
+        return [loc] if _CONTROL.search(value) else []
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{loc}.{key[:64]}"
+            if _CONTROL.search(key):
+                found.append(where)
+            found += _control_characters(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _control_characters(item, f"{loc}[{index}]")
+    return found
 
 
 def context(request: web.Request) -> CallContext:

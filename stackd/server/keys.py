@@ -8,7 +8,7 @@ from stackd.caller import Caller
 from stackd.loading import LoadedConfig
 from stackd.stack import Stack
 
-__all__ = ["CALLER", "CONFIG", "MAX_BODY", "REQUEST_ID", "STACK", "STALL_TIMEOUT", "STARTED_AT"]
+__all__ = ["CALLER", "CONFIG", "MAX_BODY", "MAX_JSON_DEPTH", "REQUEST_ID", "STACK", "STALL_TIMEOUT", "STARTED_AT"]
 
 STACK = web.AppKey("stack", Stack)
 CONFIG = web.AppKey("config", LoadedConfig)
@@ -16,5 +16,6 @@ CALLER = web.RequestKey("caller", Caller)
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED_AT = web.AppKey("started_at", float)
 MAX_BODY = web.AppKey("max_body_bytes", int)
+MAX_JSON_DEPTH = web.AppKey("max_json_depth", int)
 STALL_TIMEOUT = web.AppKey("stream_stall_timeout", float)
 

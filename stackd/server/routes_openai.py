@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from stackd.apis import openai
+from stackd.apis.models import MAX_ID_CHARS, is_resource_id
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider
 from stackd.inference_store import InferenceStoreWriter
 from stackd.inference_store.api import DEFAULT_LIMIT
@@ -57,23 +58,40 @@ async def embeddings(request: web.Request) -> web.Response:
 async def list_chat_completions(request: web.Request) -> web.Response:
     q = request.query
     result = await _store(request).list(
-        after=q.get("after"), limit=_limit(q), model=q.get("model"), order=q.get("order", "desc")
+        after=_id(q.get("after"), "$.query.after"), limit=_limit(q),
+        model=_id(q.get("model"), "$.query.model"), order=q.get("order", "desc"),
     )
     return json_response(result)
 
 
 @served("inference")
 async def get_chat_completion(request: web.Request) -> web.Response:
-    return json_response(await _store(request).get(request.match_info["completion_id"]))
+    return json_response(await _store(request).get(_completion_id(request)))
 
 
 @served("inference")
 async def get_chat_completion_messages(request: web.Request) -> web.Response:
     q = request.query
     result = await _store(request).messages(
-        request.match_info["completion_id"], after=q.get("after"), limit=_limit(q), order=q.get("order", "asc")
+        _completion_id(request), after=_id(q.get("after"), "$.query.after"), limit=_limit(q),
+        order=q.get("order", "asc"),
     )
     return json_response(result)
+
+
+def _completion_id(request: web.Request) -> str:
+    completion_id = request.match_info["completion_id"]
+    _id(completion_id, "$.path.completion_id")
+    return completion_id
+
+
+def _id(value: str | None, loc: str) -> str | None:
+    # Ids in paths and cursors follow the rule of resource ids, so a malformed one is a 400
+    # that says why, never echoed back whole.
+    if value is None or is_resource_id(value):
+        return value
+    raise BadRequest(f"invalid id at {loc}: use 1 to {MAX_ID_CHARS} characters without control characters "
+                     "or leading/trailing spaces", [FieldError(loc, "not a valid id")])
 
 
 def _limit(query: Mapping[str, str]) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from stackd.apis.models import Model, RegisterModelRequest, RegisterShieldRequest
+from stackd.apis.models import Model, RegisterModelRequest, RegisterShieldRequest, Shield
 from stackd.convert import structure
+from stackd.errors import BadRequest, FieldError, quote_id
 from stackd.server.http import json_response, read_json
 from stackd.server.keys import CALLER, STACK, STARTED_AT
 
@@ -27,12 +29,50 @@ def _created(request: web.Request) -> int:
     return int(request.app[STARTED_AT])
 
 
+R = TypeVar("R", Model, Shield)
+
+# The most items one page may ask for; a server holds at most server.max_models models anyway.
+MAX_PAGE = 10_000
+
+
+def _page(items: Sequence[R], query: Mapping[str, str]) -> tuple[Sequence[R], bool | None]:
+    """``?limit=N&after=ID`` (OpenAI's cursor form): the page and whether more follow.
+
+    Without either, the whole list and None: neither the openai SDK nor llama-stack-client
+    pages through models, so the plain list stays whole (server.max_models bounds it).
+    """
+    if "limit" not in query and "after" not in query:
+        return items, None
+    raw = query.get("limit", str(MAX_PAGE))
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"invalid limit {raw[:32]!r}: use an integer from 1 to {MAX_PAGE}, and page on with 'after'",
+                         [FieldError("$.query.limit", f"expected an integer from 1 to {MAX_PAGE}")])
+    start = 0
+    after = query.get("after")
+    if after is not None:
+        ids = [item.identifier for item in items]
+        if after not in ids:
+            raise BadRequest(f"invalid 'after' cursor {quote_id(after)}: no listed item has this id; pass the "
+                             "id of the last item of the previous page",
+                             [FieldError("$.query.after", "unknown id")])
+        start = ids.index(after) + 1
+    return items[start : start + limit], start + limit < len(items)
+
+
 @routes.get("/v1/models")
 @routes.get("/v1/openai/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     models = await request.app[STACK].registry.list_models(request[CALLER])
+    page, has_more = _page(models, request.query)
     created = _created(request)
-    return json_response({"object": "list", "data": [model_json(m, created) for m in models]})
+    body: dict[str, Any] = {"object": "list", "data": [model_json(m, created) for m in page]}
+    if has_more is not None:
+        body["has_more"] = has_more
+    return json_response(body)
 
 
 @routes.get("/v1/models/{model_id:.+}")
@@ -65,7 +105,11 @@ async def unregister_model(request: web.Request) -> web.Response:
 @routes.get("/v1/shields")
 async def list_shields(request: web.Request) -> web.Response:
     shields = await request.app[STACK].registry.list_shields(request[CALLER])
-    return json_response({"data": [s.to_json() for s in shields]})
+    page, has_more = _page(shields, request.query)
+    body: dict[str, Any] = {"data": [s.to_json() for s in page]}
+    if has_more is not None:
+        body["has_more"] = has_more
+    return json_response(body)
 
 
 @routes.get("/v1/shields/{shield_id:.+}")

@@ -26,7 +26,7 @@ class VLLMConfig:
     """
 
     url: HttpUrl = attrs.field()
-    api_token: Secret | None = None
+    api_token: Secret | None = attrs.field(default=None)
     tls_verify: bool | str = attrs.field(default=True)
     max_tokens: int | None = attrs.field(default=None)
     timeout: Seconds = attrs.field(default=Seconds(600.0))
@@ -41,6 +41,14 @@ class VLLMConfig:
         if value is not None and value <= 0:
             raise ValueError(f"max_tokens must be a positive integer or null, got {value}")
 
+
+    @api_token.validator
+    def _check_api_token(self, _: attrs.Attribute[Secret | None], value: Secret | None) -> None:
+        # The token goes into an Authorization header, where CR, LF or NUL would be header
+        # injection (aiohttp refuses to send it). A trailing newline is the usual cause.
+        if value is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value.reveal()):
+            raise ValueError("api_token contains a control character (often a trailing newline "
+                             "from a file or a shell); remove it")
 
     @tls_verify.validator
     def _check_tls_verify(self, _: attrs.Attribute[bool | str], value: bool | str) -> None:
