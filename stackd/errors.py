@@ -21,6 +21,7 @@ __all__ = [
     "NotImplementedByProvider",
     "PayloadTooLarge",
     "QuotaExceeded",
+    "RequestTimeout",
     "StackdError",
     "Unauthorized",
     "UpstreamBadResponse",
@@ -107,6 +108,13 @@ class NotFound(StackdError):
 class MethodNotAllowed(StackdError):
     status = 405
     type = "method_not_allowed"
+
+
+class RequestTimeout(StackdError):
+    """The client did not send its request (headers or body) within the server's time limit."""
+
+    status = 408
+    type = "request_timeout"
 
 
 class Conflict(StackdError):

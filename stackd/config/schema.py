@@ -19,6 +19,7 @@ __all__ = [
     "AuthConfig",
     "ModelInput",
     "Port",
+    "PositiveInt",
     "ProviderEntry",
     "QuotaConfig",
     "RoutePolicyRule",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 Port = Annotated[int, Check(lambda p: 0 <= p <= 65535, "a port number between 1 and 65535 (0 picks a free one)")]
+PositiveInt = Annotated[int, Check(lambda n: n > 0, "a positive whole number")]
 
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
@@ -108,6 +110,12 @@ class ServerConfig:
     auth: AuthConfig | None = None
     quota: QuotaConfig | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
+    header_timeout: Seconds = Seconds(10.0)  # noqa: RUF009
+    keepalive_timeout: Seconds = Seconds(75.0)  # noqa: RUF009
+    max_header_bytes: PositiveInt = 8190
+    max_connections: PositiveInt | None = None  # None: half the process's open-file limit
+    shutdown_grace: Seconds = Seconds(10.0)  # noqa: RUF009
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
 

@@ -6,9 +6,21 @@ from aiohttp import web
 
 from stackd.caller import Caller
 from stackd.loading import LoadedConfig
+from stackd.server.live_streams import LiveStreams
 from stackd.stack import Stack
 
-__all__ = ["CALLER", "CONFIG", "MAX_BODY", "REQUEST_ID", "STACK", "STALL_TIMEOUT", "STARTED_AT"]
+__all__ = [
+    "BODY_TIMEOUT",
+    "CALLER",
+    "CONFIG",
+    "DISCARD_BODY",
+    "MAX_BODY",
+    "REQUEST_ID",
+    "STACK",
+    "STALL_TIMEOUT",
+    "STARTED_AT",
+    "STREAMS",
+]
 
 STACK = web.AppKey("stack", Stack)
 CONFIG = web.AppKey("config", LoadedConfig)
@@ -18,3 +30,8 @@ STARTED_AT = web.AppKey("started_at", float)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 STALL_TIMEOUT = web.AppKey("stream_stall_timeout", float)
 
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+STREAMS = web.AppKey("live_streams", LiveStreams)
+# Set on a request whose body was refused unread: the connection closes soon after the answer
+# instead of reading (and inflating) the rest (stackd.server.runner).
+DISCARD_BODY = web.RequestKey("discard_body", bool)
