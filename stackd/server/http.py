@@ -28,7 +28,22 @@ def _refused(request: web.Request, exc: StackdError) -> StackdError:
     return exc
 
 
+class _UnsupportedEncoding(StackdError):
+    status = 415
+    type = "unsupported_media_type"
+
+
+# What aiohttp's parser decodes; it passes any other Content-Encoding through undecoded, which
+# would then be read as JSON (br and zstd are refused by the parser itself unless installed).
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
+
+
 async def _read_body(request: web.Request) -> bytes:
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.lower() not in _DECODED:
+        raise _refused(request, _UnsupportedEncoding(
+            "the body's Content-Encoding is not supported; send it as gzip or deflate, "
+            "or uncompressed without the header"))
     # A declared length over the limit is refused before reading: otherwise a client that
     # announces more than it sends holds the request open until the read times out.
     declared = request.content_length

@@ -231,6 +231,7 @@ class StackdRunner(web.AppRunner):
         kwargs.setdefault("keepalive_timeout", limits.keepalive_timeout)
         kwargs.setdefault("max_line_size", limits.max_header_bytes)
         kwargs.setdefault("max_field_size", limits.max_header_bytes)
+        kwargs.setdefault("max_headers", 128)  # aiohttp 3.14's default; 3.10 allowed 32768
         kwargs.setdefault("handler_cancellation", True)
         kwargs.setdefault("shutdown_timeout", _CANCEL_WAIT)
         super().__init__(app, **kwargs)
