@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import resource
 import signal
 import socket
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -431,3 +434,63 @@ def test_sigterm_without_requests_exits_at_once(
         assert time.monotonic() - began < 3
     finally:
         idle.close()
+
+
+def test_connections_over_the_limit_under_stackd_serve(
+    stackd_serve: Callable[..., Any], write_config: Callable[..., Path]
+) -> None:
+    """The same with uvloop (whose transports are not asyncio's classes) in the real process."""
+    proc = stackd_serve(str(write_config(server="  port: 0\n  max_connections: 5\n")))
+    port = int(proc.wait_serving().rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as extra:
+                extra.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := extra.recv(65536):
+                    data += chunk
+            status, _, body = _answer(data)
+            assert status == 503
+            _one_error(body, "service_unavailable")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert _http(f"http://127.0.0.1:{port}/v1/health") == 200
+    assert proc.stop() == 0
+    assert proc.output().count("server.max_connections") == 1
+
+
+def test_running_out_of_file_descriptors_is_logged_once(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """More connections than descriptors (a limit set over ``ulimit -n``): one ERROR line says why."""
+    stackd = str(Path(sys.executable).with_name("stackd"))
+    config = write_config(server="  port: 0\n  max_connections: 1000\n  header_timeout: 4\n")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.Popen([stackd, "serve", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path, preexec_fn=low_limit)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if " serving " in line:
+                break
+        port = int(lines[-1].rsplit(":", 1)[1])
+        flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+        time.sleep(2.5)
+        for sock in flood:
+            sock.close()
+        time.sleep(0.5)
+        assert _http(f"http://127.0.0.1:{port}/v1/health") == 200  # and it recovers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    text = "".join(lines) + out
+    assert "over the open-file limit (64)" in text
+    assert text.count("out of file descriptors") == 1, text
+    assert "Traceback" not in text

@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import resource
 import signal
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import attrs
 import orjson
@@ -57,6 +59,8 @@ _DISCARD_LINGER = 1.0
 # What remains after the grace: streams write their last frame, then what is left is cut.
 _END_STREAMS_WAIT = 1.0
 _CANCEL_WAIT = 0.5
+# How long a refused connection may take to read its 503 before it is closed.
+_REFUSED_LINGER = 0.5
 # One line per burst of refused connections, not one per connection.
 _REFUSED_LOG_EVERY = 10.0
 
@@ -125,6 +129,13 @@ class _Handler(RequestHandler):
         super().connection_made(transport)
         self._header_timer = asyncio.get_running_loop().call_later(
             owner.limits.header_timeout, self._headers_late)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            # Read and dropped: closing with unread bytes would reset the connection, and the
+            # client could lose the 503 before reading it.
+            return
+        super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:
@@ -212,9 +223,13 @@ class _Server(web.Server):
         return _Handler(self, loop=self._loop, **self._kwargs)
 
     def refuse(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(_answer(503, _BUSY))
-        transport.close()
+        # A stream transport (uvloop's are not asyncio.WriteTransport subclasses: no isinstance).
+        stream = cast(asyncio.Transport, transport)
+        stream.write(_answer(503, _BUSY))
+        if stream.can_write_eof():
+            stream.write_eof()  # most clients close at once on seeing it
+        # Held briefly, not counted: it costs a descriptor for at most this long.
+        self._loop.call_later(_REFUSED_LINGER, stream.close)
         self._refused_since += 1
         now = self._loop.time()
         if now - self._refused_logged_at >= _REFUSED_LOG_EVERY:
@@ -312,6 +327,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     _watch_fd_exhaustion(loop)
+    fd_watch = asyncio.create_task(_sample_fds())
     runner = StackdRunner(app, limits, **runner_kwargs)
     try:
         await runner.setup()  # the app's start: stores open, the registry is reconciled
@@ -324,6 +340,7 @@ async def serve(
         finally:
             await runner.cleanup()  # cuts what is left, then the app's cleanup closes providers
     finally:
+        fd_watch.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
@@ -362,6 +379,40 @@ async def _wait_idle(runner: StackdRunner, seconds: float, hurry: asyncio.Event)
             return
 
 
+_FDS = Path("/proc/self/fd")
+
+
+async def _sample_fds() -> None:
+    """Say once (again after recovering) that the process is at its open-file limit.
+
+    uvloop (libuv) meets EMFILE on accept by accepting and closing at once, and logs
+    nothing, so clients get empty replies for no visible reason; a sample per second of
+    /proc/self/fd (Linux) makes it visible.
+    """
+    limit = fd_limit()
+    told = False
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            used = sum(1 for _ in os.scandir(_FDS))
+        except FileNotFoundError:
+            return  # not Linux: asyncio's accept errors are still caught, see _watch_fd_exhaustion
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            used = limit  # not even the directory could be opened
+        if used >= limit - 2 and not told:
+            told = True
+            _out_of_fds()
+        elif used < limit * 0.9:
+            told = False
+
+
+def _out_of_fds() -> None:
+    log.error("out of file descriptors (open-file limit %d): new connections are dropped; "
+              "raise the limit (ulimit -n) or lower server.max_connections", fd_limit())
+
+
 def _watch_fd_exhaustion(loop: asyncio.AbstractEventLoop) -> None:
     """Say once, in plain words, that the process is out of file descriptors.
 
@@ -378,8 +429,7 @@ def _watch_fd_exhaustion(loop: asyncio.AbstractEventLoop) -> None:
         if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
             if not told:
                 told = True
-                log.error("out of file descriptors (open-file limit %d): new connections cannot be accepted; "
-                          "raise the limit (ulimit -n) or lower server.max_connections", fd_limit())
+                _out_of_fds()
             return
         if previous is not None:
             previous(loop, context)
