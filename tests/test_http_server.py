@@ -31,7 +31,7 @@ from aiohttp import web
 from stackd.loading import load_config
 from stackd.server import create_app
 from stackd.server.runner import Limits, StackdRunner, bind
-from stackd.testing.fake_openai import FakeOpenAI
+from stackd.testing.fake_openai import FakeOpenAI, Fault
 
 CHAT = {"model": "echo-1", "messages": [{"role": "user", "content": "hi"}]}
 TOKEN = "sk-never-quote-me-8086"
@@ -364,28 +364,57 @@ def test_the_announcement_says_what_is_bound(
     assert proc.stop() == 0
 
 
+def _vllm_yaml(url: str, state: Path, *, grace: float) -> str:
+    return f"""\
+apis: [inference]
+providers:
+  inference:
+  - provider_id: vllm
+    provider_type: remote::vllm
+    config: {{url: "{url}/v1", timeout: 5}}
+metadata_store: {{type: sqlite, db_path: {state}/registry.db}}
+inference_store: {{type: sqlite, db_path: {state}/store.db}}
+models:
+- model_id: chat
+  provider_model_id: fake-model
+server:
+  port: 0
+  shutdown_grace: {grace}
+"""
+
+
+async def test_sigterm_lets_a_request_in_flight_finish(stackd_serve: Callable[..., Any], tmp_path: Path) -> None:
+    pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
+    async with FakeOpenAI(fault=Fault(delay=1.5)) as upstream:
+        config = tmp_path / "vllm.yaml"
+        config.write_text(_vllm_yaml(upstream.url, tmp_path, grace=10))
+        proc = stackd_serve(str(config))
+        url = await asyncio.to_thread(proc.wait_serving)
+        async with aiohttp.ClientSession() as session:
+
+            async def chat() -> tuple[int, Any]:
+                async with session.post(url + "/v1/chat/completions",
+                                        json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]}) as r:
+                    return r.status, await r.json()
+
+            task = asyncio.create_task(chat())
+            await asyncio.sleep(0.5)
+            began = time.monotonic()
+            proc.proc.send_signal(signal.SIGTERM)
+            status, body = await task
+            rc = await asyncio.to_thread(proc.wait, 15)
+            took = time.monotonic() - began
+    assert status == 200 and body["choices"][0]["message"]["content"], body
+    assert rc == 0 and took < 4, (took, proc.output())  # the answer, not the whole 10 s grace
+
+
 async def test_sigterm_ends_never_ending_streams_with_a_frame_within_the_grace(
     stackd_serve: Callable[..., Any], tmp_path: Path
 ) -> None:
     pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
     async with FakeOpenAI(chunks=1_000_000, chunk_delay=0.02) as upstream:
         config = tmp_path / "vllm.yaml"
-        config.write_text(f"""\
-apis: [inference]
-providers:
-  inference:
-  - provider_id: vllm
-    provider_type: remote::vllm
-    config: {{url: "{upstream.url}/v1", timeout: 5}}
-metadata_store: {{type: sqlite, db_path: {tmp_path}/registry.db}}
-inference_store: {{type: sqlite, db_path: {tmp_path}/store.db}}
-models:
-- model_id: chat
-  provider_model_id: fake-model
-server:
-  port: 0
-  shutdown_grace: 1.5
-""")
+        config.write_text(_vllm_yaml(upstream.url, tmp_path, grace=1.5))
         proc = stackd_serve(str(config))
         url = await asyncio.to_thread(proc.wait_serving)
         async with aiohttp.ClientSession() as session:
