@@ -18,8 +18,8 @@ What aiohttp's own ``web.run_app`` leaves open, and this module closes:
 aiohttp creates its ``RequestHandler`` (the protocol of one connection) from a ``web.Server``;
 neither has a hook for these, so the runner swaps in subclasses of both. What they override
 (``connection_made``, ``connection_lost``, ``handle_error``, ``finish_response``,
-``Server.__call__``) and read (``_request_count``, ``_request_in_progress``) is the same from
-aiohttp 3.10 to 3.14.
+``Server.__call__``) and read (``_request_count``, ``_request_in_progress``, ``_force_close``,
+``Server._kwargs``) is the same from aiohttp 3.10 to 3.14; pyproject pins 3.14 for other reasons.
 """
 
 from __future__ import annotations
