@@ -330,15 +330,17 @@ async def serve(
     fd_watch = asyncio.create_task(_sample_fds())
     runner = StackdRunner(app, limits, **runner_kwargs)
     try:
-        await runner.setup()  # the app's start: stores open, the registry is reconciled
         try:
+            await runner.setup()  # the app's start: stores open, the registry is reconciled
             for sock in socks:
                 await web.SockSite(runner, sock, ssl_context=ssl_context).start()
             announce()
             await stop.wait()
             await _drain(runner, app, limits.shutdown_grace, hurry)
         finally:
-            await runner.cleanup()  # cuts what is left, then the app's cleanup closes providers
+            # Cuts what is left, then the app's cleanup closes what its start opened (also
+            # when the start failed half-way, as web.run_app does).
+            await runner.cleanup()
     finally:
         fd_watch.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
