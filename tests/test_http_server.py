@@ -346,19 +346,32 @@ def test_a_second_server_on_a_busy_port_starts_nothing(
     assert first.stop() == 0
 
 
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize(("host", "words", "loopback"), [
     ("0.0.0.0", "all IPv4 interfaces", "127.0.0.1"),
+    ("::", "all IPv6 interfaces", "[::1]"),
     ("127.0.0.1", None, "127.0.0.1"),
 ])
 def test_the_announcement_says_what_is_bound(
     stackd_serve: Callable[..., Any], write_config: Callable[..., Path], host: str, words: str | None, loopback: str
 ) -> None:
+    if ":" in host and not _has_ipv6():
+        pytest.skip("no IPv6 here")
     proc = stackd_serve(str(write_config(server=f"  host: \"{host}\"\n  port: 0\n")))
     url = proc.wait_serving()
     line = next(line for line in proc.stdout if " serving " in line)
     assert "localhost" not in line
     if words:
-        assert words in line and "reachable from other machines" in line and f"{host}:" in line
+        assert words in line and "reachable from other machines" in line
+        assert (f"[{host}]:" if ":" in host else f"{host}:") in line
     assert url.startswith(f"http://{loopback}:")
     assert _http(url + "/v1/health") == 200
     assert proc.stop() == 0
