@@ -36,7 +36,7 @@ log = logging.getLogger("stackd.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue``: a body over the limit is refused before the client sends it.
 
     aiohttp's default answers ``100 Continue`` to any size, so the client sends a body that
@@ -44,7 +44,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """
     expect = request.headers.get("Expect", "")
     if expect.lower() != "100-continue":
-        err = StackdError(f"unsupported Expect header {expect[:40]!r}; only '100-continue' is understood")
+        err = StackdError("unsupported Expect header; only '100-continue' is understood")
         err.status = 417  # type: ignore[misc]
         err.type = "expectation_failed"  # type: ignore[misc]
         response = error_response(err)
@@ -67,7 +67,7 @@ def _add_routes(app: web.Application, table: web.RouteTableDef) -> None:
     for route in table:
         assert isinstance(route, web.RouteDef)
         web.RouteDef(route.method, route.path, route.handler,
-                     {"expect_handler": expect_continue, **route.kwargs}).register(app.router)
+                     {"expect_handler": _expect_continue, **route.kwargs}).register(app.router)
 
 
 def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
