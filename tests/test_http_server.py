@@ -541,3 +541,24 @@ def test_running_out_of_file_descriptors_is_logged_once(write_config: Callable[.
     assert "over the open-file limit (64)" in text
     assert text.count("out of file descriptors") == 1, text
     assert "Traceback" not in text
+
+
+def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(
+    stackd_serve: Callable[..., Any], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    proc = stackd_serve(str(write_config(server=f"  port: 0\n  header_timeout: 1\n"
+                                                f"  tls_certfile: {tmp_path / 'cert.pem'}\n"
+                                                f"  tls_keyfile: {tmp_path / 'key.pem'}\n")))
+    url = proc.wait_serving()
+    assert url.startswith("https://127.0.0.1:")
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as silent:
+        began = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert silent.recv(100) == b""  # no ClientHello: closed by the server
+        assert time.monotonic() - began < 4
+    assert proc.stop() == 0

@@ -271,7 +271,34 @@ class StackdRunner(web.AppRunner):
         return sum(1 for conn in server.connections if not isinstance(conn, _Handler) or conn.busy)
 
 
-def bind(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+class _Site(web.SockSite):
+    """``web.SockSite`` with the TLS handshake on the headers' deadline.
+
+    The handshake comes before the connection reaches aiohttp (and the header timer and the
+    connection count): left at asyncio's default, a client that never finishes it holds a
+    descriptor for 60 s.
+    """
+
+    __slots__ = ("_handshake_timeout",)
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext | None,
+                 handshake_timeout: float) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=_BACKLOG)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None)
+
+
+_BACKLOG = 1024
+
+
+def bind(host: str, port: int, backlog: int = _BACKLOG) -> list[socket.socket]:
     """Listening sockets for ``host`` (every address it resolves to; ``""``: all interfaces).
 
     Bound before the app starts, so a second server on a busy port fails here, before it
@@ -333,7 +360,7 @@ async def serve(
         try:
             await runner.setup()  # the app's start: stores open, the registry is reconciled
             for sock in socks:
-                await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+                await _Site(runner, sock, ssl_context=ssl_context, handshake_timeout=limits.header_timeout).start()
             announce()
             await stop.wait()
             await _drain(runner, app, limits.shutdown_grace, hurry)
