@@ -130,7 +130,7 @@ async def test_parser_refusals_are_json_quote_nothing_and_log_one_line(
     raw, _ = await _exchange(port, request)
     got, headers, body = _answer(raw)
     assert got == status, raw[:300]
-    assert headers["content-type"].startswith("application/json")
+    assert headers["content-type"].startswith("application/json") and headers["x-request-id"]
     _one_error(body)
     assert TOKEN.encode() not in raw
     assert TOKEN not in caplog.text and "Traceback" not in caplog.text

@@ -166,17 +166,22 @@ class _Handler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        # Every answer carries a request id (docs/api.md); the request's own, if any, was not parsed.
+        rid = os.urandom(12).hex()
         if status == 500 and exc is not None and not _is_parser_error(exc):
             # An exception escaped the app (the error middleware answers everything else): a bug.
-            log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+            log.error("internal error on %s %s (request %s)", request.method, request.path, rid, exc_info=exc)
             err = StackdError("internal server error; the server log has the details")
         else:
             err = parser_error(status, exc)
-            log.info("refused a request from %s: %s (HTTP %d)", request.remote, err.message, err.status)
+            client_side = err.status < 500 or (exc is not None and _is_parser_error(exc))  # 501: the client's coding
+            log.log(logging.INFO if client_side else logging.WARNING,
+                    "refused a request from %s: %s (HTTP %d, request %s)", request.remote, err.message, err.status, rid)
         if request.writer.output_size > 0:
             # Part of an answer went out already: nothing more can be said on this connection.
             raise ConnectionError("the response was already under way")
         response = error_response(err)
+        response.headers["X-Request-ID"] = rid
         response.force_close()
         return response
 
