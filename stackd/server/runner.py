@@ -16,10 +16,12 @@ What aiohttp's own ``web.run_app`` leaves open, and this module closes:
   here requests get ``server.shutdown_grace``, then streams end with one error frame.
 
 aiohttp creates its ``RequestHandler`` (the protocol of one connection) from a ``web.Server``;
-neither has a hook for these, so the runner swaps in subclasses of both. What they override
-(``connection_made``, ``connection_lost``, ``handle_error``, ``finish_response``,
-``Server.__call__``) and read (``_request_count``, ``_request_in_progress``, ``_force_close``,
-``Server._kwargs``) is the same from aiohttp 3.10 to 3.14; pyproject pins 3.14 for other reasons.
+neither has a hook for these, so the runner swaps in subclasses of both, and of ``SockSite``
+(for the TLS handshake timeout). What they override (``connection_made``, ``data_received``,
+``connection_lost``, ``handle_error``, ``finish_response``, ``Server.__call__``,
+``SockSite.start``) and read (``_request_count``, ``_request_in_progress``, ``_force_close``,
+``Server._kwargs``, the site's ``_sock``/``_ssl_context``/``_backlog``) is the same from aiohttp
+3.10 to 3.14; pyproject pins 3.14 for other reasons. tests/test_http_server.py covers each.
 """
 
 from __future__ import annotations
