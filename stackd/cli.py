@@ -6,13 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import sys
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -87,36 +85,37 @@ def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from stackd.server import create_app
+    from stackd.server.runner import Limits, bind, fd_limit, serve
 
     loaded = _load(args)
     if loaded.missing_apis:
         for api, why in sorted(loaded.missing_apis.items()):
             print(f"stackd: NOT SERVING the {api} API: {why}; its routes answer 501", file=sys.stderr)
-    host = args.host or loaded.run.server.host
+    host = args.host if args.host is not None else loaded.run.server.host
     port = _port(args, loaded)
     try:
         ssl_ctx = _ssl_context(loaded)
     except (OSError, ssl.SSLError) as exc:
         print(f"stackd: cannot use the TLS files of server.tls_*: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    sock: socket.socket | None = None
-    if port == 0:
-        # Bind here, so the port the kernel picks is the one announced.
-        try:
-            sock = socket.create_server((host, 0))
-        except OSError as exc:
-            print(f"stackd: cannot listen on {host}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_START
-        port = int(sock.getsockname()[1])
-    scheme = "https" if ssl_ctx else "http"
-    shown_host = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
-    url = f"{scheme}://{shown_host}:{port}"
+    # Bind before the app starts: the app's start opens the stores and reconciles the
+    # registry, which a second server on a busy port must not do to the running one's.
+    try:
+        socks = bind(host, port)
+    except OSError as exc:
+        print(f"stackd: cannot listen on {_host_port(host, port)}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_START
+    port = int(socks[0].getsockname()[1])
+    limits = Limits.from_config(loaded.run.server)
+    if limits.max_connections > fd_limit():
+        log.warning("server.max_connections (%d) is over the open-file limit (%d): connections past the limit "
+                    "get empty replies; raise the limit (ulimit -n) or lower server.max_connections",
+                    limits.max_connections, fd_limit())
+    url, where = _announced(host, port, "https" if ssl_ctx else "http")
 
-    def announce(_: str) -> None:
-        print(f"stackd {stackd.__version__} serving {loaded.run.name} on {url}", flush=True)
+    def announce() -> None:
+        print(f"stackd {stackd.__version__} serving {loaded.run.name} on {where}{url}", flush=True)
         model = next((m.model_id for m in loaded.models if m.model_type == "llm"), None)
         if model:
             print(
@@ -125,39 +124,49 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    app = create_app(loaded, listen_host=host)
-    loop_factory: Any = None
     try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
-    try:
-        web.run_app(
-            app,
-            host=None if sock else host,
-            port=None if sock else port,
-            sock=sock,
-            ssl_context=ssl_ctx,
-            print=announce,
+        app = create_app(loaded, listen_host=host)
+        main = serve(
+            app, socks, limits=limits, ssl_context=ssl_ctx, announce=announce,
             # The access log costs more CPU per request than the rest of the proxy path: opt-in.
             access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
             access_log_format='%a "%r" %s %b %Tfs',
-            handler_cancellation=True,
-            shutdown_timeout=10,
-            loop=loop,
         )
-    except OSError as exc:
-        print(f"stackd: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_START
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main)
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main)
     except Exception as exc:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log.debug("start-up failed", exc_info=True)
         print(f"stackd: could not start: {message}", file=sys.stderr)
         return EXIT_START
+    finally:
+        for sock in socks:
+            sock.close()
     return 0
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+
+
+def _announced(host: str, port: int, scheme: str) -> tuple[str, str]:
+    """The URL to try, and what the bind means when it is not simply that URL's host.
+
+    A wildcard bind is reachable from other machines: it is announced as such, with the
+    loopback URL to try from this one (never as "localhost", which would hide that).
+    """
+    wildcard = {"": "all interfaces", "0.0.0.0": "all IPv4 interfaces", "::": "all IPv6 interfaces"}
+    if host in wildcard:
+        loopback = "[::1]" if host == "::" else "127.0.0.1"
+        return (f"{scheme}://{loopback}:{port}",
+                f"{wildcard[host]} ({_host_port(host, port)}, reachable from other machines), from this machine on ")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}", ""
 
 
 def _validate(args: argparse.Namespace) -> int:

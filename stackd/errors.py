@@ -22,6 +22,7 @@ __all__ = [
     "NotImplementedByProvider",
     "PayloadTooLarge",
     "QuotaExceeded",
+    "RequestTimeout",
     "StackdError",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -126,6 +127,13 @@ class MethodNotAllowed(StackdError):
 class MisdirectedRequest(StackdError):
     status = 421
     type = "misdirected_request"
+
+
+class RequestTimeout(StackdError):
+    """The client did not send its request (headers or body) within the server's time limit."""
+
+    status = 408
+    type = "request_timeout"
 
 
 class Conflict(StackdError):

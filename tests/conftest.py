@@ -302,10 +302,12 @@ def vllm_config(tmp_path: Path) -> Callable[..., LoadedConfig]:
 async def live_app() -> AsyncIterator[Callable[[LoadedConfig], Awaitable[int]]]:
     """``port = await live_app(loaded)``: the app as ``stackd serve`` runs it (handler
     cancellation on) on 127.0.0.1, for tests that speak raw sockets or hang up; closed at teardown."""
+    from stackd.server.runner import Limits, StackdRunner
+
     runners: list[web.AppRunner] = []
 
     async def start(loaded: LoadedConfig) -> int:
-        runner = web.AppRunner(create_app(loaded), handler_cancellation=True)
+        runner = StackdRunner(create_app(loaded), Limits.from_config(loaded.run.server))
         await runner.setup()
         runners.append(runner)
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -21,6 +21,7 @@ __all__ = [
     "AuthConfig",
     "ModelInput",
     "Port",
+    "PositiveInt",
     "ProviderEntry",
     "QuotaConfig",
     "RoutePolicyRule",
@@ -43,6 +44,7 @@ AllowedHost = Annotated[str, Check(
     is not None,
     "a host name or address without scheme or path (localhost, 10.0.0.5, [::1], api.example.com), or '*' for any",
 )]
+PositiveInt = Annotated[int, Check(lambda n: n > 0, "a positive whole number")]
 
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
@@ -126,6 +128,12 @@ class ServerConfig:
     max_models: ResourceCount = 1000
     max_shields: ResourceCount = 1000
     allowed_hosts: list[AllowedHost] | None = None
+    body_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
+    header_timeout: Seconds = Seconds(10.0)  # noqa: RUF009
+    keepalive_timeout: Seconds = Seconds(75.0)  # noqa: RUF009
+    max_header_bytes: PositiveInt = 8190
+    max_connections: PositiveInt | None = None  # None: half the process's open-file limit
+    shutdown_grace: Seconds = Seconds(10.0)  # noqa: RUF009
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     # What an upstream may send: bigger answers or stream lines are 502, not memory.
     max_upstream_body_bytes: int = 64 * 1024 * 1024

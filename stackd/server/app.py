@@ -10,13 +10,25 @@ from aiohttp import web
 
 from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
-from stackd.errors import NotImplementedByProvider
+from stackd.errors import NotImplementedByProvider, PayloadTooLarge, StackdError
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
-from stackd.server.errors import error_middleware, quiet_parser_errors
+from stackd.server.errors import error_middleware, error_response, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
 from stackd.server.http import send_request_id
-from stackd.server.keys import CALLER, CONFIG, MAX_BODY, MAX_JSON_DEPTH, STACK, STALL_TIMEOUT, STARTED_AT
+from stackd.server.keys import (
+    BODY_TIMEOUT,
+    CALLER,
+    CONFIG,
+    DISCARD_BODY,
+    MAX_BODY,
+    MAX_JSON_DEPTH,
+    STACK,
+    STALL_TIMEOUT,
+    STARTED_AT,
+    STREAMS,
+)
+from stackd.server.live_streams import LiveStreams
 from stackd.stack import open_stack
 
 __all__ = ["create_app"]
@@ -24,6 +36,41 @@ __all__ = ["create_app"]
 log = logging.getLogger("stackd.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: a body over the limit is refused before the client sends it.
+
+    aiohttp's default answers ``100 Continue`` to any size, so the client sends a body that
+    is then refused; and it answers other expectations in text/plain.
+    """
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        err = StackdError("unsupported Expect header; only '100-continue' is understood")
+        err.status = 417  # type: ignore[misc]
+        err.type = "expectation_failed"  # type: ignore[misc]
+        response = error_response(err)
+        response.force_close()
+        return response
+    declared = request.content_length
+    if declared is not None and declared > request.app[MAX_BODY]:
+        request[DISCARD_BODY] = True
+        response = error_response(PayloadTooLarge(
+            f"request body too large (limit {request.app[MAX_BODY]} bytes; raise server.max_body_bytes to allow more)"))
+        response.force_close()
+        return response
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response (aiohttp does the same)
+    return None
+
+
+def _add_routes(app: web.Application, table: web.RouteTableDef) -> None:
+    for route in table:
+        assert isinstance(route, web.RouteDef)
+        web.RouteDef(route.method, route.path, route.handler,
+                     {"expect_handler": _expect_continue, **route.kwargs}).register(app.router)
+
 
 def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
@@ -78,6 +125,8 @@ def create_app(
     app[MAX_BODY] = loaded.run.server.max_body_bytes
     app[MAX_JSON_DEPTH] = loaded.run.server.max_json_depth
     app[STALL_TIMEOUT] = float(loaded.run.server.stream_stall_timeout)
+    app[BODY_TIMEOUT] = float(loaded.run.server.body_timeout)
+    app[STREAMS] = LiveStreams()
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_stack(loaded, gate=gate) as stack:
@@ -86,8 +135,6 @@ def create_app(
 
     app.cleanup_ctx.append(stack_ctx)
     app.on_response_prepare.append(send_request_id)
-    app.router.add_routes(routes_meta.routes)
-    app.router.add_routes(routes_resources.routes)
-    app.router.add_routes(routes_openai.routes)
-    app.router.add_routes(routes_native.routes)
+    for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes):
+        _add_routes(app, table)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Callable
@@ -12,13 +13,71 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from stackd.apis.context import CallContext
-from stackd.errors import BadRequest, FieldError, PayloadTooLarge, UnsupportedMediaType, UpstreamBadResponse
+from stackd.errors import (
+    BadRequest,
+    FieldError,
+    PayloadTooLarge,
+    RequestTimeout,
+    StackdError,
+    UnsupportedMediaType,
+    UpstreamBadResponse,
+)
 from stackd.json_depth import deeper_than
-from stackd.server.keys import CALLER, MAX_BODY, MAX_JSON_DEPTH, REQUEST_ID
+from stackd.server.keys import BODY_TIMEOUT, CALLER, DISCARD_BODY, MAX_BODY, MAX_JSON_DEPTH, REQUEST_ID
 
 __all__ = ["context", "json_response", "provider_data", "read_json", "request_id", "served"]
 
 _JSON = "application/json"
+
+
+def _refused(request: web.Request, exc: StackdError) -> StackdError:
+    """``exc``, for a body refused before it was read to the end: the connection then closes
+    soon after the answer instead of reading (or inflating) the rest (stackd.server.runner)."""
+    request[DISCARD_BODY] = True
+    return exc
+
+
+# What aiohttp's parser decodes; it passes any other Content-Encoding through undecoded, which
+# would then be read as JSON (br and zstd are refused by the parser itself unless installed).
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
+
+
+async def _read_body(request: web.Request) -> bytes:
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.lower() not in _DECODED:
+        raise _refused(request, UnsupportedMediaType(
+            "the body's Content-Encoding is not supported; send it as gzip or deflate, "
+            "or uncompressed without the header"))
+    # A declared length over the limit is refused before reading: otherwise a client that
+    # announces more than it sends holds the request open until the read times out.
+    declared = request.content_length
+    if declared is not None and declared > request.app[MAX_BODY]:
+        raise _refused(request, _too_large(request))
+    timeout = request.app[BODY_TIMEOUT]
+    try:
+        # aiohttp has no time limit on a body: a client sending all but its last byte would
+        # hold its connection (and a file descriptor) for ever. request.read() stops at
+        # client_max_size as it goes (decompressed bytes counted), so a bomb inflates no further.
+        if request.content.is_eof():  # the usual case: the body came with the headers, no timer needed
+            return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise _refused(request, RequestTimeout(
+            f"the request body did not arrive within {timeout:g} s (server.body_timeout)")) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _refused(request, _too_large(request)) from None
+    except (HttpProcessingError, web.RequestPayloadError):
+        # The parser failed on the body: most often it does not decode as its Content-Encoding.
+        encoding = request.headers.get("Content-Encoding")
+        if encoding:
+            raise _refused(request, BadRequest(
+                f"the body could not be decoded as Content-Encoding {encoding!r}; "
+                "send it compressed that way, or uncompressed without the header",
+                [FieldError("$", "body does not match its Content-Encoding")])) from None
+        raise _refused(request, BadRequest(
+            "the body could not be read: it was cut short or its chunked framing is broken",
+            [FieldError("$", "malformed body")])) from None
 
 
 def _too_large(request: web.Request) -> PayloadTooLarge:
@@ -35,12 +94,12 @@ def _check_content_type(request: web.Request) -> None:
     mime = declared.partition(";")[0].strip().lower()
     if mime == _JSON or (mime.startswith("application/") and mime.endswith("+json")):
         return
-    raise UnsupportedMediaType(
+    raise _refused(request, UnsupportedMediaType(
         f"{request.method} {request.path} takes a JSON body: send it with 'Content-Type: application/json' "
         f"(got {declared[:64]!r})" if declared else
         f"{request.method} {request.path} takes a JSON body: send it with 'Content-Type: application/json' "
         "(the request had no Content-Type)"
-    )
+    ))
 
 
 def _too_deep(where: str, loc: str, limit: int) -> BadRequest:
@@ -53,24 +112,7 @@ def _too_deep(where: str, loc: str, limit: int) -> BadRequest:
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, checked: declared JSON, within size and depth limits."""
     _check_content_type(request)
-    # A declared length over the limit is refused before reading: otherwise a client that
-    # announces more than it sends holds the request open until the read times out.
-    declared = request.content_length
-    if declared is not None and declared > request.app[MAX_BODY]:
-        raise _too_large(request)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _too_large(request) from None
-    except (HttpProcessingError, web.RequestPayloadError):
-        # The parser failed on the body: most often it does not decode as its Content-Encoding.
-        encoding = request.headers.get("Content-Encoding")
-        if encoding:
-            raise BadRequest(f"the body could not be decoded as Content-Encoding {encoding!r}; "
-                             "send it compressed that way, or uncompressed without the header",
-                             [FieldError("$", "body does not match its Content-Encoding")]) from None
-        raise BadRequest("the body could not be read: it was cut short or its chunked framing is broken",
-                         [FieldError("$", "malformed body")]) from None
+    raw = await _read_body(request)
     if not raw:
         raise BadRequest("the request needs a JSON object body", [FieldError("$", "empty body")])
     try:

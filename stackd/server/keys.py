@@ -6,9 +6,22 @@ from aiohttp import web
 
 from stackd.caller import Caller
 from stackd.loading import LoadedConfig
+from stackd.server.live_streams import LiveStreams
 from stackd.stack import Stack
 
-__all__ = ["CALLER", "CONFIG", "MAX_BODY", "MAX_JSON_DEPTH", "REQUEST_ID", "STACK", "STALL_TIMEOUT", "STARTED_AT"]
+__all__ = [
+    "BODY_TIMEOUT",
+    "CALLER",
+    "CONFIG",
+    "DISCARD_BODY",
+    "MAX_BODY",
+    "MAX_JSON_DEPTH",
+    "REQUEST_ID",
+    "STACK",
+    "STALL_TIMEOUT",
+    "STARTED_AT",
+    "STREAMS",
+]
 
 STACK = web.AppKey("stack", Stack)
 CONFIG = web.AppKey("config", LoadedConfig)
@@ -19,3 +32,8 @@ MAX_BODY = web.AppKey("max_body_bytes", int)
 MAX_JSON_DEPTH = web.AppKey("max_json_depth", int)
 STALL_TIMEOUT = web.AppKey("stream_stall_timeout", float)
 
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+STREAMS = web.AppKey("live_streams", LiveStreams)
+# Set on a request whose body was refused unread: the connection closes soon after the answer
+# instead of reading (and inflating) the rest (stackd.server.runner).
+DISCARD_BODY = web.RequestKey("discard_body", bool)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from stackd.apis.inference import close_stream
 from stackd.errors import StackdError
-from stackd.server.keys import STALL_TIMEOUT
+from stackd.server.keys import STALL_TIMEOUT, STREAMS
 
 __all__ = ["stream_sse"]
 
@@ -47,6 +47,10 @@ async def stream_sse(
     })
     await response.prepare(request)
     write = _stall_guard(response.write, request.transport, request.app[STALL_TIMEOUT])
+    live = request.app[STREAMS]
+    task = asyncio.current_task()
+    assert task is not None
+    live.tasks.add(task)
     try:
         await _stream(request, events, encode, write, done)
         await response.write_eof()
@@ -56,7 +60,32 @@ async def stream_sse(
         # error: returning the response lets aiohttp's finish_response end the connection
         # quietly, where raising would make aiohttp log a 500 with a traceback per such client.
         log.debug("stream on %s ended early: the client went away (%s)", request.path, exc)
+    except asyncio.CancelledError:
+        # A shutdown past server.shutdown_grace ends the stream (LiveStreams.end_all): the
+        # provider's iterator is closed already; the client is told why, and the chunked body
+        # ends properly, so it knows the answer is incomplete rather than cut by the network.
+        if not live.ended_by_shutdown(task) or task.cancelling() > 1:
+            raise
+        task.uncancel()
+        await _last_frame(response, _SHUTDOWN)
+    finally:
+        live.tasks.discard(task)
     return response
+
+
+_SHUTDOWN = (b'data: {"error": {"message": "the server is shutting down; the stream was ended early, '
+             b'retry the request", "type": "service_unavailable"}}\n\n')
+# A client that does not read cannot hold the shutdown: its last frame gets this long.
+_LAST_FRAME_TIMEOUT = 0.5
+
+
+async def _last_frame(response: web.StreamResponse, frame: bytes) -> None:
+    try:
+        async with asyncio.timeout(_LAST_FRAME_TIMEOUT):
+            await response.write(frame)
+            await response.write_eof()
+    except (ConnectionError, TimeoutError):
+        pass  # the connection is cut right after this anyway
 
 
 async def _stream(
