@@ -20,9 +20,10 @@ from typing import Any
 import attrs
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from stackd.apis.known import PROVIDER_APIS, RESOURCE_APIS
+from stackd.config.bounds import check_shape, read_text
 from stackd.config.envsubst import substitute
 from stackd.config.problems import ConfigError, Locator, Problem, Report
 from stackd.config.schema import (
@@ -66,10 +67,7 @@ def _plain(node: Any) -> Any:
 
 def read_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> ParsedConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem("$", f"cannot read config file {path}: {exc.strerror or exc}")]) from None
+    text = read_text(path)
     return parse_text(text, filename=str(path), env=env, source=path)
 
 
@@ -85,11 +83,16 @@ def parse_text(
     env = os.environ if env is None else env
     yaml = YAML(typ="rt")
     try:
+        check_shape(text, filename)
         tree = yaml.load(io.StringIO(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
         loc = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
         raise ConfigError([Problem("$", f"not valid YAML: {exc.problem}", loc)]) from None
+    except YAMLError as exc:  # unmarked: a control character in the text, say
+        raise ConfigError([Problem("$", f"not valid YAML: {exc}", filename)]) from None
+    except ValueError as exc:  # a value ruamel cannot build: an integer of 5,000 digits, say
+        raise ConfigError([Problem("$", f"not valid YAML: {exc}", filename)]) from None
     if tree is None:
         tree = CommentedMap()
     if not isinstance(tree, Mapping):
