@@ -34,6 +34,7 @@ from stackd.config.schema import (
     ServerConfig,
     ShieldInput,
 )
+from stackd.config.tls import TLSFileError, read_file, server_ssl_context
 from stackd.convert import converter, field_errors, unknown_keys
 
 __all__ = ["ParsedConfig", "ProviderAt", "read_config", "parse_text"]
@@ -343,9 +344,15 @@ class ParsedConfig:
         if server.tls_cafile is not None and server.tls_certfile is None:
             self.report.error("$.server.tls_cafile", "client certificates (tls_cafile) need TLS: set tls_certfile "
                               "and tls_keyfile too")
-        for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
-            value = getattr(server, name)
-            if value is not None and not Path(value).is_file():
-                self.report.error(f"$.server.{name}", f"file not found: {value}")
+        try:
+            if server.tls_certfile is not None and server.tls_keyfile is not None:
+                server_ssl_context(server)
+            else:
+                for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
+                    value = getattr(server, name)
+                    if value is not None:
+                        read_file(name, value)
+        except TLSFileError as exc:
+            self.report.error(f"$.server.{exc.field}", exc.message)
         if server.max_body_bytes < 1024:
             self.report.error("$.server.max_body_bytes", "must be at least 1024 bytes")
