@@ -76,7 +76,7 @@ def _port(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
-    # The same loader as the config checks, which have passed: what fails now changed since.
+    # The loader of the config checks, which passed: a failure here means a file changed since.
     try:
         return server_ssl_context(loaded.run.server)
     except TLSFileError as exc:
