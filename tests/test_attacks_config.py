@@ -15,7 +15,7 @@ import trustme
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 
-from stackd.config.bounds import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES
+from stackd.config.bounds import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_LINE_CHARS, MAX_NODES
 from stackd.convert import converter
 from stackd.loading import ConfigError, parse_config
 
@@ -71,7 +71,7 @@ def test_a_file_that_is_not_utf8_is_located(tmp_path: Path, run_cli: Callable[..
     "body",
     [
         "a: " + "[" * 20000 + "]" * 20000 + "\n",  # flow sequences
-        "a: " + "{b: " * 20000 + "c" + "}" * 20000 + "\n",  # flow mappings
+        "a:\n" + " {b:\n" * 20000 + " c" + "}\n" * 20000,  # flow mappings, one per line
         "".join(" " * i + "k:\n" for i in range(200)) + " " * 200 + "v\n",  # block mappings
         "".join(" " * (2 * i) + "- \n" for i in range(200)),  # block sequences
     ],
@@ -95,7 +95,7 @@ def laughs(levels: int = 9) -> str:
 def test_billion_laughs_is_refused_quickly(tmp_path: Path, run_cli: Callable[..., Any], command: str) -> None:
     path = tmp_path / "laughs.yaml"
     path.write_text(GOOD + laughs(), encoding="utf-8")
-    refused(run_cli, path, f"the config holds more than {MAX_NODES} values once its aliases are expanded",
+    refused(run_cli, path, f"the config holds more than {MAX_NODES} keys and values once its aliases are expanded",
             command=command)
 
 
@@ -104,7 +104,7 @@ def test_alias_expansion_is_counted_inside_mappings_and_merge_keys() -> None:
     text = "m0: &m0 {" + ", ".join(f"k{j}: v" for j in range(10)) + "}\n"
     for i in range(1, 8):
         text += f"m{i}: &m{i} [" + ", ".join([f"{{<<: *m{i - 1}}}"] * 10) + "]\n"
-    assert any(f"more than {MAX_NODES} values" in p for p in problems(text))
+    assert any(f"more than {MAX_NODES} keys and values" in p for p in problems(text))
 
 
 def test_an_alias_deeper_than_the_bound_once_expanded_is_located() -> None:
@@ -126,9 +126,33 @@ def test_aliases_within_bounds_still_work() -> None:
 def test_a_file_larger_than_the_bound_is_not_read_to_its_end(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     path = tmp_path / "big.yaml"
     path.write_text(GOOD + "# " + "x" * MAX_CONFIG_BYTES + "\n", encoding="utf-8")
-    refused(run_cli, path, f"the config file is larger than 4 MiB; is this the right file? @ $ ({path})")
+    refused(run_cli, path, f"the config file is larger than 1 MiB; is this the right file? @ $ ({path})")
     # A device that never ends is refused, not read forever.
-    refused(run_cli, Path("/dev/zero"), "the config file is larger than 4 MiB")
+    refused(run_cli, Path("/dev/zero"), "the config file is larger than 1 MiB")
+
+
+def test_a_long_line_is_refused_before_the_yaml_loader_sees_it(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
+    # ruamel.yaml takes quadratic time over one comment line: 4 MiB of it took five minutes.
+    path = tmp_path / "long.yaml"
+    path.write_text(GOOD + "#" + "a" * MAX_LINE_CHARS + "\n", encoding="utf-8")
+    refused(run_cli, path, f"line 9 of the config is longer than {MAX_LINE_CHARS} characters; break it up "
+            f"(YAML folds long strings over lines with > or |) @ $ ({path}:9:1)")
+
+
+def test_too_many_values_without_aliases_are_located() -> None:
+    found = problems(GOOD + "x:\n" + "- 1\n" * MAX_NODES)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"the config holds more than {MAX_NODES} keys and values; is this the right file? @ $ "
+                               "(<config>:499")
+
+
+def test_a_large_real_config_is_within_the_bounds() -> None:
+    n = 1500  # about 18,000 keys and values in 100 KB
+    names = ", ".join(f"m{i}" for i in range(n))
+    text = GOOD.replace("inline::echo\n", f"inline::echo\n    config: {{models: [{names}]}}\n").replace(
+        "models:\n- model_id: echo-1\n", "models:\n" + "".join(
+            f"- model_id: m{i}\n  provider_model_id: m{i}\n  metadata: {{a: 1, b: two}}\n" for i in range(n)))
+    assert len(parse_config(text, env={}).models) == n
 
 
 @pytest.mark.parametrize(

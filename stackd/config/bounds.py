@@ -6,6 +6,7 @@ it is refused with a located error instead:
 
 - the file is read up to :data:`MAX_CONFIG_BYTES` (so ``/dev/zero`` is refused, not read);
 - it must be UTF-8 (the error names the line and column of the first bad byte);
+- no line may be longer than :data:`MAX_LINE_CHARS`;
 - one pass over ruamel.yaml's parse events (iterative, so depth cannot exhaust the stack)
   counts nesting depth and the nodes the document holds once every alias is expanded, as
   every later walk (env substitution, structuring) expands them.
@@ -28,14 +29,19 @@ from ruamel.yaml.events import (
 
 from stackd.config.problems import ConfigError, Problem
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_NODES", "check_shape", "read_text"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_LINE_CHARS", "MAX_NODES", "check_shape", "read_text"]
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
-"""A large real config (hundreds of models) is under 200 KB."""
+# The YAML loader reads about a megabyte a second and takes ~70 µs per value, and a long
+# comment line costs it quadratic time (4 MiB of one comment: five minutes): these bounds keep
+# the worst file a few seconds, far above real configs (2,000 models: 140 KB, 24,000 nodes).
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The size of the file."""
+MAX_LINE_CHARS = 64 * 1024
+"""The length of one line."""
 MAX_DEPTH = 64
 """Collections inside collections; a run config needs about 8."""
-MAX_NODES = 200_000
-"""Scalars and collections after alias expansion; about 20 per model entry."""
+MAX_NODES = 50_000
+"""Keys, values and collections after alias expansion; about 12 per model entry."""
 
 
 def read_text(path: Path) -> str:
@@ -49,12 +55,24 @@ def read_text(path: Path) -> str:
         raise ConfigError([Problem("$", f"the config file is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
                                    "is this the right file?", str(path))])
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ConfigError([Problem("$", f"the config file is not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot "
                                    "be decoded; save the file as UTF-8", f"{path}:{line}:{column}")]) from None
+    return text
+
+
+def check_lines(text: str, filename: str) -> None:
+    """Refuse a line longer than :data:`MAX_LINE_CHARS`."""
+    if len(text) <= MAX_LINE_CHARS:
+        return
+    for number, line in enumerate(text.split("\n"), 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise ConfigError([Problem("$", f"line {number} of the config is longer than {MAX_LINE_CHARS} "
+                                       "characters; break it up (YAML folds long strings over lines with > or |)",
+                                       f"{filename}:{number}:1")])
 
 
 def _where(event: Event, filename: str) -> str:
@@ -74,6 +92,7 @@ class _Open:
 def check_shape(text: str, filename: str) -> None:
     """Refuse a document nested deeper than :data:`MAX_DEPTH` or larger than :data:`MAX_NODES`
     once its aliases are expanded. YAML syntax errors propagate as ruamel raises them."""
+    check_lines(text, filename)
     nodes = 0
     depth = 0
     # per anchor: (nodes, height) of the subtree it names, as an alias expands it
@@ -113,6 +132,7 @@ def check_shape(text: str, filename: str) -> None:
         else:
             continue
         if nodes > MAX_NODES:
-            raise ConfigError([Problem("$", f"the config holds more than {MAX_NODES} values once its aliases "
-                                       "are expanded (an alias repeats all of what its anchor names); write "
-                                       "the values out, or use fewer aliases", _where(event, filename))])
+            why = (" once its aliases are expanded (an alias repeats all of what its anchor names); use fewer "
+                   "aliases" if anchors else "; is this the right file?")
+            raise ConfigError([Problem("$", f"the config holds more than {MAX_NODES} keys and values{why}",
+                                       _where(event, filename))])
