@@ -179,6 +179,12 @@ def test_stream_stall_timeout_must_be_finite(value: str) -> None:
     assert found[0].endswith("@ $.server.stream_stall_timeout (<config>:10:25)")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_a_number_from_the_environment_must_be_finite(value: str) -> None:
+    found = problems(GOOD + "server:\n  stream_stall_timeout: ${env.T}\n", T=value)
+    assert len(found) == 1 and found[0].startswith("expected a finite number, got "), found
+
+
 def test_plugin_float_settings_must_be_finite() -> None:
     text = GOOD.replace("provider_type: inline::echo\n", "provider_type: remote::vllm\n    config:\n"
                         "      url: http://127.0.0.1:1/v1\n      timeout: .nan\n")

@@ -4,6 +4,7 @@ serve`` processes where the behaviour is the process's (exit, signals, what it p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -225,3 +226,50 @@ def test_a_full_disk_makes_registry_writes_503_naming_the_store(tmp_path: Path, 
             reader.join(timeout=5)
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+# ---- the kvstore layer: what SQLite says becomes a 503 naming the file -------------------------------
+
+
+async def test_a_store_held_locked_by_another_process_is_503_after_the_busy_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "kv.db"
+    kv = await SqliteKVStore.open(db)
+    await kv.set("model:a", "1")
+    holder = await asyncio.create_subprocess_exec(  # another program holding the file's write lock
+        sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(30)", str(db),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and await holder.stdout.readline() == b"locked\n"
+        with pytest.raises(UpstreamUnavailable) as info:
+            await kv.set("model:b", "2")
+        assert info.value.status == 503
+        assert info.value.message == (f"the SQLite store '{db}' cannot be used: database is locked; another process "
+                                      "holds the file locked; stop it or give this server its own db_path")
+        assert await kv.get("model:a") == "1"  # reads go on (WAL)
+    finally:
+        holder.kill()
+        await holder.wait()
+        await kv.close()
+    again = await SqliteKVStore.open(db)
+    await again.set("model:b", "2")  # the lock died with its holder
+    await again.close()
+
+
+async def test_a_store_that_fails_to_open_leaves_no_thread_behind(tmp_path: Path) -> None:
+    db = tmp_path / "kv.db"
+    db.write_bytes(b"not sqlite at all" * 1000)
+    with pytest.raises(UpstreamUnavailable, match=f"the SQLite store '{db}' cannot be prepared: file is not a "
+                       "database"):
+        await SqliteKVStore.open(db)
+    for _ in range(100):  # the closed connection's thread ends just after close() returns
+        if not _sqlite_threads():
+            break
+        await asyncio.sleep(0.01)
+    assert _sqlite_threads() == []
+
+
+def _sqlite_threads() -> list[str]:
+    """aiosqlite's connection threads: not daemons, so one left running keeps a process from exiting."""
+    return [t.name for t in threading.enumerate() if "_connection_worker_thread" in t.name]
