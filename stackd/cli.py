@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 
 import stackd
+from stackd.config.tls import TLSFileError, server_ssl_context
 from stackd.loading import ConfigError, LoadedConfig, Problem, load_config
 from stackd.providers.discovery import Catalog, PluginLoadError
 
@@ -73,15 +74,11 @@ def _port(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
-    server = loaded.run.server
-    if server.tls_certfile is None or server.tls_keyfile is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(server.tls_certfile), str(server.tls_keyfile))
-    if server.tls_cafile is not None:
-        ctx.load_verify_locations(cafile=str(server.tls_cafile))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    # The loader of the config checks, which passed: a failure here means a file changed since.
+    try:
+        return server_ssl_context(loaded.run.server)
+    except TLSFileError as exc:
+        raise OSError(str(exc)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:

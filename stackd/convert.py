@@ -18,6 +18,7 @@ itself with ``Annotated`` markers, read when the converter meets the type:
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -106,14 +107,27 @@ def _structure_int(value: Any, _: type) -> int:
     raise StructureError(f"expected an integer, got {describe(value)}")
 
 
+def _finite(number: float, value: Any) -> float:
+    # NaN compares false with every bound, so a check like `timeout > 0` lets it through and it
+    # breaks far from its field (every stream ending in an error); inf is as meaningless.
+    if not math.isfinite(number):
+        raise StructureError(f"expected a finite number, got {describe(value)}")
+    return number
+
+
 def _structure_float(value: Any, _: type) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return _finite(float(value), value)
+        except OverflowError:  # an int beyond the float range
+            raise StructureError(f"expected a finite number, got {describe(value)}") from None
     if isinstance(value, str):
         try:
-            return float(value.strip())
+            number = float(value.strip())
         except ValueError:
             pass
+        else:
+            return _finite(number, value)
     raise StructureError(f"expected a number, got {describe(value)}")
 
 
@@ -192,8 +206,12 @@ def _primitive_union_hook(tp: Any) -> Callable[[Any, Any], Any]:
                 return None
             if member is bool and isinstance(value, bool):
                 return value
-            if member in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return member(value)
+            if member is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return _structure_float(value, float)
+            if member is int and not isinstance(value, bool) and (
+                isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            ):
+                return int(value)
             if member in (str, Path) and isinstance(value, str):
                 return member(value)
         wanted = " or ".join(_PRIMITIVES[m] for m in members)

@@ -180,8 +180,13 @@ class Registry:
     # -- start-up ---------------------------------------------------------------------------
 
     async def reconcile(self, models: list[ModelInput], shields: list[ShieldInput]) -> None:
-        """Make the config's resources exactly those of the file; keep API registrations."""
-        await self._reconcile(self.models, [
+        """Make the config's resources exactly those of the file; keep API registrations.
+
+        Every provider accepts its resources before anything is written, so a start that fails
+        here leaves the store as the last good start left it. The caller holds the store's lock
+        (:mod:`stackd.kvstore.lock`), so no other live server's records are rewritten.
+        """
+        wanted_models = await self._checked([
             Model(
                 identifier=m.model_id,
                 provider_id=m.provider_id,
@@ -194,7 +199,7 @@ class Registry:
             for m in models
             if m.model_id is not None and m.provider_id is not None
         ])
-        await self._reconcile(self.shields, [
+        wanted_shields = await self._checked([
             Shield(
                 identifier=s.shield_id,
                 provider_id=s.provider_id,
@@ -206,10 +211,15 @@ class Registry:
             for s in shields
             if s.shield_id is not None and s.provider_id is not None
         ])
+        await self._reconcile(self.models, wanted_models)
+        await self._reconcile(self.shields, wanted_shields)
 
-    async def _reconcile(self, table: _Table[R], wanted: list[R]) -> None:
+    async def _checked(self, wanted: list[R]) -> list[R]:
+        return [await self._check(item, at_start=True) for item in wanted]
+
+    async def _reconcile(self, table: _Table[R], checked: list[R]) -> None:
         stored = await table.load()
-        names = {item.identifier for item in wanted}
+        names = {item.identifier for item in checked}
         for item in stored:
             if item.source == "config" and item.identifier not in names:
                 log.info("%s %r was removed from the config; unregistering it", table.kind, item.identifier)
@@ -218,8 +228,8 @@ class Registry:
                 # An API registration whose provider left the config cannot be served: say so once.
                 log.warning("%s %r belongs to provider %r, which is not configured; it is hidden until "
                             "the provider returns", table.kind, item.identifier, item.provider_id)
-        for item in wanted:
-            await table.put(await self._check(item, at_start=True))
+        for item in checked:
+            await table.put(item)
 
     async def _check(self, item: R, *, at_start: bool = False) -> R:
         """Let the provider accept (and complete) the resource: ``register_model`` / ``register_shield``."""

@@ -13,8 +13,9 @@ import attrs
 
 from stackd.admission import Gatekeeper
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
+from stackd.errors import UpstreamUnavailable
 from stackd.inference_store import InferenceStoreWriter, open_inference_store
-from stackd.kvstore import KVStore, open_kvstore
+from stackd.kvstore import KVStore, lock_store, open_kvstore
 from stackd.loading import LoadedConfig
 from stackd.providers.build import build_providers
 from stackd.registry import Registry
@@ -57,15 +58,37 @@ def _default_store(config: StoreConfig | None, name: str, filename: str) -> Stor
 
 
 @contextlib.asynccontextmanager
+async def _in_state_dir(default: bool) -> AsyncIterator[None]:
+    """A store that failed in the state directory names the directory and STACKD_HOME, the
+    setting an operator changes (the file itself was never named in their config)."""
+    try:
+        yield
+    except UpstreamUnavailable as exc:
+        if not default:
+            raise
+        exc.message = f"cannot use the state directory {str(state_dir())!r} (STACKD_HOME): {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
+@contextlib.asynccontextmanager
 async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) -> AsyncIterator[Stack]:
     run = loaded.run
     async with contextlib.AsyncExitStack() as exits:
-        metadata = await open_kvstore(_default_store(run.metadata_store, run.name, "registry.db"))
+        metadata_config = _default_store(run.metadata_store, run.name, "registry.db")
+        async with _in_state_dir(run.metadata_store is None):
+            # Before anything is written: reconciling below rewrites the config's models, which
+            # must never happen under another live server (see stackd.kvstore.lock).
+            lock = await lock_store(metadata_config)
+            if lock is not None:
+                exits.push_async_callback(lock.release)
+            metadata = await open_kvstore(metadata_config)
         exits.push_async_callback(metadata.close)
 
         inference_store = None
         if "inference" in loaded.served_apis():
-            inference_store = await _open_inference_store(loaded, exits)
+            async with _in_state_dir(run.inference_store is None):
+                inference_store = await _open_inference_store(loaded, exits)
 
         providers: dict[str, Any] = {}
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}

@@ -118,7 +118,7 @@ _server = st.builds(
 _runs = st.builds(
     RunConfig,
     version=st.one_of(st.integers(1, 3), _text),
-    image_name=st.one_of(st.none(), _text),
+    image_name=st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,11}", fullmatch=True)),
     apis=st.lists(st.sampled_from(["inference", "safety"]), max_size=2),
     metadata_store=st.one_of(st.none(), _stores),
     models=st.lists(_models, max_size=3),

@@ -102,17 +102,18 @@ REFUSED = {
                               + b"q" * 9000 + b"\r\n\r\n", 431),
     "header name over the limit": (b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-" + TOKEN.encode() + b"n" * 9000
                                    + b": 1\r\n\r\n", 431),
-    "request line over the limit": (b"GET /v1/models/" + TOKEN.encode() * 600 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
+    "request line over the limit": (b"GET /v1/models/" + TOKEN.encode() * 600
+                                    + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
     "too many headers": (b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n"
                          + b"".join(b"X-%d: " % i + SECRET_LINE + b"\r\n" for i in range(200)) + b"\r\n", 431),
     "bad chunk size": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                        + TOKEN.encode() + b"\r\nabc\r\n0\r\n\r\n", 400),
     "brotli body": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Encoding: br\r\n"
                     b"Content-Length: 4\r\n\r\nabcd", 415),
-    "unknown transfer coding": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n"
-                                b"abcd", 501),
-    "length and chunked together": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
-                                    b"Content-Length: 4\r\n\r\n0\r\n\r\n", 400),
+    "unknown transfer coding": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                b"Transfer-Encoding: gzip\r\n\r\nabcd", 501),
+    "length and chunked together": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                    b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", 400),
     "TLS to the plain port": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + TOKEN.encode() + b"\r\n\r\n", 400),
     "bad header token": (b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX(" + TOKEN.encode() + b"): 1\r\n\r\n", 400),
 }
@@ -149,8 +150,9 @@ async def test_a_body_that_does_not_decode_is_one_400_and_no_traceback(
     caplog.set_level(logging.DEBUG)
     port = await start()
     for body in (b'{"model": "echo-1"} not gzip', zlib.compress(orjson.dumps(CHAT))[:-6] + b"garbage"):
-        raw, _ = await _exchange(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Encoding: gzip\r\n"
-                                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        raw, _ = await _exchange(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Content-Encoding: gzip\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
         status, headers, out = _answer(raw)
         assert status == 400 and headers["connection"] == "close", raw[:300]
         _one_error(out, "invalid_request_error")

@@ -9,8 +9,9 @@ import pytest
 
 from stackd import Caller
 from stackd.errors import BadRequest, Conflict, Forbidden, NotFound
+from stackd.kvstore.sqlite import SqliteKVStore
 from stackd.loading import parse_config
-from stackd.registry import can_access
+from stackd.registry import Registry, can_access
 from stackd.stack import open_stack
 
 
@@ -100,13 +101,18 @@ def test_access_rule() -> None:
 
 
 async def test_replicas_sharing_a_store_see_each_others_registrations(tmp_path: Path) -> None:
+    # A second stack on one SQLite store is refused (test_state.py); replicas share a store
+    # through a second connection, as they will through Redis or PostgreSQL.
     text = run_yaml(tmp_path / "shared.db", "[]")
-    async with open_stack(parse_config(text, env={})) as a, open_stack(parse_config(text, env={})) as b:
-        b.registry.models.ttl = 0.05
+    async with open_stack(parse_config(text, env={})) as a:
+        kv = await SqliteKVStore.open(tmp_path / "shared.db")
+        b = Registry(kv, a.providers, {"echo": "inference"})
+        b.models.ttl = 0.05
         await a.registry.register_model(Caller(), "shared", "echo-1")
-        assert [m.identifier for m in await b.registry.list_models(Caller())] == ["shared"]
-        assert (await b.registry.get_model("shared", Caller())).provider_resource_id == "echo-1"
+        assert [m.identifier for m in await b.list_models(Caller())] == ["shared"]
+        assert (await b.get_model("shared", Caller())).provider_resource_id == "echo-1"
         await a.registry.unregister_model("shared", Caller())
         await asyncio.sleep(0.1)  # b's cached entry is trusted for its ttl only
         with pytest.raises(NotFound):
-            await b.registry.get_model("shared", Caller())
+            await b.get_model("shared", Caller())
+        await kv.close()

@@ -443,14 +443,19 @@ async def test_a_loopback_server_answers_only_loopback_host_names(
 async def test_allowed_hosts_setting(
     live_app: Callable[[LoadedConfig], Awaitable[int]], write_config: Callable[..., Path]
 ) -> None:
+    def own_state(path: Path) -> Path:
+        # One SQLite metadata store serves one server at a time; these run side by side.
+        path.write_text(path.read_text().replace("registry.db", f"{path.stem}-registry.db"))
+        return path
+
     port = await live_app(load_config(write_config(server="  allowed_hosts: [stackd.internal, '[::1]']\n")))
     assert (await _get(port, "stackd.internal:8321"))[0] == 200
     assert (await _get(port, "[::1]"))[0] == 200
     assert (await _get(port, "localhost"))[0] == 421
-    port = await live_app(load_config(write_config(name="any.yaml", server="  allowed_hosts: ['*']\n")))
+    port = await live_app(load_config(own_state(write_config(name="any.yaml", server="  allowed_hosts: ['*']\n"))))
     assert (await _get(port, "anything.example"))[0] == 200
     # Listening on every address, a server is reached under names it cannot know: any is answered.
-    port = await live_app(load_config(write_config(name="wide.yaml", server="  host: 0.0.0.0\n")))
+    port = await live_app(load_config(own_state(write_config(name="wide.yaml", server="  host: 0.0.0.0\n"))))
     assert (await _get(port, "my-box.lan"))[0] == 200
 
 

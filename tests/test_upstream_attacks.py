@@ -65,7 +65,10 @@ async def make_client(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
 
     async def make(url: str, **kw: Any) -> Client:
-        client = TestClient(TestServer(create_app(config(url, tmp_path, **kw)), handler_cancellation=True))
+        # Each app its own state: one SQLite metadata store serves one server at a time.
+        state = tmp_path / f"app{len(clients)}"
+        state.mkdir()
+        client = TestClient(TestServer(create_app(config(url, state, **kw)), handler_cancellation=True))
         await client.start_server()
         clients.append(client)
         return client

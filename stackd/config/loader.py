@@ -20,9 +20,10 @@ from typing import Any
 import attrs
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from stackd.apis.known import PROVIDER_APIS, RESOURCE_APIS
+from stackd.config.bounds import check_shape, read_text
 from stackd.config.envsubst import substitute
 from stackd.config.problems import ConfigError, Locator, Problem, Report
 from stackd.config.schema import (
@@ -33,6 +34,7 @@ from stackd.config.schema import (
     ServerConfig,
     ShieldInput,
 )
+from stackd.config.tls import TLSFileError, read_file, server_ssl_context
 from stackd.convert import converter, field_errors, unknown_keys
 
 __all__ = ["ParsedConfig", "ProviderAt", "read_config", "parse_text"]
@@ -66,10 +68,7 @@ def _plain(node: Any) -> Any:
 
 def read_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> ParsedConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem("$", f"cannot read config file {path}: {exc.strerror or exc}")]) from None
+    text = read_text(path)
     return parse_text(text, filename=str(path), env=env, source=path)
 
 
@@ -85,11 +84,16 @@ def parse_text(
     env = os.environ if env is None else env
     yaml = YAML(typ="rt")
     try:
+        check_shape(text, filename)
         tree = yaml.load(io.StringIO(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
         loc = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
         raise ConfigError([Problem("$", f"not valid YAML: {exc.problem}", loc)]) from None
+    except YAMLError as exc:  # unmarked: a control character in the text, say
+        raise ConfigError([Problem("$", f"not valid YAML: {exc}", filename)]) from None
+    except ValueError as exc:  # a value ruamel cannot build: an integer of 5,000 digits, say
+        raise ConfigError([Problem("$", f"not valid YAML: {exc}", filename)]) from None
     if tree is None:
         tree = CommentedMap()
     if not isinstance(tree, Mapping):
@@ -340,10 +344,16 @@ class ParsedConfig:
         if server.tls_cafile is not None and server.tls_certfile is None:
             self.report.error("$.server.tls_cafile", "client certificates (tls_cafile) need TLS: set tls_certfile "
                               "and tls_keyfile too")
-        for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
-            value = getattr(server, name)
-            if value is not None and not Path(value).is_file():
-                self.report.error(f"$.server.{name}", f"file not found: {value}")
+        try:
+            if server.tls_certfile is not None and server.tls_keyfile is not None:
+                server_ssl_context(server)
+            else:
+                for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
+                    value = getattr(server, name)
+                    if value is not None:
+                        read_file(name, value)
+        except TLSFileError as exc:
+            self.report.error(f"$.server.{exc.field}", exc.message)
         for name in ("max_body_bytes", "max_upstream_body_bytes", "max_upstream_line_bytes",
                      "max_stored_completion_bytes", "max_store_queue_bytes"):
             if getattr(server, name) < 1024:

@@ -19,7 +19,9 @@ from stackd.convert import Check, Seconds
 
 __all__ = [
     "AuthConfig",
+    "Host",
     "ModelInput",
+    "Name",
     "Port",
     "PositiveInt",
     "ProviderEntry",
@@ -45,6 +47,17 @@ AllowedHost = Annotated[str, Check(
     "a host name or address without scheme or path (localhost, 10.0.0.5, [::1], api.example.com), or '*' for any",
 )]
 PositiveInt = Annotated[int, Check(lambda n: n > 0, "a positive whole number")]
+
+# An empty host binds every interface, which nobody writes on purpose: 0.0.0.0 and :: say it.
+Host = Annotated[str, Check(lambda h: h.strip() != "" and h == h.strip(), "a host name or address",
+                            hint=" (0.0.0.0 or :: listens on every interface, 127.0.0.1 on this machine only)")]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The name becomes a directory under STACKD_HOME: a path (/tmp/x, ../x) would put state elsewhere.
+Name = Annotated[str, Check(lambda n: _NAME.fullmatch(n) is not None, "a name of up to 128 letters, digits, "
+                            "'.', '_' or '-', starting with a letter or digit",
+                            hint=" (it names a folder under STACKD_HOME; to keep state elsewhere set STACKD_HOME "
+                            "or the stores' db_path)")]
 
 
 # Llama Stack 0.2.x run.yaml keys for APIs stackd does not serve: accepted with a warning.
@@ -116,7 +129,7 @@ class QuotaConfig:
 
 @attrs.frozen
 class ServerConfig:
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Port = 8321
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
@@ -148,8 +161,8 @@ class ServerConfig:
 @attrs.frozen
 class RunConfig:
     version: int | str = 2
-    image_name: str | None = None
-    conda_env: str | None = None
+    image_name: Name | None = None
+    conda_env: Name | None = None
     apis: list[str] = attrs.field(factory=list)
     providers: dict[str, list[ProviderEntry]] = attrs.field(factory=dict)
     metadata_store: StoreConfig | None = None
