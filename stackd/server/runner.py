@@ -75,7 +75,7 @@ def fd_limit() -> int:
 
 @attrs.frozen
 class Limits:
-    """The connection-level limits of ``server:`` (docs/api.md, Limits: HTTP server)."""
+    """The connection-level limits of ``server:`` (docs/api.md, "Limits")."""
 
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
