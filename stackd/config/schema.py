@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import attrs
 
 from stackd.apis.models import ResourceId
+from stackd.config.auth import AuthConfig, RoutePolicyRule
 from stackd.config.stores import StoreConfig
 from stackd.convert import Check, Seconds
 
@@ -101,21 +102,6 @@ class ShieldInput:
     provider_shield_id: ResourceId | None = None
     params: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
-
-
-@attrs.frozen
-class RoutePolicyRule:
-    routes: list[str]
-    allow: dict[str, list[str]] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class AuthConfig:
-    """``server.auth``; ``config`` is structured by the auth provider chosen by ``provider_type``."""
-
-    provider_type: str
-    config: dict[str, Any] = attrs.field(factory=dict)
-    route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
 
 
 @attrs.frozen
