@@ -14,6 +14,7 @@ import attrs
 
 from stackd.admission import PUBLIC_PATHS, Gatekeeper
 from stackd.auth import build_authenticator
+from stackd.auth.policy import AccessPolicy
 from stackd.config.schema import ServerConfig
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
@@ -97,8 +98,9 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
 
         providers: dict[str, Any] = {}
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
+        policy = AccessPolicy(run.server.auth.access_policy if run.server.auth is not None else ())
         registry = Registry(metadata, providers, provider_apis,
-                            max_models=run.server.max_models, max_shields=run.server.max_shields)
+                            max_models=run.server.max_models, max_shields=run.server.max_shields, policy=policy)
         inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None,
                                     max_stored_bytes=run.server.max_stored_completion_bytes)
         safety = SafetyRouter(registry, providers)

@@ -53,6 +53,7 @@ class Model:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     owner: dict[str, list[str]] | None = None
     source: Literal["config", "api"] = "api"
+    owner_principal: str | None = None  # kept for "user is owner" rules; not part of the answer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class Shield:
     params: dict[str, Any] = attrs.field(factory=dict)
     owner: dict[str, list[str]] | None = None
     source: Literal["config", "api"] = "api"
+    owner_principal: str | None = None  # kept for "user is owner" rules; not part of the answer
 
     def to_json(self) -> dict[str, Any]:
         return {

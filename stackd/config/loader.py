@@ -45,6 +45,14 @@ _INVALID = "(invalid)"  # stand-in provider_type for an entry whose errors are r
 _KNOWN_APIS = tuple(PROVIDER_APIS)
 
 
+# What route rules may name: every route stackd serves, and the prefixes of the APIs it knows.
+_KNOWN_ROUTES = (
+    "/v1/health", "/v1/version", "/v1/providers", "/v1/inspect/routes", "/v1/models", "/v1/shields",
+    "/v1/openai/v1/models", "/v1/chat/completions", "/v1/openai/v1/chat/completions",
+    *(prefix for api in PROVIDER_APIS.values() for prefix in api.prefixes),
+)
+
+
 @attrs.frozen
 class ProviderAt:
     """An enabled provider entry of the file, under its API, and where it stands."""
@@ -328,8 +336,21 @@ class ParsedConfig:
             else:
                 self.report.warn("$.server.route_policy", "deprecated with auth on: move these rules to "
                                  "server.auth.route_policy; they are read from here for now")
+        for path, rules in (("$.server.route_policy", server.route_policy),
+                            ("$.server.auth.route_policy", auth.route_policy if auth is not None else [])):
+            for i, rule in enumerate(rules):
+                for j, route in enumerate(rule.routes):
+                    if not any(route.startswith(k) or k.startswith(route) for k in _KNOWN_ROUTES):
+                        self.report.warn(f"{path}[{i}].routes[{j}]", f"{route!r} names no route of stackd; "
+                                         "write an exact path (/v1/models) or a prefix ending in '/' (/v1/inference/)")
         if auth is None:
             return
+        for i, access in enumerate(auth.access_policy):
+            where = f"$.server.auth.access_policy[{i}]"
+            if (access.permit is None) == (access.forbid is None):
+                self.report.error(where, "a rule needs exactly one of permit or forbid")
+            if access.when is not None and access.unless is not None:
+                self.report.error(where, "a rule takes when or unless, not both")
         cfg = auth.config
         if isinstance(cfg, OAuth2TokenConfig) and cfg.tls_cafile is not None:
             try:
