@@ -211,3 +211,78 @@ def test_a_route_rule_naming_no_route_is_a_warning(write_config: Callable[..., P
     warnings = [str(p) for p in read_config(path).report.warnings]
     assert any("'/v1/modles' names no route" in w and "route_policy[0].routes[0]" in w for w in warnings), warnings
     assert not any("routes[1]" in w for w in warnings)
+
+
+async def _chat(c: TestClient[web.Request, web.Application], token: str, text: str, stream: bool = False) -> str:
+    body = {"model": "echo-1", "messages": [{"role": "user", "content": text}], "stream": stream}
+    resp = await c.post("/v1/chat/completions", json=body, headers=as_(token))
+    assert resp.status == 200
+    if not stream:
+        return str((await resp.json())["id"])
+    first = next(line for line in (await resp.text()).splitlines() if line.startswith("data: {"))
+    import json
+
+    return str(json.loads(first[6:])["id"])
+
+
+async def test_stored_completions_are_their_owners(make_client: Any) -> None:
+    async with await make_client() as c:
+        mine = [await _chat(c, "tok-alice", f"alice {i}", stream=i % 2 == 1) for i in range(5)]
+        theirs = [await _chat(c, "tok-bob", f"bob {i}") for i in range(4)]
+        # Pages of 2 reach every one of alice's, and none of bob's.
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            query = "?limit=2" + (f"&after={after}" if after else "")
+            resp = await c.get(f"/v1/chat/completions{query}", headers=as_("tok-alice"))
+            page = await resp.json()
+            seen += [item["id"] for item in page["data"]]
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        assert sorted(seen) == sorted(mine)
+        for cid in theirs:
+            for path in (f"/v1/chat/completions/{cid}", f"/v1/chat/completions/{cid}/messages",
+                         f"/v1/openai/v1/chat/completions/{cid}"):
+                resp = await c.get(path, headers=as_("tok-alice"))
+                assert resp.status == 404, path
+            assert (await c.get(f"/v1/chat/completions/{cid}", headers=as_("tok-bob"))).status == 200
+        resp = await c.get(f"/v1/chat/completions/{mine[0]}/messages", headers=as_("tok-alice"))
+        assert resp.status == 200 and (await resp.json())["data"][0]["content"] == "alice 0"
+
+
+async def test_stored_completions_follow_access_policy(make_client: Any) -> None:
+    policy = ('    access_policy:\n    - permit: {actions: [read], resource: "model::*"}\n'
+              '    - permit: {actions: [read], resource: "chat_completion::*"}\n'
+              '      when: user is owner\n')
+    async with await make_client(policy) as c:
+        cid = await _chat(c, "tok-alice", "private")
+        assert (await c.get(f"/v1/chat/completions/{cid}", headers=as_("tok-alice"))).status == 200
+        assert (await c.get(f"/v1/chat/completions/{cid}", headers=as_("tok-carol"))).status == 404
+        listed = await (await c.get("/v1/chat/completions", headers=as_("tok-carol"))).json()
+        assert listed["data"] == []
+
+
+async def test_a_store_without_owners_gains_the_column_and_keeps_first_owner(tmp_path: Path) -> None:
+    import sqlite3
+
+    from stackd.inference_store.sqlite import SqliteInferenceStore
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # the schema of stackd 0.1.0
+        conn.execute("CREATE TABLE chat_completions (id TEXT PRIMARY KEY, created INTEGER NOT NULL, "
+                     "model TEXT NOT NULL, body TEXT NOT NULL, input_messages TEXT NOT NULL)")
+        conn.execute("INSERT INTO chat_completions VALUES ('old', 1, 'm', '{\"id\": \"old\", \"created\": 1, "
+                     "\"model\": \"m\"}', '[]')")
+    store = await SqliteInferenceStore.open(db)
+    try:
+        def nobody(_cid: str, owner: str | None) -> bool:
+            return owner is None
+
+        assert (await store.get("old", visible=nobody))["id"] == "old"  # unowned, as before
+        body = {"id": "x", "created": 2, "model": "m", "choices": []}
+        await store.store_many([(body, [], '{"principal": "alice", "attributes": null}')])
+        await store.store_many([(body | {"model": "stolen"}, [], '{"principal": "bob", "attributes": null}')])
+        assert (await store.get("x"))["model"] == "m"  # a repeated id does not change hands
+    finally:
+        await store.close()

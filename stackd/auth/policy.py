@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
+import orjson
 
 from stackd.caller import Caller
 from stackd.config.auth import AccessRule, AccessScope, parse_condition
 
-__all__ = ["AccessPolicy", "Owner", "owner_of"]
+__all__ = ["AccessPolicy", "Owner", "owner_from_json", "owner_json", "owner_of"]
 
 
 @attrs.frozen
@@ -30,6 +31,28 @@ class Owner:
 
 def owner_of(caller: Caller) -> Owner:
     return Owner(caller.principal, {k: list(v) for k, v in caller.attributes.items() if v} or None)
+
+
+def owner_json(caller: Caller) -> str | None:
+    """How a stored record keeps its owner (None: unowned, the anonymous caller of a server
+    without auth)."""
+    if caller.principal is None and not caller.attributes:
+        return None
+    owner = owner_of(caller)
+    return orjson.dumps({"principal": owner.principal, "attributes": owner.attributes}).decode()
+
+
+def owner_from_json(text: str | None) -> Owner | None:
+    if not text:
+        return None
+    try:
+        data = orjson.loads(text)
+        attributes = data.get("attributes") or None
+        return Owner(data.get("principal"), {str(k): [str(v) for v in vs] for k, vs in attributes.items()}
+                     if isinstance(attributes, dict) else None)
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        # A record whose owner cannot be read is nobody's to see: deny rather than open it.
+        return Owner("\0unreadable", {"\0unreadable": ["\0"]})
 
 
 _Test = Callable[[Caller, Owner | None], bool]
