@@ -113,10 +113,15 @@ class CustomAuthenticator:
             decision = await self._flight.run(key, lambda: self._decide(key, token, request))
         if isinstance(decision, _Refused):
             raise Unauthorized(decision.message)
-        return attrs.evolve(decision, client_address=request.client_address)
+        if decision.client_address != request.client_address:
+            # Most requests of one token come from one address: no copy for those.
+            decision = attrs.evolve(decision, client_address=request.client_address)
+        return decision
 
     async def _decide(self, key: bytes, token: str, request: AuthRequest) -> Caller | _Refused:
         decision = await self._call(token, request)
+        if isinstance(decision, Caller):
+            decision = attrs.evolve(decision, client_address=request.client_address)
         cfg = self.config
         ttl = float(cfg.failure_cache_ttl if isinstance(decision, _Refused) else cfg.cache_ttl)
         exp = _jwt_exp(token)

@@ -111,8 +111,11 @@ class OAuth2TokenAuthenticator:
         caller = self._verified.get(key)
         if caller is None:
             caller, exp = await self._verify(token)
+            caller = attrs.evolve(caller, client_address=request.client_address)
             self._verified.put(key, caller, exp - time.time())
-        return attrs.evolve(caller, client_address=request.client_address)
+        elif caller.client_address != request.client_address:
+            caller = attrs.evolve(caller, client_address=request.client_address)
+        return caller
 
     # ---- verification ----------------------------------------------------------------------
 
