@@ -31,7 +31,7 @@ from joserfc.jwk import Key, KeySet
 from stackd.auth.bearer import AuthRequest, DecisionCache, SingleFlight, bearer_token, token_hash
 from stackd.auth.claims import caller_from_claims
 from stackd.caller import Caller
-from stackd.config.auth import OAuth2TokenConfig
+from stackd.config.auth import JwksConfig, OAuth2TokenConfig
 from stackd.errors import StackdError, Unauthorized, UpstreamUnavailable
 from stackd.upstream import make_session
 
@@ -86,15 +86,20 @@ class OAuth2TokenAuthenticator:
     def __attrs_post_init__(self) -> None:
         self._verified = DecisionCache(self.config.max_cached_tokens)
 
+    @property
+    def _jwks(self) -> JwksConfig:
+        assert self.config.jwks is not None, "built for a jwks config (build_authenticator)"
+        return self.config.jwks
+
     async def open(self) -> None:
         cfg = self.config
         if not cfg.verify_tls:
             log.warning("server.auth: verify_tls is false: the JWKS at %s is fetched WITHOUT verifying its "
-                        "certificate; anyone on the path can serve keys and forge every token", cfg.jwks.uri)
+                        "certificate; anyone on the path can serve keys and forge every token", self._jwks.uri)
         tls: bool | Any = cfg.tls_cafile if cfg.tls_cafile is not None else cfg.verify_tls
         headers = {"Accept": "application/json"}
-        if cfg.jwks.token:
-            headers["Authorization"] = f"Bearer {cfg.jwks.token.reveal()}"
+        if self._jwks.token:
+            headers["Authorization"] = f"Bearer {self._jwks.token.reveal()}"
         self._session = make_session(timeout=float(cfg.timeout), total_timeout=float(cfg.timeout) * 2,
                                      tls_verify=tls, headers=headers, limit=4)
 
@@ -186,7 +191,7 @@ class OAuth2TokenAuthenticator:
     async def _current_keys(self) -> _Keys:
         keys = self._keys
         now = time.monotonic()
-        if keys is not None and now - keys.fetched_at < float(self.config.jwks.key_recheck_period):
+        if keys is not None and now - keys.fetched_at < float(self._jwks.key_recheck_period):
             return keys
         try:
             return await self._fetch.run(b"jwks", self._load)
@@ -195,11 +200,11 @@ class OAuth2TokenAuthenticator:
                 raise
             # Stale keys beat no keys: the identity provider is down, not its tokens wrong.
             log.warning("server.auth: could not recheck the JWKS at %s; keeping the keys fetched %.0f s ago",
-                        self.config.jwks.uri, now - keys.fetched_at)
+                        self._jwks.uri, now - keys.fetched_at)
             return keys
 
     async def _refetch_for_unknown_kid(self, keys: _Keys) -> _Keys:
-        if time.monotonic() - self._last_fetch < float(self.config.jwks.min_refetch_interval):
+        if time.monotonic() - self._last_fetch < float(self._jwks.min_refetch_interval):
             return keys
         return await self._fetch.run(b"jwks", self._load)
 
@@ -214,7 +219,7 @@ class OAuth2TokenAuthenticator:
         return keys
 
     async def _download(self) -> _Keys:
-        uri = self.config.jwks.uri
+        uri = self._jwks.uri
         assert self._session is not None, "open() the authenticator first"
         try:
             async with self._session.get(uri, allow_redirects=False) as resp:
@@ -230,7 +235,7 @@ class OAuth2TokenAuthenticator:
         return self._parse(body)
 
     def _parse(self, body: bytes) -> _Keys:
-        uri = self.config.jwks.uri
+        uri = self._jwks.uri
         try:
             data = orjson.loads(body) if len(body) <= _MAX_JWKS_BYTES else None
         except orjson.JSONDecodeError:

@@ -20,6 +20,7 @@ __all__ = [
     "Condition",
     "parse_condition",
     "DEFAULT_CLAIMS_MAPPING",
+    "IntrospectionConfig",
     "AuthConfig",
     "CustomAuth",
     "CustomAuthConfig",
@@ -131,8 +132,21 @@ class JwksConfig:
 
 
 @attrs.frozen
+class IntrospectionConfig:
+    """RFC 7662 token introspection, instead of a JWKS (Llama Stack 0.2.12's fields)."""
+
+    url: HttpUrl
+    client_id: str
+    client_secret: Secret
+    send_secret_in_body: bool = False
+    # An active answer without exp is trusted this long; one with exp never past it.
+    cache_ttl: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
+
+
+@attrs.frozen
 class OAuth2TokenConfig:
-    jwks: JwksConfig
+    jwks: JwksConfig | None = None
+    introspection: IntrospectionConfig | None = None
     issuer: str | None = None
     audience: str | None = None
     tls_cafile: Path | None = None

@@ -352,6 +352,9 @@ class ParsedConfig:
             if access.when is not None and access.unless is not None:
                 self.report.error(where, "a rule takes when or unless, not both")
         cfg = auth.config
+        if isinstance(cfg, OAuth2TokenConfig) and (cfg.jwks is None) == (cfg.introspection is None):
+            self.report.error("$.server.auth.config", "oauth2_token needs exactly one of jwks (verify JWTs "
+                              "against a key set) or introspection (ask an RFC 7662 endpoint)")
         if isinstance(cfg, OAuth2TokenConfig) and cfg.tls_cafile is not None:
             try:
                 read_file("tls_cafile", cfg.tls_cafile)
