@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 import pytest
 from aiohttp import web
@@ -158,3 +159,31 @@ async def test_decisions_expire(make_client: Any, endpoint: Endpoint, caplog: py
         assert (await c.get("/v1/models", headers=bearer())).status == 401
         assert len(endpoint.calls) == 2
     assert TOKEN not in caplog.text
+
+
+async def test_a_real_server_never_logs_the_token(
+    stackd_serve: Any, write_config: Callable[..., Path], endpoint: Endpoint, port: Callable[[], int]
+) -> None:
+    """``stackd serve`` at DEBUG, an endpoint answering garbage, then too slowly: the tokens
+    (secret-looking) appear in no answer and no line of the process's output."""
+    endpoint.answer = b'{"weird": true}'
+    server = (f"  port: {port()}\n  auth:\n    provider_type: custom\n    config:\n      endpoint: {endpoint.url}\n"
+              "      timeout: 0.5\n")
+    proc = stackd_serve(str(write_config(server=server)), env={"STACKD_LOG_LEVEL": "DEBUG"})
+    url = await asyncio.to_thread(proc.wait_serving)
+    tokens = ["sk-live-51HxQ2eZvKYlo2C0123456789", "ghp_0123456789abcdefABCDEF0123456789ab"]
+    slow = "sk-live-another-secret-0987654321"
+    async with aiohttp.ClientSession() as session:
+        for token in tokens:
+            async with session.get(f"{url}/v1/models", headers=bearer(token)) as resp:
+                assert resp.status == 401
+                assert token not in await resp.text()
+        endpoint.delay = 3.0
+        async with session.get(f"{url}/v1/models", headers=bearer(slow)) as resp:
+            assert resp.status == 503
+            assert slow not in await resp.text()
+    await asyncio.to_thread(proc.stop)
+    output = proc.output()
+    assert "neither documented form" in output
+    for token in [*tokens, slow]:
+        assert token not in output

@@ -329,7 +329,8 @@ server:
     ("text", "expected"),
     [
         ("server:\n  auth: {provider_type: oauth2_token, config: {}}\n",
-         "required field missing @ $.server.auth.config.jwks (run.yaml:2:47)"),
+         "oauth2_token needs exactly one of jwks (verify JWTs against a key set) or introspection (ask an "
+         "RFC 7662 endpoint) @ $.server.auth.config (run.yaml:2:47)"),
         ("server:\n  auth: {provider_type: oauth3, config: {}}\n",
          "unknown auth provider provider_type 'oauth3'; expected one of 'oauth2_token', 'custom' "
          "@ $.server.auth.provider_type (run.yaml:2:25)"),
