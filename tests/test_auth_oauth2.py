@@ -93,7 +93,7 @@ async def jwks(ca: trustme.CA) -> AsyncIterator[Jwks]:
     await runner.cleanup()
 
 
-def auth_yaml(url: str, cafile: Path, extra: str = "") -> str:
+def auth_yaml(url: str, cafile: Path, extra: str = "", recheck: float = 3600) -> str:
     # The seed's Kubernetes service-account example, as written (API.md §4).
     return f"""\
   auth:
@@ -102,7 +102,7 @@ def auth_yaml(url: str, cafile: Path, extra: str = "") -> str:
       jwks:
         uri: {url}
         token: "${{env.TOKEN:}}"
-        key_recheck_period: 3600
+        key_recheck_period: {recheck}
 {extra}      issuer: {ISSUER}
       audience: {AUDIENCE}
       tls_cafile: {cafile}
@@ -116,8 +116,10 @@ def make_client(serve_app: Any, write_config: Callable[..., Path], jwks: Jwks, c
     ca.cert_pem.write_to_path(str(cafile))
     monkeypatch.setenv("TOKEN", JWKS_TOKEN)
 
-    async def make(extra: str = "", url: str | None = None) -> TestClient[web.Request, web.Application]:
-        path = write_config(server=auth_yaml(url or jwks.url, cafile, extra))
+    async def make(
+        extra: str = "", url: str | None = None, recheck: float = 3600
+    ) -> TestClient[web.Request, web.Application]:
+        path = write_config(server=auth_yaml(url or jwks.url, cafile, extra, recheck))
         return TestClient(await serve_app(path))
 
     return make
@@ -264,3 +266,19 @@ async def test_token_never_in_logs_or_answers(make_client: Any, jwks: Jwks, capl
             assert secret_like not in await resp.text()
     assert secret_like not in caplog.text
     assert JWKS_TOKEN not in caplog.text
+
+
+async def test_key_recheck_happens_in_the_background(make_client: Any, jwks: Jwks) -> None:
+    """Past key_recheck_period the set is fetched again without holding requests; with the
+    identity provider down meanwhile, the keys at hand go on verifying."""
+    key = jwks.keys[0]
+    async with await make_client("        min_refetch_interval: 0.05\n", recheck=0.2) as c:
+        assert await status(c, sign(key)) == 200
+        await asyncio.sleep(0.3)
+        jwks.down = True
+        started = time.monotonic()
+        assert await status(c, sign(key, sub="another")) == 200
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(0.2)
+        assert jwks.fetches == 2  # the background recheck ran (and found the provider down)
+        assert await status(c, sign(key, sub="third")) == 200

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -81,6 +82,7 @@ class OAuth2TokenAuthenticator:
     _keys: _Keys | None = None
     _last_fetch: float = float("-inf")
     _fetch: SingleFlight[_Keys] = attrs.field(factory=SingleFlight)
+    _recheck: asyncio.Task[None] | None = None
     _verified: DecisionCache[Caller] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -104,6 +106,9 @@ class OAuth2TokenAuthenticator:
                                      tls_verify=tls, headers=headers, limit=4)
 
     async def close(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+            await asyncio.gather(self._recheck, return_exceptions=True)
         await self._fetch.close()
         if self._session is not None:
             await self._session.close()
@@ -190,18 +195,25 @@ class OAuth2TokenAuthenticator:
 
     async def _current_keys(self) -> _Keys:
         keys = self._keys
-        now = time.monotonic()
-        if keys is not None and now - keys.fetched_at < float(self._jwks.key_recheck_period):
-            return keys
-        try:
+        if keys is None:
             return await self._fetch.run(b"jwks", self._load)
+        now = time.monotonic()
+        if (self._recheck is None and now - keys.fetched_at >= float(self._jwks.key_recheck_period)
+                and now - self._last_fetch >= float(self._jwks.min_refetch_interval)):
+            # Rechecked in the background: requests go on with the keys at hand, so an identity
+            # provider that is slow or down costs them nothing (stale keys beat no keys).
+            self._recheck = asyncio.ensure_future(self._recheck_keys())
+        return keys
+
+    async def _recheck_keys(self) -> None:
+        try:
+            await self._fetch.run(b"jwks", self._load)
         except UpstreamUnavailable:
-            if keys is None:
-                raise
-            # Stale keys beat no keys: the identity provider is down, not its tokens wrong.
+            fetched = self._keys.fetched_at if self._keys is not None else time.monotonic()
             log.warning("server.auth: could not recheck the JWKS at %s; keeping the keys fetched %.0f s ago",
-                        self._jwks.uri, now - keys.fetched_at)
-            return keys
+                        self._jwks.uri, time.monotonic() - fetched)
+        finally:
+            self._recheck = None
 
     async def _refetch_for_unknown_kid(self, keys: _Keys) -> _Keys:
         if time.monotonic() - self._last_fetch < float(self._jwks.min_refetch_interval):
