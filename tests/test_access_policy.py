@@ -286,3 +286,26 @@ async def test_a_store_without_owners_gains_the_column_and_keeps_first_owner(tmp
         assert (await store.get("x"))["model"] == "m"  # a repeated id does not change hands
     finally:
         await store.close()
+
+
+def test_route_policy_is_one_setting(write_config: Callable[..., Path]) -> None:
+    from stackd.config.loader import read_config
+
+    auth = "  auth:\n    provider_type: custom\n    config: {endpoint: http://127.0.0.1:1/a}\n"
+    old = "  route_policy:\n  - routes: [/v1/models]\n"
+    report = read_config(write_config(server=auth + old)).report
+    assert any("deprecated with auth on" in str(w) and "$.server.route_policy" in str(w) for w in report.warnings)
+    assert not report.problems
+    both = auth + "    route_policy:\n    - routes: [/v1/models]\n" + old
+    problems = [str(p) for p in read_config(write_config(server=both)).report.problems]
+    assert any("route rules are set twice" in p for p in problems), problems
+
+
+async def test_route_policy_of_auth_decides(make_client: Any) -> None:
+    rules = ('    route_policy:\n    - routes: ["/v1/models"]\n      allow: {roles: [admin]}\n'
+             '    - routes: ["/v1/chat/"]\n')
+    async with await make_client(rules) as c:
+        assert (await c.get("/v1/models", headers=as_("tok-carol"))).status == 200
+        assert (await c.get("/v1/models", headers=as_("tok-alice"))).status == 403
+        assert (await c.get("/v1/providers", headers=as_("tok-carol"))).status == 403
+        assert (await c.get("/v1/health")).status == 200
