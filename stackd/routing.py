@@ -13,7 +13,7 @@ from typing import Any
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
-from stackd.errors import BadRequest, FieldError, UpstreamUnavailable, quote_id
+from stackd.errors import BadRequest, FieldError, NotFound, UpstreamUnavailable, quote_id
 from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
@@ -215,3 +215,13 @@ class SafetyRouter:
         shield, impl = await self.resolve(shield_id, ctx)
         result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
         return result
+
+    async def shield_for(self, name: str, ctx: CallContext) -> str:
+        try:
+            return (await self.registry.get_shield(name, ctx.caller)).identifier
+        except NotFound:
+            for shield in await self.registry.list_shields(ctx.caller):
+                if shield.provider_resource_id == name:
+                    return shield.identifier
+        raise NotFound(f"no shield {quote_id(name)} and no shield that uses a model of that name; "
+                       "GET /v1/shields lists the available ones")

@@ -140,6 +140,10 @@ class ServerConfig:
     max_json_depth: JsonDepth = 64
     max_models: ResourceCount = 1000
     max_shields: ResourceCount = 1000
+    # /v1/moderations without `model` uses this shield (a shield id, or the model a shield uses).
+    default_moderation_shield: ResourceId | None = None
+    # Inputs of one moderation request: each is one shield call.
+    max_moderation_inputs: PositiveInt = 32
     allowed_hosts: list[AllowedHost] | None = None
     body_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     header_timeout: Seconds = Seconds(10.0)  # noqa: RUF009
