@@ -18,7 +18,9 @@ GUARD = "meta-llama/Llama-Guard-3-1B"
 POLICY = {"bomb": "S1,S9", "steal": "S2", "election": "S13"}
 
 
-def guard_yaml(chat_url: str, guard_url: str, state: Path, *, config: str = "{}", extra: str = "") -> str:
+def guard_yaml(chat_url: str, guard_url: str, state: Path, *, config: str = "{}", extra: str = "",
+               chat: str = "", shield: str = "") -> str:
+    """``chat``/``shield``: more YAML lines (indented) for the chat model's and the shield's entries."""
     return f"""\
 apis: [inference, safety]
 providers:
@@ -39,12 +41,12 @@ models:
 - model_id: chat
   provider_id: vllm
   provider_model_id: fake-model
-- model_id: {GUARD}
+{chat}- model_id: {GUARD}
   provider_id: vllm-guard
 shields:
 - shield_id: {GUARD}
   provider_id: llama-guard
-{extra}"""
+{shield}{extra}"""
 
 
 @pytest.fixture
@@ -72,7 +74,11 @@ async def connect(
     async def make(**kw: str) -> TestClient:  # type: ignore[type-arg]
         loaded = parse_config(guard_yaml(chat_upstream.url, guard_upstream.url, tmp_path, **kw), env={})
         client = TestClient(TestServer(create_app(loaded), host="127.0.0.1"))
-        await client.start_server()
+        try:
+            await client.start_server()
+        except BaseException:
+            await client.close()  # its session was opened before the app failed to start
+            raise
         clients.append(client)
         return client
 

@@ -51,7 +51,8 @@ class LlamaGuardSafetyProvider:
             "stream": False,
         }
         try:
-            answer = await self.inference.openai_chat_completion(body, ctx, loc="$.shield_id", store=False)
+            answer = await self.inference.openai_chat_completion(body, ctx, loc="$.shield_id", store=False,
+                                                                guard=False)
         except NotFound:
             # The shield exists; its model does not (or not for this caller): a setup problem, and
             # a 404 here would read as "no such shield".
