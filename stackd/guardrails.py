@@ -20,7 +20,7 @@ from typing import Any
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model
-from stackd.errors import NotFound, StackdError, UpstreamUnavailable, quote_id
+from stackd.errors import BadRequest, NotFound, StackdError, UpstreamUnavailable, quote_id
 from stackd.registry import Registry
 
 __all__ = ["GuardrailGap", "Guardrails", "check_and_list", "single", "violation_answer", "violation_chunk"]
@@ -40,8 +40,10 @@ class Guardrails:
             try:
                 answer = await self.safety.run_shield(shield_id, messages, {}, ctx)
             except StackdError as exc:
-                if exc.status < 500 and not isinstance(exc, NotFound):
-                    raise
+                if isinstance(exc, BadRequest):
+                    raise  # about the client's request (nothing a shield can judge): theirs to fix
+                # Anything else is the shield's backend failing (an upstream's 4xx included): a 404
+                # or 401 passed on would read as being about the client's model or token.
                 if await self._fails_open(shield_id, ctx):
                     log.warning("guardrail %s (%s) failed and is open, the text passes unchecked: %s",
                                 quote_id(shield_id), stage, exc.message)

@@ -101,6 +101,11 @@ class InferenceRouter:
         assert guardrails is not None
         messages = params.get("messages") or []
         stream = bool(params.get("stream"))
+        n = params.get("n")
+        if model.output_shields and isinstance(n, int) and n > 1:
+            # The output shields judge one answer; the other choices would go out unjudged.
+            raise BadRequest(f"model {quote_id(model.identifier)} has output shields, which judge one answer: "
+                             "n must be 1", [FieldError("$.n", "must be 1 for a model with output shields")])
         violation = await guardrails.check(model.input_shields, messages, ctx, "input")
         if violation is not None:
             answer = violation_answer(model.identifier, violation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -19,7 +20,7 @@ POLICY = {"bomb": "S1,S9", "steal": "S2", "election": "S13"}
 
 
 def guard_yaml(chat_url: str, guard_url: str, state: Path, *, config: str = "{}", extra: str = "",
-               chat: str = "", shield: str = "") -> str:
+               chat: str = "", shield: str = "", shields: bool = True) -> str:
     """``chat``/``shield``: more YAML lines (indented) for the chat model's and the shield's entries."""
     return f"""\
 apis: [inference, safety]
@@ -43,10 +44,10 @@ models:
   provider_model_id: fake-model
 {chat}- model_id: {GUARD}
   provider_id: vllm-guard
-shields:
+""" + (f"""shields:
 - shield_id: {GUARD}
   provider_id: llama-guard
-{shield}{extra}"""
+{shield}""" if shields else "") + extra
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ async def connect(
     """``await connect(config="{...}", extra="...")``: a client of the app serving :func:`guard_yaml`."""
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
-    async def make(**kw: str) -> TestClient:  # type: ignore[type-arg]
+    async def make(**kw: Any) -> TestClient:  # type: ignore[type-arg]
         loaded = parse_config(guard_yaml(chat_upstream.url, guard_upstream.url, tmp_path, **kw), env={})
         client = TestClient(TestServer(create_app(loaded), host="127.0.0.1"))
         try:

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from stackd.config.problems import ConfigError
 from stackd.guardrails import GuardrailGap
-from stackd.testing.fake_openai import FakeOpenAI
+from stackd.testing.fake_openai import FakeOpenAI, Fault
 
 GUARD = "meta-llama/Llama-Guard-3-1B"
 GUARDED = f"  input_shields: [{GUARD}]\n  output_shields: [{GUARD}]\n"
@@ -136,9 +137,21 @@ async def test_text_completions_refuse_a_guarded_model(connect: Any) -> None:
         assert "is guarded by shields, which run on chat completions only" in (await resp.json())["error"]["message"]
 
 
-async def test_a_model_guarded_by_a_missing_shield_does_not_start(connect: Any) -> None:
-    with pytest.raises(GuardrailGap, match="model 'chat' is guarded by 'nope', which this server does not have"):
+async def test_a_config_model_guarded_by_a_missing_shield_is_a_config_error(connect: Any) -> None:
+    with pytest.raises(ConfigError) as info:
         await connect(chat="  input_shields: [nope]\n")
+    assert "shield 'nope' is not among the shields of this file that will run" in str(info.value)
+    assert "@ $.models[0].input_shields[0]" in str(info.value)
+
+
+async def test_a_registered_model_whose_shield_left_the_config_does_not_start(connect: Any) -> None:
+    client = await connect()
+    resp = await client.post("/v1/models", json={"model_id": "g", "provider_model_id": "fake-model",
+                                                 "provider_id": "vllm", "output_shields": [GUARD]})
+    assert resp.status == 200
+    await client.close()
+    with pytest.raises(GuardrailGap, match=f"model 'g' is guarded by '{GUARD}', which this server does not have"):
+        await connect(shields=False)
 
 
 async def test_startup_lists_the_guardrails(connect: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -161,3 +174,19 @@ async def test_registered_model_shields_are_checked_and_kept(connect: Any) -> No
     assert body["violation"]["stage"] == "input"
     resp = await client.delete(f"/v1/shields/{GUARD}")
     assert resp.status == 409
+
+
+async def test_several_choices_are_refused_when_output_is_guarded(connect: Any) -> None:
+    client = await connect(chat=GUARDED)
+    resp = await client.post("/v1/chat/completions", json={**_chat("bread"), "n": 2})
+    assert resp.status == 400
+    assert (await resp.json())["errors"] == [{"loc": "$.n", "msg": "must be 1 for a model with output shields"}]
+
+
+async def test_a_guard_upstream_4xx_is_a_shield_failure_not_the_clients(connect: Any,
+                                                                       guard_upstream: FakeOpenAI) -> None:
+    client = await connect(chat=GUARDED)
+    guard_upstream.fault = Fault(status=404, message="no such model")
+    resp = await client.post("/v1/chat/completions", json=_chat("bread"))
+    assert resp.status == 503  # not 404: the client's model exists
+    assert "guardrail" in (await resp.json())["error"]["message"]
