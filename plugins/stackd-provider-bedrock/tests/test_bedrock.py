@@ -118,3 +118,15 @@ async def test_the_fake_rejects_unsigned_requests(bedrock: FakeBedrock) -> None:
     ) as resp:
         assert resp.status == 403
         assert resp.headers["x-amzn-ErrorType"].startswith("InvalidSignatureException")
+
+
+def test_bad_retries_is_a_config_error() -> None:
+    from stackd_provider_bedrock.config import BedrockConfig
+
+    from stackd.convert import structure
+    from stackd.errors import BadRequest
+
+    with pytest.raises(BadRequest) as info:
+        structure({"retries": -1}, BedrockConfig, "$.providers.safety[0].config")
+    assert info.value.errors[0].loc == "$.providers.safety[0].config.retries"
+    assert "from 0 to 10" in info.value.errors[0].msg

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import attrs
 
-from stackd import HttpUrl, Seconds, Secret
+from stackd import Check, HttpUrl, Seconds, Secret
 
 __all__ = ["BedrockConfig"]
+
+Retries = Annotated[int, Check(lambda n: 0 <= n <= 10, "a whole number from 0 to 10")]
 
 
 @attrs.frozen
@@ -31,4 +35,4 @@ class BedrockConfig:
     profile_name: str | None = None
     endpoint_url: HttpUrl | None = None
     timeout: Seconds = Seconds(10.0)  # noqa: RUF009 - NewType call, no shared mutable default
-    retries: int = 2
+    retries: Retries = 2
