@@ -64,8 +64,31 @@ def _finish(parsed: ParsedConfig, catalog: Catalog | None, skip_missing_apis: bo
         parsed.providers, catalog or Catalog.from_entry_points(), parsed.report, skip_missing_apis=skip_missing_apis
     )
     models, shields = parsed.resources(resolution.skipped)
+    _check_guardrails(parsed, models, shields)
     parsed.report.raise_if_problems()
     return LoadedConfig(
         parsed.run, resolution.providers, parsed.report.warnings, resolution.missing_apis, parsed.source,
         models, shields,
     )
+
+
+def _check_guardrails(parsed: ParsedConfig, models: list[ModelInput], shields: list[ShieldInput]) -> None:
+    """A model of the file names shields of the file that will run, and is a chat model: else no
+    route could apply them (``stackd validate`` says so; the server re-checks at start, API
+    registrations included)."""
+    served = {m.model_id for m in models}
+    have = {s.shield_id for s in shields}
+    for i, model in enumerate(parsed.run.models):
+        if model.model_id not in served:
+            continue
+        for field in ("input_shields", "output_shields"):
+            names = getattr(model, field)
+            if names and model.model_type != "llm":
+                parsed.report.error(f"$.models[{i}].{field}", "only llm models can be guarded: no route applies "
+                                    "shields to an embedding model")
+                continue
+            for j, name in enumerate(names):
+                if name not in have:
+                    parsed.report.error(f"$.models[{i}].{field}[{j}]", f"shield {name!r} is not among the shields "
+                                        "of this file that will run; add it under shields: (with its safety "
+                                        "provider), or remove it here")

@@ -200,6 +200,8 @@ class Registry:
                 metadata=dict(m.metadata),
                 owner=m.access_attributes,
                 source="config",
+                input_shields=tuple(m.input_shields),
+                output_shields=tuple(m.output_shields),
             )
             for m in models
             if m.model_id is not None and m.provider_id is not None
@@ -212,6 +214,7 @@ class Registry:
                 params=dict(s.params),
                 owner=s.access_attributes,
                 source="config",
+                on_failure=s.on_failure,
             )
             for s in shields
             if s.shield_id is not None and s.provider_id is not None
@@ -286,8 +289,12 @@ class Registry:
         provider_id: str | None = None,
         model_type: str = "llm",
         metadata: dict[str, Any] | None = None,
+        input_shields: list[str] | None = None,
+        output_shields: list[str] | None = None,
     ) -> Model:
         provider_id = self._pick_provider("inference", provider_id, "model")
+        await self._check_shields(caller, model_type, "input_shields", input_shields or [])
+        await self._check_shields(caller, model_type, "output_shields", output_shields or [])
         metadata = dict(metadata or {})
         if model_type not in ("llm", "embedding"):
             raise BadRequest("model_type must be 'llm' or 'embedding'",
@@ -307,6 +314,8 @@ class Registry:
             owner=owner.attributes,  # type: ignore[arg-type]
             owner_principal=owner.principal,
             source="api",
+            input_shields=tuple(input_shields or ()),
+            output_shields=tuple(output_shields or ()),
         )
         model = await self._check(model)
         await self.models.put(model)
@@ -318,6 +327,20 @@ class Registry:
             model = await self.get_model(identifier, caller)
             self._may_delete(model, caller)
             await self.models.remove(model.identifier)
+
+    async def _check_shields(self, caller: Caller, model_type: str, field: str, shields: list[str]) -> None:
+        """A guarded model names shields that exist for its registrant, and chats (embeddings have
+        no route that could apply them)."""
+        if shields and model_type != "llm":
+            raise BadRequest(f"{field}: only llm models can be guarded; embeddings have no answer to check",
+                             [FieldError(f"$.{field}", "only for llm models")])
+        for i, shield_id in enumerate(shields):
+            try:
+                await self.get_shield(shield_id, caller)
+            except NotFound:
+                raise BadRequest(f"{field}[{i}]: shield {quote_id(shield_id)} does not exist; register it first "
+                                 "(GET /v1/shields lists them)", [FieldError(f"$.{field}[{i}]", "unknown shield")]
+                                 ) from None
 
     # -- shields -------------------------------------------------------------------------------
 
@@ -337,6 +360,7 @@ class Registry:
         provider_shield_id: str | None = None,
         provider_id: str | None = None,
         params: dict[str, Any] | None = None,
+        on_failure: str = "closed",
     ) -> Shield:
         provider_id = self._pick_provider("safety", provider_id, "shield")
         owner = await self._may_register(self.shields, shield_id, provider_id, caller, self.max_shields)
@@ -348,6 +372,7 @@ class Registry:
             owner=owner.attributes,  # type: ignore[arg-type]
             owner_principal=owner.principal,
             source="api",
+            on_failure="open" if on_failure == "open" else "closed",
         )
         shield = await self._check(shield)
         await self.shields.put(shield)
@@ -357,6 +382,12 @@ class Registry:
         if not await self.shields.forget_unreadable(identifier):
             shield = await self.get_shield(identifier, caller)
             self._may_delete(shield, caller)
+            guarded = [m.identifier for m in await self.models.load()
+                       if identifier in m.input_shields or identifier in m.output_shields]
+            if guarded:
+                # Removing it would leave those models unguarded, or failing, until someone notices.
+                raise Conflict(f"shield {quote_id(identifier)} guards model(s) {', '.join(map(quote_id, guarded))}; "
+                               "remove it from their input_shields/output_shields first")
             await self.shields.remove(shield.identifier)
 
     # -- helpers -------------------------------------------------------------------------------

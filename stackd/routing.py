@@ -14,7 +14,8 @@ from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
 from stackd.auth.policy import owner_json
-from stackd.errors import BadRequest, FieldError, UpstreamUnavailable, quote_id
+from stackd.errors import BadRequest, FieldError, NotFound, UpstreamUnavailable, quote_id
+from stackd.guardrails import Guardrails, single, violation_answer, violation_chunk
 from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
@@ -51,6 +52,7 @@ class InferenceRouter:
         self.providers = providers
         self.store = store
         self.max_stored_bytes = max_stored_bytes
+        self.guardrails: Guardrails | None = None  # set by open_stack once the safety router exists
 
     async def resolve(self, model_id: Any, ctx: CallContext, want: str, loc: str = "$.model") -> tuple[Model, Any]:
         if not isinstance(model_id, str) or not model_id:
@@ -83,10 +85,44 @@ class InferenceRouter:
         return model, result
 
     async def openai_chat_completion(
-        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True,
+        guard: bool = True,
     ) -> Any:
-        """``store=False`` for calls that are not OpenAI chat completions of a client (native routes)."""
-        model, result = await self._call("openai_chat_completion", "llm", params, ctx, loc)
+        """``store=False`` for calls that are not OpenAI chat completions of a client (native routes);
+        ``guard=False`` for a shield's own calls (a guard model is not guarded by itself)."""
+        model, _ = await self.resolve(params.get("model"), ctx, "llm", loc)
+        if guard and model.guarded and self.guardrails is not None:
+            return await self._guarded_chat(model, params, ctx, loc, store)
+        model, result = await self._call("openai_chat_completion", "llm", params, ctx, loc, model)
+        return self._answer(model, result, params, store, ctx)
+
+    async def _guarded_chat(self, model: Model, params: dict[str, Any], ctx: CallContext, loc: str,
+                            store: bool) -> Any:
+        guardrails = self.guardrails
+        assert guardrails is not None
+        messages = params.get("messages") or []
+        stream = bool(params.get("stream"))
+        n = params.get("n")
+        if model.output_shields and isinstance(n, int) and n > 1:
+            # The output shields judge one answer; the other choices would go out unjudged.
+            raise BadRequest(f"model {quote_id(model.identifier)} has output shields, which judge one answer: "
+                             "n must be 1", [FieldError("$.n", "must be 1 for a model with output shields")])
+        violation = await guardrails.check(model.input_shields, messages, ctx, "input")
+        if violation is not None:
+            answer = violation_answer(model.identifier, violation)
+            return single(violation_chunk(answer, violation)) if stream else answer
+        model, result = await self._call("openai_chat_completion", "llm", params, ctx, loc, model)
+        if model.output_shields:
+            if isinstance(result, dict):
+                violation = await guardrails.check(
+                    model.output_shields, [*messages, _answer_message(result)], ctx, "output")
+                if violation is not None:
+                    result = violation_answer(model.identifier, violation)
+            else:
+                result = guardrails.guard_stream(model, messages, result, ctx)
+        return self._answer(model, result, params, store, ctx)
+
+    def _answer(self, model: Model, result: Any, params: dict[str, Any], store: bool, ctx: CallContext) -> Any:
         store = store and self.store is not None
         messages = params.get("messages") or []
         # The owner is recorded with the completion, so reading it back follows access_policy.
@@ -118,7 +154,16 @@ class InferenceRouter:
             log.exception("a chat completion of model %r was not stored", model)
 
     async def openai_completion(self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model") -> Any:
-        model, result = await self._call("openai_completion", "llm", params, ctx, loc)
+        model, _ = await self.resolve(params.get("model"), ctx, "llm", loc)
+        if model.guarded:
+            # Text completions have no conversation to give a shield: a guarded model is served
+            # only where its shields run (listed at start), never around them.
+            raise BadRequest(
+                f"model {quote_id(model.identifier)} is guarded by shields, which run on chat completions "
+                "only; use /v1/chat/completions or /v1/inference/chat-completion",
+                [FieldError(loc, "a guarded model: use chat completions")],
+            )
+        model, result = await self._call("openai_completion", "llm", params, ctx, loc, model)
         return result if isinstance(result, dict) else self._relabel(result, model.identifier, None)
 
     async def openai_embeddings(
@@ -173,6 +218,15 @@ class InferenceRouter:
         return False
 
 
+def _answer_message(completion: dict[str, Any]) -> dict[str, Any]:
+    """The assistant message of a whole answer, for the output shields."""
+    try:
+        content = completion["choices"][0]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        content = None
+    return {"role": "assistant", "content": content if isinstance(content, str | list) else ""}
+
+
 def _weigh(choices: Any, budget: int) -> int | None:
     """What the choices of a whole answer weigh, or None when that is over ``budget``."""
     if not isinstance(choices, list):
@@ -219,3 +273,13 @@ class SafetyRouter:
         shield, impl = await self.resolve(shield_id, ctx)
         result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
         return result
+
+    async def shield_for(self, name: str, ctx: CallContext) -> str:
+        try:
+            return (await self.registry.get_shield(name, ctx.caller)).identifier
+        except NotFound:
+            for shield in await self.registry.list_shields(ctx.caller):
+                if shield.provider_resource_id == name:
+                    return shield.identifier
+        raise NotFound(f"no shield {quote_id(name)} and no shield that uses a model of that name; "
+                       "GET /v1/shields lists the available ones")

@@ -18,6 +18,7 @@ from stackd.auth.policy import AccessPolicy
 from stackd.config.schema import ServerConfig
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
+from stackd.guardrails import Guardrails, check_and_list
 from stackd.inference_store import InferenceStoreWriter, open_inference_store
 from stackd.kvstore import KVStore, lock_store, open_kvstore
 from stackd.loading import LoadedConfig
@@ -108,6 +109,10 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
         limits = UpstreamLimits(run.server.max_upstream_body_bytes, run.server.max_upstream_line_bytes)
         providers.update(await build_providers(loaded.providers, routers, exits, limits))
         await registry.reconcile(loaded.models, loaded.shields)
+        window = run.server.guardrail_window_chars
+        for line in await check_and_list(registry, window):
+            log.info("%s", line)
+        inference.guardrails = Guardrails(registry, safety, window)
 
         if gate is None:
             gate = await _open_gate(run.server, metadata, exits)

@@ -269,8 +269,8 @@ providers:
         type: sqlite
         db_path: ${env.SQLITE_STORE_DIR:=~/.llama/distributions/ollama}/faiss_store.db
   safety:
-  - provider_id: llama-guard
-    provider_type: inline::llama-guard
+  - provider_id: prompt-guard
+    provider_type: inline::prompt-guard
     config:
       excluded_categories: []
   agents:
@@ -305,7 +305,7 @@ models:
   model_type: llm
 shields:
 - shield_id: meta-llama/Llama-Guard-3-1B
-  provider_id: llama-guard
+  provider_id: prompt-guard
 vector_dbs: []
 datasets: []
 scoring_fns: []
@@ -319,7 +319,7 @@ server:
 
 MISSING = {
     "vector_io": ("inline::faiss", "stackd-provider-faiss"),
-    "safety": ("inline::llama-guard", "stackd-provider-llama-guard"),
+    "safety": ("inline::prompt-guard", "stackd-provider-prompt-guard"),
     "agents": ("inline::meta-reference", "stackd-provider-meta-reference"),
     "telemetry": ("inline::meta-reference", "stackd-provider-meta-reference"),
     "tool_runtime": ("remote::brave-search", "stackd-provider-brave-search"),
@@ -356,7 +356,7 @@ def test_llama_stack_run_yaml_with_skip_missing_apis(stackd_serve: Callable[...,
         ("POST", "/v1/agents", "stackd-provider-meta-reference"),
         ("POST", "/v1/openai/v1/responses", "stackd-provider-meta-reference"),
         ("POST", "/v1/vector-io/query", "stackd-provider-faiss"),
-        ("POST", "/v1/safety/run-shield", "stackd-provider-llama-guard"),
+        ("POST", "/v1/safety/run-shield", "stackd-provider-prompt-guard"),
         ("POST", "/v1/tool-runtime/invoke", "stackd-provider-brave-search"),
     ):
         status, body = request(base + path, {}, method=method)

@@ -231,8 +231,8 @@ providers:
     provider_type: inline::meta-reference
     config: {persistence_store: {type: sqlite, db_path: /tmp/agents.db}}
   safety:
-  - provider_id: llama-guard
-    provider_type: inline::llama-guard
+  - provider_id: prompt-guard
+    provider_type: inline::prompt-guard
   telemetry:
   - provider_id: meta-reference
     provider_type: inline::meta-reference
@@ -261,7 +261,7 @@ def test_llama_stack_run_yaml_names_missing_plugins() -> None:
     assert len(found) == 4  # agents, safety, telemetry, vector_io (telemetry reuses the meta-reference id)
     assert any("provider_type 'inline::meta-reference'" in p and "pip install stackd-provider-meta-reference" in p
                for p in found)
-    assert any("pip install stackd-provider-llama-guard" in p for p in found)
+    assert any("pip install stackd-provider-prompt-guard" in p for p in found)
     assert any("pip install stackd-provider-faiss" in p for p in found)
 
 

@@ -40,6 +40,7 @@ def test_switchable_example(env: dict[str, str], providers: list[str], models: l
 
 def test_llama_stack_seed_serves_what_is_installed() -> None:
     loaded = load_config(EXAMPLES / "llama-stack-seed.yaml", env={}, skip_missing_apis=True)
-    assert loaded.served_apis() == ["inference"]
-    assert sorted(loaded.missing_apis) == ["agents", "safety", "telemetry", "vector_io"]
-    assert loaded.shields == []  # its provider is not installed
+    assert loaded.served_apis() == ["inference", "safety"]
+    assert sorted(loaded.missing_apis) == ["agents", "telemetry", "vector_io"]
+    # inline::llama-guard is installed with the test plugins: the seed's shield is served.
+    assert [s.shield_id for s in loaded.shields] == ["meta-llama/Llama-Guard-3-1B"]

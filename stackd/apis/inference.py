@@ -60,8 +60,11 @@ class InferenceRouting(Protocol):
     caller's request, for error paths."""
 
     async def openai_chat_completion(
-        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True
-    ) -> OpenAIResult: ...
+        self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model", store: bool = True,
+        guard: bool = True,
+    ) -> OpenAIResult:
+        """``guard=False``: skip the model's guardrails (what a shield's own model call passes)."""
+        ...
 
     async def openai_completion(
         self, params: dict[str, Any], ctx: CallContext, *, loc: str = "$.model"

@@ -14,6 +14,7 @@ __all__ = [
     "MAX_ID_CHARS",
     "Model",
     "ModelType",
+    "OnFailure",
     "RegisterModelRequest",
     "RegisterShieldRequest",
     "ResourceId",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 ModelType = Literal["llm", "embedding"]
+OnFailure = Literal["closed", "open"]
 
 MAX_ID_CHARS = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -54,9 +56,16 @@ class Model:
     owner: dict[str, list[str]] | None = None
     source: Literal["config", "api"] = "api"
     owner_principal: str | None = None  # kept for "user is owner" rules; not part of the answer
+    # Guardrails: shields run on the input and on the answer of every chat completion (docs/safety.md).
+    input_shields: tuple[str, ...] = ()
+    output_shields: tuple[str, ...] = ()
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.input_shields or self.output_shields)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "identifier": self.identifier,
             "provider_resource_id": self.provider_resource_id,
             "provider_id": self.provider_id,
@@ -65,6 +74,10 @@ class Model:
             "metadata": self.metadata,
             "owner": self.owner,
         }
+        if self.guarded:
+            body["input_shields"] = list(self.input_shields)
+            body["output_shields"] = list(self.output_shields)
+        return body
 
 
 @attrs.frozen
@@ -76,9 +89,11 @@ class Shield:
     owner: dict[str, list[str]] | None = None
     source: Literal["config", "api"] = "api"
     owner_principal: str | None = None  # kept for "user is owner" rules; not part of the answer
+    # As a guardrail, when its provider fails: "closed" answers 503, "open" lets the text pass (logged).
+    on_failure: OnFailure = "closed"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "identifier": self.identifier,
             "provider_resource_id": self.provider_resource_id,
             "provider_id": self.provider_id,
@@ -86,6 +101,9 @@ class Shield:
             "params": self.params,
             "owner": self.owner,
         }
+        if self.on_failure != "closed":
+            body["on_failure"] = self.on_failure
+        return body
 
 
 @attrs.frozen
@@ -97,6 +115,8 @@ class RegisterModelRequest:
     provider_id: ResourceId | None = None
     metadata: dict[str, Any] | None = None
     model_type: ModelType = "llm"
+    input_shields: list[ResourceId] | None = None
+    output_shields: list[ResourceId] | None = None
 
 
 @attrs.frozen
@@ -107,3 +127,4 @@ class RegisterShieldRequest:
     provider_shield_id: ResourceId | None = None
     provider_id: ResourceId | None = None
     params: dict[str, Any] | None = None
+    on_failure: OnFailure = "closed"

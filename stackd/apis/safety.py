@@ -42,6 +42,10 @@ class SafetyRouting(Protocol):
         self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext
     ) -> dict[str, Any]: ...
 
+    async def shield_for(self, name: str, ctx: CallContext) -> str:
+        """The id of the shield named ``name``, else of a shield whose model is ``name``; 404 if none."""
+        ...
+
 
 @attrs.frozen
 class RunShieldRequest:

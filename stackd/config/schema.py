@@ -103,6 +103,8 @@ class ModelInput:
     model_type: Literal["llm", "embedding"] = "llm"
     metadata: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
+    input_shields: list[ResourceId] = attrs.field(factory=list)
+    output_shields: list[ResourceId] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -112,6 +114,7 @@ class ShieldInput:
     provider_shield_id: ResourceId | None = None
     params: dict[str, Any] = attrs.field(factory=dict)
     access_attributes: dict[str, list[str]] | None = None
+    on_failure: Literal["closed", "open"] = "closed"
 
 
 @attrs.frozen
@@ -136,6 +139,12 @@ class ServerConfig:
     max_json_depth: JsonDepth = 64
     max_models: ResourceCount = 1000
     max_shields: ResourceCount = 1000
+    # /v1/moderations without `model` uses this shield (a shield id, or the model a shield uses).
+    default_moderation_shield: ResourceId | None = None
+    # Inputs of one moderation request: each is one shield call.
+    max_moderation_inputs: PositiveInt = 32
+    # Output shields of a streamed answer check it every this many characters, holding that much back.
+    guardrail_window_chars: PositiveInt = 200
     allowed_hosts: list[AllowedHost] | None = None
     # X-Forwarded-For / Forwarded name the client only when the peer is one of these.
     trusted_proxies: list[ProxyNetwork] = attrs.field(factory=list)

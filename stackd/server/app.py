@@ -12,7 +12,7 @@ from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
 from stackd.errors import NotImplementedByProvider, PayloadTooLarge, StackdError
 from stackd.loading import LoadedConfig
-from stackd.server import routes_meta, routes_native, routes_openai, routes_resources
+from stackd.server import routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
 from stackd.server.client_address import ClientAddresses
 from stackd.server.errors import error_middleware, error_response, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
@@ -138,6 +138,7 @@ def create_app(
 
     app.cleanup_ctx.append(stack_ctx)
     app.on_response_prepare.append(send_request_id)
-    for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes):
+    for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes,
+                  routes_moderations.routes):
         _add_routes(app, table)
     return app

@@ -92,6 +92,8 @@ async def register_model(request: web.Request) -> web.Response:
         provider_id=body.provider_id,
         model_type=body.model_type,
         metadata=body.metadata,
+        input_shields=body.input_shields,
+        output_shields=body.output_shields,
     )
     return json_response(model_json(model, _created(request)))
 
@@ -122,7 +124,7 @@ async def get_shield(request: web.Request) -> web.Response:
 async def register_shield(request: web.Request) -> web.Response:
     body: RegisterShieldRequest = structure(await read_json(request), RegisterShieldRequest)
     shield = await request.app[STACK].registry.register_shield(
-        request[CALLER], body.shield_id, body.provider_shield_id, body.provider_id, body.params
+        request[CALLER], body.shield_id, body.provider_shield_id, body.provider_id, body.params, body.on_failure
     )
     return json_response(shield.to_json())
 

@@ -19,6 +19,11 @@ Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` (SSE when ``stream``; 
 when ``stream_options.include_usage``), ``POST /v1/completions``, ``POST /v1/embeddings``,
 ``GET /health``. The number of content tokens is ``chunks``, capped by the request's
 ``max_tokens`` (then ``finish_reason`` is ``"length"``).
+
+``reply`` makes chat answers depend on the request: a function of the body that returns the
+answer's text (streamed one word per event) or None for the usual ``tok0 tok1 ...``.
+:func:`llama_guard` builds one that answers Llama Guard prompts as a Llama Guard 3 model does
+(``safe`` / ``unsafe\nS1,S3``), so one fake serves both a chat model and its guard model.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import base64
 import functools
 import hashlib
 import itertools
+import re
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -40,7 +46,7 @@ import attrs
 import orjson
 from aiohttp import web
 
-__all__ = ["FakeOpenAI", "Fault", "Received", "main"]
+__all__ = ["FakeOpenAI", "Fault", "Received", "Reply", "llama_guard", "main"]
 
 _CREATED = 1_700_000_000
 _INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -91,6 +97,10 @@ class Received:
     peer: tuple[str, int] | None = None
 
 
+Reply = Callable[[dict[str, Any]], "str | None"]
+"""The text of a chat answer for a request body, or None for the default answer."""
+
+
 @attrs.define(eq=False)
 class FakeOpenAI:
     """The fake server; its public attributes are knobs a test may change between requests."""
@@ -107,6 +117,7 @@ class FakeOpenAI:
     unique_ids: bool = False
     fault: Fault | None = None
     fault_on: tuple[str, ...] = _INFERENCE_ROUTES
+    reply: Reply | None = None
     host: str = "127.0.0.1"
     port: int = 0
     ssl_context: ssl.SSLContext | None = None  # serve https (tests of tls_verify)
@@ -319,6 +330,9 @@ class FakeOpenAI:
         n, finish = self._length(body)
         model = body["model"]
         prompt_tokens = _count_words(body.get("messages"))
+        text = self.reply(body) if self.reply is not None else None
+        if text is not None:
+            return await self._chat_text(request, body, text, prompt_tokens)
         if body.get("stream"):
             events = list(_chat_events(model, n, finish))
             options = body.get("stream_options")
@@ -332,6 +346,29 @@ class FakeOpenAI:
         if self.unique_ids:
             answer = answer.replace(_CHAT_ID, _fresh_id())
         return await self._send(request, answer)
+
+    async def _chat_text(
+        self, request: web.Request, body: dict[str, Any], text: str, prompt_tokens: int
+    ) -> web.StreamResponse:
+        """An answer of ``text`` (not cached: it depends on the request)."""
+        model = body["model"]
+        pieces = re.findall(r"\S*\s*", text)[:-1] or [""]
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": _CREATED, "model": model}
+        if body.get("stream"):
+            events = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None}]})]
+            events += [_sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                       for piece in pieces]
+            events.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+            return await self._stream(request, events)
+        answer = {
+            **base,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": "stop"}],
+            "usage": _usage(prompt_tokens, len(pieces)),
+        }
+        return await self._send(request, orjson.dumps(answer))
 
     async def _completions(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         n, finish = self._length(body)
@@ -371,6 +408,32 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return await self._send(request, orjson.dumps(answer))
+
+
+def llama_guard(unsafe: Mapping[str, str], *, answer: str | None = None) -> Reply:
+    """A :data:`Reply` that answers Llama Guard prompts as Llama Guard 3 does.
+
+    ``unsafe`` maps a word to the categories it violates (``{"bomb": "S1,S9"}``): when the last
+    turn of the prompt's conversation holds the word, the answer is ``unsafe\nS1,S9``, else
+    ``safe``. Categories absent from the prompt (excluded by the caller) are left out of the
+    answer, as the model would not name them. ``answer`` is the text of every other chat.
+    """
+
+    def reply(body: dict[str, Any]) -> str | None:
+        messages = body.get("messages")
+        prompt = messages[-1].get("content") if isinstance(messages, list) and messages else None
+        if not isinstance(prompt, str) or "<BEGIN CONVERSATION>" not in prompt:
+            return answer
+        conversation = prompt.split("<BEGIN CONVERSATION>", 1)[1].split("<END CONVERSATION>", 1)[0]
+        last = conversation.strip().split("\n\n")[-1].lower()
+        offered = set(re.findall(r"^(S\d+):", prompt, re.MULTILINE))
+        codes: list[str] = []
+        for word, categories in unsafe.items():
+            if word.lower() in last:
+                codes += [c for c in categories.split(",") if c in offered and c not in codes]
+        return "unsafe\n" + ",".join(codes) if codes else "safe"
+
+    return reply
 
 
 # -- wire format: built once per (model, length) --------------------------------------------------

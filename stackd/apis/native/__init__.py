@@ -38,7 +38,10 @@ async def chat_completion(inference: InferenceRouting, body: dict[str, Any], ctx
         chat_to_openai(req, req.model_id), ctx, loc="$.model_id", store=False
     )
     if isinstance(result, dict):
-        return openai_to_chat_response(result)
+        answer = openai_to_chat_response(result)
+        if "violation" in result:  # a guardrail answered (stackd.guardrails)
+            answer["violation"] = result["violation"]
+        return answer
     return translated(result, ChatStreamTranslator())
 
 

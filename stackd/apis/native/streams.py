@@ -66,12 +66,13 @@ class ChatStreamTranslator:
     with the stop reason and, from the usage chunk, the token metrics.
     """
 
-    __slots__ = ("_calls", "_started", "_stop_reason", "_usage")
+    __slots__ = ("_calls", "_started", "_stop_reason", "_usage", "_violation")
 
     def __init__(self) -> None:
         self._started = False
         self._stop_reason: str | None = None
         self._usage: Any = None
+        self._violation: Any = None
         # index -> [id, name, argument fragments]
         self._calls: dict[int, list[Any]] = {}
 
@@ -104,6 +105,9 @@ class ChatStreamTranslator:
         finish_reason = choice.get("finish_reason")
         if finish_reason:
             self._stop_reason = CHAT_STOP.get(finish_reason, "end_of_turn")
+            # A guardrail's last chunk carries its violation (stackd.guardrails): looked up once
+            # per stream, at its end, so unguarded streams pay nothing for it.
+            self._violation = chunk.get("violation")
             self._flush_calls(out)
         return out
 
@@ -123,6 +127,8 @@ class ChatStreamTranslator:
                 metrics=metrics(self._usage),
             )
         )
+        if self._violation is not None:
+            out[-1]["violation"] = self._violation
         return out
 
     def _gather(self, tool_calls: list[dict[str, Any]]) -> None:
