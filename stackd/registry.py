@@ -347,9 +347,12 @@ class Registry:
     async def list_shields(self, caller: Caller) -> list[Shield]:
         return [s for s in await self.shields.load() if self._visible(s, caller)]
 
-    async def get_shield(self, identifier: str, caller: Caller) -> Shield:
+    async def get_shield(self, identifier: str, caller: Caller | None) -> Shield:
+        """``caller`` None: the server's own use (a model's guardrails, which the operator
+        attached), never the access policy's to hide."""
         shield = await self.shields.find(identifier)
-        if shield is None or not self._visible(shield, caller):
+        if shield is None or shield.provider_id not in self.providers or (
+                caller is not None and not self._visible(shield, caller)):
             raise NotFound(f"shield {quote_id(identifier)} not found; GET /v1/shields lists the available ones")
         return shield
 

@@ -259,18 +259,20 @@ class SafetyRouter:
         self.registry = registry
         self.providers = providers
 
-    async def resolve(self, shield_id: Any, ctx: CallContext) -> tuple[Shield, Any]:
+    async def resolve(self, shield_id: Any, ctx: CallContext, *, guardrail: bool = False) -> tuple[Shield, Any]:
         if not isinstance(shield_id, str) or not shield_id:
             raise BadRequest("shield_id is required", [FieldError("$.shield_id", "required field missing")])
-        shield = await self.registry.get_shield(shield_id, ctx.caller)
+        # A guardrail runs for the model it guards: the caller's access to the shield is not asked.
+        shield = await self.registry.get_shield(shield_id, None if guardrail else ctx.caller)
         impl = self.providers[shield.provider_id]
         _ready(shield.provider_id, impl)
         return shield, impl
 
     async def run_shield(
-        self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext
+        self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext,
+        *, guardrail: bool = False,
     ) -> dict[str, Any]:
-        shield, impl = await self.resolve(shield_id, ctx)
+        shield, impl = await self.resolve(shield_id, ctx, guardrail=guardrail)
         result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
         return result
 
