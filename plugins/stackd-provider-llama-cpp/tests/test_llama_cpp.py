@@ -7,6 +7,7 @@ import base64
 import itertools
 import json
 import math
+import os
 import struct
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ from stackd.convert import structure
 from stackd.errors import BadRequest, NotFound, UpstreamUnavailable
 
 from .conftest import _start, wait_loaded, wait_ready
+
+# The session's provider lives on the session loop (conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CTX = CallContext()
 LLM = "gemma3-270m"
@@ -237,7 +241,7 @@ async def test_event_loop_stays_free_during_generation(provider: LlamaCppInferen
 
 def _endless(provider: LlamaCppInference, **extra: Any) -> dict[str, Any]:
     # Forbid end-of-sequence so that, uncancelled, this would run ~900 tokens (many seconds).
-    eos = provider._workers[LLM].llama.token_eos()
+    eos = provider._supervisors[LLM].info["token_eos"]
     return {
         "model": LLM,
         "prompt": "Once upon a time",
@@ -360,7 +364,14 @@ async def test_n_above_one_and_logprobs_are_refused_with_the_fix(provider: Llama
 
 async def test_health_and_readiness(provider: LlamaCppInference) -> None:
     assert provider.is_ready()
-    assert await provider.health() == {"status": "OK"}
+    health = await provider.health()
+    # {"status": "OK"} as before, plus each model's worker process.
+    assert health["status"] == "OK" and "message" not in health
+    assert set(health["models"]) == {LLM, EMBED}
+    for model in health["models"].values():
+        assert model["status"] == "OK" and model["restarts"] == 0
+        assert model["pid"] > 0 and model["pid"] != os.getpid()
+        assert 10_000_000 < model["rss_bytes"] < 4_000_000_000
     assert await provider.list_models() == [LLM, EMBED]
 
 
