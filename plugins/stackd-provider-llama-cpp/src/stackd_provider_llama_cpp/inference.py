@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import struct
 import time
@@ -147,10 +148,8 @@ class LlamaCppInference:
         self._closed = True
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
-            except asyncio.CancelledError:
-                pass
         supervisors, self._supervisors = list(self._supervisors.values()), {}
         for supervisor in supervisors:
             try:
@@ -185,7 +184,11 @@ class LlamaCppInference:
         if worker is None or not worker.alive:
             # Being restarted: wait for it unless its backoff is long, then say when to retry.
             wait = supervisor.next_start_at - time.monotonic()
-            worker = await supervisor.wait_up(RESTART_WAIT) if wait < 5 else None
+            worker = None
+            if wait < 5:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RESTART_WAIT):
+                        worker = await supervisor.wait_up()
             if worker is None:
                 if supervisor.error is not None:
                     raise UpstreamUnavailable(

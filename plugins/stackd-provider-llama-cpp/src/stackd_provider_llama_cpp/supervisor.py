@@ -94,15 +94,11 @@ class ModelSupervisor:
         if state != "loading":
             self._settled.set()
 
-    async def wait_up(self, timeout: float) -> WorkerProcess | None:
-        """The running worker; waits up to ``timeout`` s while it is being restarted."""
-        deadline = time.monotonic() + timeout
+    async def wait_up(self) -> WorkerProcess | None:
+        """The running worker, once a restart under way is over; None if the model failed or closed.
+        The caller bounds the wait (``asyncio.timeout``)."""
         while self.state in ("loading", "restarting") or (self.state == "up" and not self._alive()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            await self._changed.wait()
         return self.worker if self.state == "up" and self._alive() else None
 
     def _alive(self) -> bool:
