@@ -28,8 +28,7 @@ __all__ = ["ChunkStream", "JobFailed", "LoadFailed", "Usage", "WorkerDied", "Wor
 
 log = logging.getLogger("stackd.providers.llama_cpp")
 
-# Frames as large as a whole completion: asyncio's 64 KiB default would split nothing, but a
-# StreamReader limit only bounds readline(); readexactly() is bounded by protocol.MAX_FRAME.
+# How long a worker has to exit after EOF on its stdin before it is killed.
 _STOP_GRACE = 3.0
 
 
@@ -123,7 +122,7 @@ class WorkerProcess:
 
     @classmethod
     async def start(cls, cfg: ModelConfig, path: str, extra_env: dict[str, str] | None = None) -> WorkerProcess:
-        setup = {"model": attrs.asdict(cfg, value_serializer=_jsonable), "path": path}
+        setup = {"model": attrs.asdict(cfg, value_serializer=_jsonable), "path": path, "parent": os.getpid()}
         env = {**os.environ, **(extra_env or {}), CONFIG_ENV: orjson.dumps(setup).decode()}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "stackd_provider_llama_cpp.runner",

@@ -36,14 +36,14 @@ CRASH_ENV = "STACKD_LLAMA_CPP_TEST_CRASH"
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may have died before prctl took effect: then we were re-parented already.
-    if os.getppid() == 1:
+    if os.getppid() != parent:
         os._exit(0)
 
 
@@ -85,8 +85,8 @@ def _read_requests(jobs: queue.SimpleQueue[tuple[int, str, dict[str, Any], threa
             if frame.get("op") == "run":
                 event = cancels.setdefault(job_id, threading.Event())
                 jobs.put((job_id, str(frame["kind"]), dict(frame["kwargs"]), event))
-            elif frame.get("op") == "cancel" and (event := cancels.get(job_id)) is not None:
-                event.set()  # a job that has already ended has no flag left: nothing to stop
+            elif frame.get("op") == "cancel" and (flag := cancels.get(job_id)) is not None:
+                flag.set()  # a job that has already ended has no flag left: nothing to stop
     except (ProtocolError, OSError, ValueError, KeyError) as exc:
         print(f"stackd llama-cpp worker {os.getpid()}: bad request stream: {exc}", file=sys.stderr)
         os._exit(2)
@@ -95,11 +95,11 @@ def _read_requests(jobs: queue.SimpleQueue[tuple[int, str, dict[str, Any], threa
 
 
 def main() -> None:
-    _die_with_parent()
+    setup = orjson.loads(os.environ[CONFIG_ENV])
+    _die_with_parent(int(setup["parent"]))
     # Ctrl-C in a terminal reaches the whole process group; the provider decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     send = _Sender(_protocol_fd())
-    setup = orjson.loads(os.environ[CONFIG_ENV])
     model = dict(setup["model"])
     if model.get("model_path") is not None:
         model["model_path"] = Path(model["model_path"])

@@ -105,6 +105,14 @@ class ModelSupervisor:
         return self.worker is not None and self.worker.alive
 
     async def _run(self) -> None:
+        try:
+            await self._supervise()
+        except Exception as exc:  # never leave the model "loading" forever: callers wait on it
+            log.exception("llama-cpp: model %s: supervising its worker failed", self.cfg.model_id)
+            self._fail(f"model {self.cfg.model_id!r}: its worker process could not be run: "
+                       f"{type(exc).__name__}: {exc}")
+
+    async def _supervise(self) -> None:
         failed_starts = 0
         streak = 0  # deaths while serving, each within STABLE_SECONDS of its start
         model = self.cfg.model_id
