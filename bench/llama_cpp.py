@@ -32,18 +32,18 @@ __all__ = ["main"]
 PROMPT = "Once upon a time"
 
 
-def _in_process(llama: Any, tokens: int, bias: dict[int, float]) -> tuple[float, float]:
+def _in_process(llama: Any, tokens: int, bias: dict[int, float], prompt: str = PROMPT) -> tuple[float, float]:
     started = time.perf_counter()
     stamps = []
-    for _chunk in llama.create_completion(PROMPT, max_tokens=tokens, temperature=0, logit_bias=bias, stream=True):
+    for _chunk in llama.create_completion(prompt, max_tokens=tokens, temperature=0, logit_bias=bias, stream=True):
         stamps.append(time.perf_counter())
     return _figures(started, stamps, tokens)
 
 
-async def _worker(provider: Any, tokens: int, bias: dict[int, float]) -> tuple[float, float]:
+async def _worker(provider: Any, tokens: int, bias: dict[int, float], prompt: str = PROMPT) -> tuple[float, float]:
     from stackd import CallContext
 
-    params = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True,
+    params = {"model": "bench", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
               "logit_bias": {str(k): v for k, v in bias.items()}}
     started = time.perf_counter()
     stamps = []
@@ -87,15 +87,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         _in_process(llama, 8, bias)  # warm-up: page in the weights, first-call setup
         await _worker(provider, 8, bias)
         results: dict[str, list[tuple[float, float]]] = {"in-process": [], "worker": []}
-        for _ in range(args.rounds):
+        # A long prompt makes TTFT measure prompt processing (compute-bound, where the build's
+        # instruction sets show); the default short one makes it measure the per-request overhead.
+        # A long prompt starts with the round's number so that llama-cpp-python's prefix reuse
+        # cannot skip its evaluation; the short one is the same every time on both sides.
+        body = "The quick brown fox jumps. " * (args.prompt_words // 5)
+        for i in range(args.rounds):
+            prompt = f"{i}. {body}" if args.prompt_words else PROMPT
             if args.only != "worker":
-                results["in-process"].append(_in_process(llama, args.tokens, bias))
+                results["in-process"].append(_in_process(llama, args.tokens, bias, prompt))
             if args.only != "in-process":
-                results["worker"].append(await _worker(provider, args.tokens, bias))
+                results["worker"].append(await _worker(provider, args.tokens, bias, prompt))
     finally:
         await provider.close()
         llama.close()
-    out: dict[str, Any] = {"tokens": args.tokens, "rounds": args.rounds,
+    out: dict[str, Any] = {"tokens": args.tokens, "rounds": args.rounds, "prompt_words": args.prompt_words,
                            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
     for name, runs in results.items():
         if not runs:
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n-ctx", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--prompt-words", type=int, default=0, help="a prompt of about this many words")
     parser.add_argument("--only", choices=["in-process", "worker"], help="measure one side only")
     parser.add_argument("--out", help="write the JSON here too")
     args = parser.parse_args(argv)
