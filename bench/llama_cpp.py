@@ -94,9 +94,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         body = "The quick brown fox jumps. " * (args.prompt_words // 5)
         for i in range(args.rounds):
             prompt = f"{i}. {body}" if args.prompt_words else PROMPT
+            # The pause lets the other side's OpenMP threads stop spinning (libgomp spins a while
+            # after a parallel region): otherwise each run would share the cores with them.
             if args.only != "worker":
+                await asyncio.sleep(args.pause)
                 results["in-process"].append(_in_process(llama, args.tokens, bias, prompt))
             if args.only != "in-process":
+                await asyncio.sleep(args.pause)
                 results["worker"].append(await _worker(provider, args.tokens, bias, prompt))
     finally:
         await provider.close()
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n-ctx", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds of rest before each run")
     parser.add_argument("--prompt-words", type=int, default=0, help="a prompt of about this many words")
     parser.add_argument("--only", choices=["in-process", "worker"], help="measure one side only")
     parser.add_argument("--out", help="write the JSON here too")
