@@ -56,8 +56,6 @@ class InferenceProvider(Protocol):
 #   async def close(self) -> None           -- on shutdown, reverse build order
 #   async def health(self) -> dict          -- {"status": "OK"} or {"status": "Error", "message": ...}
 #   def is_ready(self) -> bool              -- False while loading; calls then get 503
-#   def not_ready_reason(self) -> str | None -- while is_ready() is False: why it failed for good and the
-#                                               fix (503 without Retry-After, named by /v1/health); None: loading
 #   async def list_models(self) -> list[str] -- what the upstream serves (for messages and docs)
 
 
