@@ -63,3 +63,17 @@ def test_the_bundled_gguf_is_reassembled_from_its_parts(
     assert path.read_bytes()[:4] == b"GGUF"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
     assert resolve_gguf(ModelConfig()) == path  # the second start reuses it
+
+
+def test_a_native_build_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from stackd_provider_llama_cpp.inference import _warn_if_not_portable
+
+    portable = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | OPENMP = 1 | "
+    _warn_if_not_portable(portable)
+    assert caplog.records == []
+    # What a -march=native build reports on this project's AMD EPYC machine.
+    _warn_if_not_portable(portable + "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | ")
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "uses AVX512, AVX512_VBMI, AVX512_VNNI, AVX512_BF16" in record.getMessage()
+    assert "tools/llama_cpp_wheel.py --install --force-rebuild" in record.getMessage()

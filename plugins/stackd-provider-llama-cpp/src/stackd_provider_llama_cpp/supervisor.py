@@ -36,7 +36,8 @@ _FIRST_BACKOFF = 0.5
 PORTABLE_FIX = (
     "rebuild llama-cpp-python for any x86-64 CPU with AVX2: "
     "`python3 tools/llama_cpp_wheel.py --install --force-rebuild` from a stackd checkout "
-    "(README: Quick start)"
+    "(README: Quick start), or `CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
+    "-DGGML_F16C=ON\" pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python`"
 )
 
 
