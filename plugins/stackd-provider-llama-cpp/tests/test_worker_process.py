@@ -122,17 +122,28 @@ async def test_other_requests_and_models_keep_serving_while_a_worker_restarts() 
         await wait_ready(provider)
         worker = provider._supervisors[LLM].worker
         assert worker is not None
-        queued = [asyncio.create_task(provider.openai_completion(_endless(provider), CTX)) for _ in range(3)]
+        running = asyncio.create_task(provider.openai_completion(_endless(provider), CTX))
         await asyncio.sleep(0.3)
+        # Queued in the worker behind the running one: sent, not started.
+        short = {"model": LLM, "prompt": "The sky is", "max_tokens": 3, "temperature": 0}
+        queued = [asyncio.create_task(provider.openai_completion(short, CTX)),
+                  asyncio.create_task(provider.openai_completion({**short, "stream": True}, CTX))]
+        await asyncio.sleep(0.3)
+        assert worker.busy == 3
         os.kill(worker.pid, signal.SIGKILL)
         # The embedding model's own worker answers throughout.
         embedded = await provider.openai_embeddings({"model": "embed", "input": "hello"}, CTX)
         assert len(embedded["data"][0]["embedding"]) == 640
-        # Every request that worker held, running or queued, fails with the cause of death.
-        for task in queued:
-            with pytest.raises(UpstreamBadResponse, match=r"SIGKILL.*out-of-memory killer"):
-                await task
+        # The request that was running fails with the cause of death...
+        with pytest.raises(UpstreamBadResponse, match=r"SIGKILL.*out-of-memory killer"):
+            await running
+        # ...and the queued ones, which had not started, run on the restarted worker.
+        answer = await queued[0]
+        assert isinstance(answer, dict) and answer["usage"]["completion_tokens"] == 3
+        chunks = [c async for c in await queued[1]]  # type: ignore[union-attr]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         health = await provider.health()
+        assert health["models"][LLM]["restarts"] == 1
         assert health["models"]["embed"]["restarts"] == 0
     finally:
         await provider.close()

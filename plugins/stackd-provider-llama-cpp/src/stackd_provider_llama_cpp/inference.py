@@ -249,16 +249,23 @@ class LlamaCppInference:
     async def _generate(
         self, kind: str, kwargs: dict[str, Any], params: dict[str, Any], chunk_object: str
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        worker, cfg = await self._generator(str(params.get("model")))
-        on_error = self._error_mapper(cfg)
-        if not kwargs["stream"]:
-            try:
-                result, _ = await worker.call(kind, kwargs)
-            except (WorkerDied, JobFailed) as exc:
-                raise on_error(exc) from None
-            return result
         tail = _usage_tail(chunk_object) if include_usage(params) else None
-        return await worker.stream(kind, kwargs, on_error, tail)
+        # A job still queued in a worker that died never ran: nothing was generated, so it runs
+        # once more on the restarted worker. A job that had started fails with the death.
+        for attempt in (1, 2):
+            worker, cfg = await self._generator(str(params.get("model")))
+            on_error = self._error_mapper(cfg)
+            try:
+                if kwargs["stream"]:
+                    return await worker.stream(kind, kwargs, on_error, tail)
+                result, _ = await worker.call(kind, kwargs)
+                return result
+            except WorkerDied as exc:
+                if exc.started or attempt == 2:
+                    raise on_error(exc) from None
+            except JobFailed as exc:
+                raise on_error(exc) from None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def openai_embeddings(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         model_id = str(params.get("model"))
@@ -290,7 +297,15 @@ class LlamaCppInference:
             )
         try:
             data, _ = await worker.call("embed", {"input": texts})
-        except (WorkerDied, JobFailed) as exc:
+        except WorkerDied as exc:
+            if exc.started:
+                raise self._error_mapper(cfg)(exc) from None
+            worker, cfg = await self._worker(model_id)  # never ran: once more on the new worker
+            try:
+                data, _ = await worker.call("embed", {"input": texts})
+            except (WorkerDied, JobFailed) as again:
+                raise self._error_mapper(cfg)(again) from None
+        except JobFailed as exc:
             raise self._error_mapper(cfg)(exc) from None
         tokens = data["tokens"]
         return {

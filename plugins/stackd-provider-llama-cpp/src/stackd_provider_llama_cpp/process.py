@@ -43,11 +43,13 @@ def exit_name(returncode: int) -> str:
 
 
 class WorkerDied(Exception):
-    """The worker process ended while a request was waiting on it."""
+    """The worker process ended while a request was waiting on it. ``started``: the request had
+    begun running in it (else it was still queued there, and nothing of it was generated)."""
 
-    def __init__(self, returncode: int) -> None:
+    def __init__(self, returncode: int, started: bool = True) -> None:
         super().__init__(exit_name(returncode))
         self.returncode = returncode
+        self.started = started
 
 
 class LoadFailed(Exception):
@@ -89,8 +91,12 @@ class _Call:
 
     def __init__(self) -> None:
         self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.started = False
 
     def feed(self, frame: dict[str, Any]) -> bool:
+        if frame.get("ev") == "start":
+            self.started = True
+            return False
         if not self.future.done():
             self.future.set_result(frame)
         return True
@@ -164,7 +170,7 @@ class WorkerProcess:
             self._ready.exception()  # retrieved: a worker nobody waits on must not warn
         pending, self._pending = list(self._pending.values()), {}
         for handler in pending:
-            handler.died(died)
+            handler.died(died if handler.started else WorkerDied(returncode, started=False))
         self.exited.set_result(returncode)
 
     def _route(self, frame: dict[str, Any]) -> None:
@@ -196,8 +202,8 @@ class WorkerProcess:
 
     async def call(self, kind: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
         """One non-streamed job. Cancelling the awaiting task cancels the job in the worker."""
-        if not self.alive:
-            raise WorkerDied(self.returncode if self.returncode is not None else -signal.SIGKILL)
+        if not self.alive:  # died between the caller's check and now: the job was never sent
+            raise WorkerDied(self.returncode if self.returncode is not None else -signal.SIGKILL, started=False)
         job_id = next(self._ids)
         call = _Call()
         self._pending[job_id] = call
@@ -227,8 +233,8 @@ class WorkerProcess:
     ) -> ChunkStream:
         """Start a streamed job and return once its first chunk is there, so that a failure
         before it (prompt too long...) is raised here rather than inside the stream."""
-        if not self.alive:
-            raise on_error(WorkerDied(self.returncode if self.returncode is not None else -signal.SIGKILL))
+        if not self.alive:  # died between the caller's check and now: the job was never sent
+            raise WorkerDied(self.returncode if self.returncode is not None else -signal.SIGKILL, started=False)
         job_id = next(self._ids)
         stream = ChunkStream(self, job_id, on_error, tail)
         self._pending[job_id] = stream
@@ -276,11 +282,15 @@ class ChunkStream(AsyncIterator[dict[str, Any]]):
         self._last: dict[str, Any] | None = None
         self._done = False
         self._cancelled = False
+        self.started = False
         self.stats = Usage()
 
     # Called by the worker's reader task.
     def feed(self, frame: dict[str, Any]) -> bool:
         event = frame.get("ev")
+        if event == "start":
+            self.started = True
+            return False
         if event == "end":
             self.stats.update(frame.get("stats"))
         self._queue.put_nowait(frame)
@@ -290,10 +300,12 @@ class ChunkStream(AsyncIterator[dict[str, Any]]):
         self._queue.put_nowait(exc)
 
     async def prefetch(self) -> None:
+        """Wait for the first chunk. A worker that died before the job started raises the bare
+        :class:`WorkerDied` (``started`` False), so that the caller can run the job again."""
         with contextlib.suppress(StopAsyncIteration):
-            self._first = await self._next()
+            self._first = await self._next(map_unstarted=False)
 
-    async def _next(self) -> dict[str, Any]:
+    async def _next(self, map_unstarted: bool = True) -> dict[str, Any]:
         if self._done:
             raise StopAsyncIteration
         try:
@@ -303,6 +315,8 @@ class ChunkStream(AsyncIterator[dict[str, Any]]):
             raise
         if isinstance(item, BaseException):
             self._done = True
+            if not map_unstarted and isinstance(item, WorkerDied) and not item.started:
+                raise item
             raise self._on_error(item) from item
         event = item.get("ev")
         if event == "chunk":

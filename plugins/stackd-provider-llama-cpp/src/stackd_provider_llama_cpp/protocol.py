@@ -12,6 +12,7 @@ provider -> worker
 worker -> provider
   {"ev": "ready", "info": {...}}    the first frame: loaded and self-checked
   {"ev": "load_error", "message"}   the first frame instead: a load failure with its fix
+  {"ev": "start", "id"}             job N leaves the queue and starts running
   {"ev": "chunk", "id", "data"}     one streamed chunk, sent as soon as it is made
   {"ev": "result", "id", "data", "stats"}   the answer of a non-streamed job
   {"ev": "end", "id", "stats"}      a stream ended (ran out, stopped or cancelled)

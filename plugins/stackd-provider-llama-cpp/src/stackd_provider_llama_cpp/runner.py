@@ -134,6 +134,9 @@ def main() -> None:
                 send({"ev": "end", "id": job_id, "stats": {"prompt_tokens": 0, "completion_tokens": 0},
                       "cancelled": True})
                 continue
+            # From here a death of this worker is this job's doing (or at least its lot); jobs
+            # still queued behind it are re-run by the provider on the restarted worker.
+            send({"ev": "start", "id": job_id})
             run_job(llama, job_id, kind, kwargs, cancel, send)
         finally:
             cancels.pop(job_id, None)
