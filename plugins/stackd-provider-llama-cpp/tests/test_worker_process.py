@@ -258,7 +258,11 @@ async def test_the_event_loop_never_waits_on_a_busy_worker() -> None:
         stop.set()
         await ticker
         assert len(chunks) >= 60
-        assert max(gaps) < 0.1
+        # A loop that waited on the worker would stall for the whole generation (~1 s), or for each
+        # token; on a shared 2-core machine the worker's threads alone may delay a tick now and
+        # then, so single gaps get more room than the bulk of them.
+        assert max(gaps) < 0.5
+        assert sorted(gaps)[int(len(gaps) * 0.95)] < 0.015
     finally:
         await provider.close()
 
