@@ -20,7 +20,7 @@ from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
 
-__all__ = ["InferenceRouter", "SafetyRouter", "StoreHook"]
+__all__ = ["InferenceRouter", "SafetyRouter", "StoreHook", "not_ready_reason"]
 
 log = logging.getLogger("stackd.routing")
 
@@ -35,8 +35,19 @@ DEFAULT_MAX_STORED_BYTES = 4 * 1024 * 1024
 def _ready(provider_id: str, impl: Any) -> None:
     is_ready = getattr(impl, "is_ready", None)
     if is_ready is not None and not is_ready():
+        # A provider that failed for good says why and how to fix it; retrying would not help.
+        reason = not_ready_reason(impl)
+        if reason is not None:
+            raise UpstreamUnavailable(f"provider {provider_id!r} is not ready: {reason}")
         raise UpstreamUnavailable(f"provider {provider_id!r} is not ready yet (still loading); retry shortly",
                                   headers={"Retry-After": "5"})
+
+
+def not_ready_reason(impl: Any) -> str | None:
+    """The optional ``not_ready_reason()`` of a provider whose ``is_ready()`` is False: why it
+    cannot serve for good (None: it is still loading)."""
+    reason = getattr(impl, "not_ready_reason", None)
+    return None if reason is None else reason()
 
 
 class InferenceRouter:

@@ -60,6 +60,9 @@ RESOURCE_APIS = (
     "tool_groups",
 )
 
-COMMON_METHODS: Mapping[str, bool] = {"close": True, "health": True, "is_ready": False}
+COMMON_METHODS: Mapping[str, bool] = {
+    "close": True, "health": True, "is_ready": False, "not_ready_reason": False,
+}
 """Methods any provider may define, and whether they must be ``async``: ``close()`` on shutdown,
-``health()`` for ``/v1/providers``, ``is_ready()`` (sync) while it loads."""
+``health()`` for ``/v1/providers``, ``is_ready()`` (sync) while it loads, ``not_ready_reason()``
+(sync) when it cannot become ready."""

@@ -10,6 +10,7 @@ from aiohttp import web
 import stackd
 from stackd.convert import converter
 from stackd.errors import NotFound
+from stackd.routing import not_ready_reason
 from stackd.server.http import json_response
 from stackd.server.keys import CONFIG, STACK
 
@@ -23,10 +24,17 @@ async def health(request: web.Request) -> web.Response:
     stack = request.app.get(STACK)
     if stack is None:
         return json_response({"status": "Error", "message": "starting"}, status=503)
-    loading = sorted(pid for pid, ok in stack.ready().items() if not ok)
-    if loading:
+    not_ready = sorted(pid for pid, ok in stack.ready().items() if not ok)
+    failed = {pid: reason for pid in not_ready if (reason := not_ready_reason(stack.providers[pid])) is not None}
+    if failed:
+        # Failed for good (e.g. a model whose worker dies in its self-check): no Retry-After.
         return json_response(
-            {"status": "Error", "message": f"not ready: loading {', '.join(loading)}"}, status=503,
+            {"status": "Error", "message": "not ready: " + "; ".join(f"{pid}: {r}" for pid, r in failed.items())},
+            status=503,
+        )
+    if not_ready:
+        return json_response(
+            {"status": "Error", "message": f"not ready: loading {', '.join(not_ready)}"}, status=503,
             headers={"Retry-After": "5"},
         )
     return json_response({"status": "OK"})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 pytest.importorskip(
     "llama_cpp",
@@ -45,14 +46,11 @@ async def wait_ready(provider: LlamaCppInference) -> None:
     assert provider.is_ready(), provider._load_error
 
 
-@pytest.fixture(scope="session")
-def provider() -> Iterator[LlamaCppInference]:
-    # Built on a loop of its own: the provider keeps no loop, each call uses the caller's.
-    async def build() -> LlamaCppInference:
-        p = await _start(CONFIG)
-        await wait_ready(p)
-        return p
-
-    p = asyncio.run(build())
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def provider() -> AsyncIterator[LlamaCppInference]:
+    # One session loop: the workers' pipes belong to the loop that started them, so the tests
+    # that share this provider run on that loop too (test_llama_cpp.py's pytestmark).
+    p = await _start(CONFIG)
+    await wait_ready(p)
     yield p
-    asyncio.run(p.close())
+    await p.close()

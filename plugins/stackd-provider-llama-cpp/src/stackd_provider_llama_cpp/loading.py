@@ -1,5 +1,6 @@
-"""Finding a model's GGUF file and loading it into llama.cpp. Everything here blocks: it runs
-in a worker thread, never on the event loop."""
+"""Finding a model's GGUF file. Everything here blocks: it runs in a thread, never on the event
+loop. It runs in the provider's process (not the model's worker) so that a package's GGUF is
+reassembled once, before the workers that share it start, and it never imports llama.cpp."""
 
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from stackd_provider_llama_cpp.config import ModelConfig
-from stackd_provider_llama_cpp.runtime import CancellableLlama
-from stackd_provider_llama_cpp.templates import chat_handler_for
 
-__all__ = ["ModelLoadError", "load_model", "resolve_gguf"]
+__all__ = ["ModelLoadError", "resolve_gguf"]
 
 log = logging.getLogger("stackd.providers.llama_cpp")
 
@@ -100,33 +99,3 @@ def _assemble(model_id: str, package: str, module: Any, assemble: Callable[..., 
         partial.unlink(missing_ok=True)
     log.info("llama-cpp: model %s: reassembled in %.1f s", model_id, time.monotonic() - started)
     return target
-
-
-def load_model(cfg: ModelConfig) -> CancellableLlama:
-    """Load ``cfg`` into llama.cpp, logging each step. Raises :class:`ModelLoadError`."""
-    started = time.monotonic()
-    path = resolve_gguf(cfg)
-    log.info(
-        "llama-cpp: model %s: loading %s (n_ctx=%d, threads=%d%s)",
-        cfg.model_id,
-        path,
-        cfg.n_ctx,
-        cfg.threads,
-        ", embedding" if cfg.embedding else "",
-    )
-    try:
-        llama = CancellableLlama.open(cfg, path)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model {cfg.model_id!r}: llama.cpp could not load {path}: {exc}; "
-            "check that the file is a GGUF model this llama-cpp-python version supports"
-        ) from exc
-    try:
-        handler = chat_handler_for(cfg.chat_template, llama)
-    except ValueError as exc:
-        llama.close()
-        raise ModelLoadError(f"model {cfg.model_id!r}: chat_template: {exc}") from exc
-    if handler is not None:
-        llama.chat_handler = handler
-    log.info("llama-cpp: model %s: ready in %.1f s", cfg.model_id, time.monotonic() - started)
-    return llama

@@ -1,11 +1,13 @@
-"""OpenAI request bodies -> llama-cpp-python keyword arguments."""
+"""OpenAI request bodies -> llama-cpp-python keyword arguments, as JSON for the worker process.
+
+This runs in the provider's process, which never imports llama.cpp: what only llama.cpp can
+build (a grammar) travels as a description that the worker turns into the object
+(:func:`stackd_provider_llama_cpp.jobs.build_grammar`).
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from stackd.errors import BadRequest, FieldError
 from stackd_provider_llama_cpp.config import ModelConfig
@@ -45,7 +47,8 @@ def _common(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     if stop:
         kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if params.get("logit_bias"):
-        kwargs["logit_bias"] = {int(k): float(v) for k, v in params["logit_bias"].items()}
+        # Token ids as strings: the frame is JSON; the worker turns them back into ints.
+        kwargs["logit_bias"] = {str(int(k)): float(v) for k, v in params["logit_bias"].items()}
     kwargs["model"] = params.get("model")
     kwargs["stream"] = bool(params.get("stream"))
     return kwargs
@@ -123,7 +126,9 @@ def completion_kwargs(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any
     return kwargs
 
 
-def _completion_grammar(fmt: Any) -> LlamaGrammar | None:
+def _completion_grammar(fmt: Any) -> dict[str, Any] | None:
+    """``{"gbnf": "json"}`` (any JSON value) or ``{"json_schema": {...}}``; the worker compiles it
+    and answers 400 at ``$.response_format.json_schema.schema`` when the schema cannot be."""
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     kind = fmt.get("type")
@@ -137,16 +142,7 @@ def _completion_grammar(fmt: Any) -> LlamaGrammar | None:
             "use text, json_object or json_schema",
             [FieldError("$.response_format.type", "expected text, json_object or json_schema")],
         )
-    if not schema:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    # llama-cpp-python's schema converter reports an unresolvable $ref with an assert.
-    except (ValueError, TypeError, KeyError, AssertionError, RecursionError) as exc:
-        raise BadRequest(
-            f"inline::llama-cpp cannot turn response_format's JSON schema into a grammar: {exc}",
-            [FieldError("$.response_format.json_schema.schema", "unsupported JSON schema")],
-        ) from exc
+    return {"json_schema": schema} if schema else {"gbnf": "json"}
 
 
 def include_usage(params: dict[str, Any]) -> bool:
