@@ -125,7 +125,9 @@ async def _main(args: argparse.Namespace) -> None:
     body = _body(args.model, args.stream)
     connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # An Authorization header on every request (the auth benchmark): one hot token per run.
+    headers = {"Authorization": f"Bearer {args.bearer}"} if args.bearer else None
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         # Warm-up: opens the connections (client->server and the server's own pool upstream).
         warm_requests = max(args.warmup, args.concurrency)
         warm, warm_elapsed, _ = await _run(
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-done", dest="done", action="store_false",
                         help="streams end without data: [DONE] (Llama Stack 0.2.x never sends it)")
     parser.add_argument("--request-timeout", type=float, default=60.0)
+    parser.add_argument("--bearer", default=None, help="send Authorization: Bearer <token> (bench/auth.py)")
     args = parser.parse_args(argv)
     if not args.url.startswith("http://127.0.0.1:"):
         parser.error("--url must be on http://127.0.0.1: the benchmark never leaves this machine")

@@ -64,9 +64,11 @@ class Gatekeeper:
     authenticator: Authenticator | None = None
     quota: QuotaCounter | None = None
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
+    public_paths: frozenset[str] = PUBLIC_PATHS
+    """Served without authentication: health and version always, plus ``server.auth.public_paths``."""
 
     async def admit(self, request: RequestInfo) -> Admission:
-        if request.path in PUBLIC_PATHS:
+        if request.path in self.public_paths:
             return Admission(Caller(client_address=request.client_address))
         if self.authenticator is not None:
             caller = await self.authenticator.authenticate(request)

@@ -38,7 +38,7 @@ class Guardrails:
         """The first violation of ``shields`` on ``messages`` (as ``{shield_id, stage, ...}``), or None."""
         for shield_id in shields:
             try:
-                answer = await self.safety.run_shield(shield_id, messages, {}, ctx)
+                answer = await self.safety.run_shield(shield_id, messages, {}, ctx, guardrail=True)
             except StackdError as exc:
                 if isinstance(exc, BadRequest):
                     raise  # about the client's request (nothing a shield can judge): theirs to fix
@@ -58,7 +58,7 @@ class Guardrails:
 
     async def _fails_open(self, shield_id: str, ctx: CallContext) -> bool:
         try:
-            return (await self.registry.get_shield(shield_id, ctx.caller)).on_failure == "open"
+            return (await self.registry.get_shield(shield_id, None)).on_failure == "open"
         except NotFound:
             return False  # a shield that is gone cannot have said "open"
 

@@ -16,6 +16,8 @@ import attrs
 import orjson
 
 from stackd.apis.models import Model, Shield
+from stackd.auth.policy import AccessPolicy, Owner
+from stackd.auth.policy import owner_of as owner_attributes
 from stackd.caller import Caller
 from stackd.config.schema import ModelInput, ShieldInput
 from stackd.convert import converter
@@ -41,21 +43,22 @@ R = TypeVar("R", Model, Shield)
 
 def owner_of(caller: Caller) -> dict[str, list[str]] | None:
     """The access attributes a resource registered by ``caller`` is owned by."""
-    if not caller.attributes:
-        return None
-    return {k: list(v) for k, v in caller.attributes.items() if v}
+    return owner_attributes(caller).attributes  # type: ignore[return-value]
+
+
+_DEFAULT_POLICY = AccessPolicy()
 
 
 def can_access(owner: Mapping[str, list[str]] | None, caller: Caller) -> bool:
-    """For every attribute category of the owner, the caller shares at least one value."""
-    if not owner:
-        return True
-    for category, values in owner.items():
-        if not values:
-            continue
-        if not set(values) & set(caller.attributes.get(category, ())):
-            return False
-    return True
+    """The default rule (no access_policy): for every attribute category of the owner, the
+    caller shares at least one value."""
+    return _DEFAULT_POLICY.allows(caller, "read", "model", "", Owner(None, owner))
+
+
+def _owner(item: Model | Shield) -> Owner | None:
+    if item.owner is None and item.owner_principal is None:
+        return None
+    return Owner(item.owner_principal, item.owner)
 
 
 class _Table(Generic[R]):
@@ -170,6 +173,8 @@ class Registry:
     """provider_id -> API it serves"""
     max_models: int = 1000
     max_shields: int = 1000
+    policy: AccessPolicy = attrs.field(factory=AccessPolicy)
+    """``server.auth.access_policy``: who may read, create and delete which resource."""
     models: _Table[Model] = attrs.field(init=False)
     shields: _Table[Shield] = attrs.field(init=False)
 
@@ -255,7 +260,17 @@ class Registry:
     # -- models -------------------------------------------------------------------------------
 
     def _visible(self, item: Model | Shield, caller: Caller) -> bool:
-        return item.provider_id in self.providers and can_access(item.owner, caller)
+        return item.provider_id in self.providers and self._allows(caller, "read", item)
+
+    def _allows(self, caller: Caller, action: str, item: Model | Shield) -> bool:
+        kind = "model" if isinstance(item, Model) else "shield"
+        return self.policy.allows(caller, action, kind, item.identifier, _owner(item))
+
+    def _may_delete(self, item: Model | Shield, caller: Caller) -> None:
+        if not self._allows(caller, "delete", item):
+            kind = "model" if isinstance(item, Model) else "shield"
+            raise Forbidden(f"not allowed to delete {kind} {quote_id(item.identifier)}: no rule of "
+                            "server.auth.access_policy permits it to this caller")
 
     async def list_models(self, caller: Caller) -> list[Model]:
         return [m for m in await self.models.load() if self._visible(m, caller)]
@@ -289,14 +304,15 @@ class Registry:
                 "an embedding model needs metadata.embedding_dimension",
                 [FieldError("$.metadata.embedding_dimension", "required for embedding models")],
             )
-        await self._may_register(self.models, model_id, provider_id, caller, self.max_models)
+        owner = await self._may_register(self.models, model_id, provider_id, caller, self.max_models)
         model = Model(
             identifier=model_id,
             provider_id=provider_id,
             provider_resource_id=provider_model_id or model_id,
             model_type=model_type,  # type: ignore[arg-type]
             metadata=metadata,
-            owner=owner_of(caller),
+            owner=owner.attributes,  # type: ignore[arg-type]
+            owner_principal=owner.principal,
             source="api",
             input_shields=tuple(input_shields or ()),
             output_shields=tuple(output_shields or ()),
@@ -309,6 +325,7 @@ class Registry:
         # One the caller may not see is a 404 (get_model), so a stranger learns nothing of it.
         if not await self.models.forget_unreadable(identifier):
             model = await self.get_model(identifier, caller)
+            self._may_delete(model, caller)
             await self.models.remove(model.identifier)
 
     async def _check_shields(self, caller: Caller, model_type: str, field: str, shields: list[str]) -> None:
@@ -330,9 +347,12 @@ class Registry:
     async def list_shields(self, caller: Caller) -> list[Shield]:
         return [s for s in await self.shields.load() if self._visible(s, caller)]
 
-    async def get_shield(self, identifier: str, caller: Caller) -> Shield:
+    async def get_shield(self, identifier: str, caller: Caller | None) -> Shield:
+        """``caller`` None: the server's own use (a model's guardrails, which the operator
+        attached), never the access policy's to hide."""
         shield = await self.shields.find(identifier)
-        if shield is None or not self._visible(shield, caller):
+        if shield is None or shield.provider_id not in self.providers or (
+                caller is not None and not self._visible(shield, caller)):
             raise NotFound(f"shield {quote_id(identifier)} not found; GET /v1/shields lists the available ones")
         return shield
 
@@ -346,13 +366,14 @@ class Registry:
         on_failure: str = "closed",
     ) -> Shield:
         provider_id = self._pick_provider("safety", provider_id, "shield")
-        await self._may_register(self.shields, shield_id, provider_id, caller, self.max_shields)
+        owner = await self._may_register(self.shields, shield_id, provider_id, caller, self.max_shields)
         shield = Shield(
             identifier=shield_id,
             provider_id=provider_id,
             provider_resource_id=provider_shield_id or shield_id,
             params=dict(params or {}),
-            owner=owner_of(caller),
+            owner=owner.attributes,  # type: ignore[arg-type]
+            owner_principal=owner.principal,
             source="api",
             on_failure="open" if on_failure == "open" else "closed",
         )
@@ -363,6 +384,7 @@ class Registry:
     async def unregister_shield(self, identifier: str, caller: Caller) -> None:
         if not await self.shields.forget_unreadable(identifier):
             shield = await self.get_shield(identifier, caller)
+            self._may_delete(shield, caller)
             guarded = [m.identifier for m in await self.models.load()
                        if identifier in m.input_shields or identifier in m.output_shields]
             if guarded:
@@ -375,25 +397,36 @@ class Registry:
 
     async def _may_register(
         self, table: _Table[R], identifier: str, provider_id: str, caller: Caller, limit: int
-    ) -> None:
-        """Registering again with the same provider updates; anything else is refused."""
+    ) -> Owner:
+        """Registering again with the same provider updates; anything else is refused. The
+        owner of the registration: the caller for a new one, the first owner for an update
+        (ownership never changes hands by registering again)."""
         existing = await table.find(identifier)
+        kind = table.kind
         if existing is None:
             # A bound on what a server holds is what keeps its list answerable in one page
             # (neither client pages through GET /v1/models).
             if len(await table.load()) >= limit:
                 raise BadRequest(
-                    f"this server holds {limit} {table.kind}s, its limit (server.max_{table.kind}s); "
-                    f"unregister one first, or raise server.max_{table.kind}s",
-                    [FieldError(f"$.{table.kind}_id", f"no room for another {table.kind}")],
+                    f"this server holds {limit} {kind}s, its limit (server.max_{kind}s); "
+                    f"unregister one first, or raise server.max_{kind}s",
+                    [FieldError(f"$.{kind}_id", f"no room for another {kind}")],
                 )
-            return
+            owner = owner_attributes(caller)
+            if not self.policy.allows(caller, "create", kind, identifier, owner):
+                raise Forbidden(f"not allowed to create {kind} {quote_id(identifier)}: no rule of "
+                                "server.auth.access_policy permits it to this caller")
+            return owner
         if existing.provider_id != provider_id:
-            raise Conflict(f"{table.kind} {quote_id(identifier)} is already registered with provider "
-                           f"{existing.provider_id!r}; unregister it first or choose another {table.kind}_id")
-        if not can_access(existing.owner, caller):
-            raise Forbidden(f"{table.kind} {quote_id(identifier)} belongs to someone else; "
-                            f"choose another {table.kind}_id")
+            raise Conflict(f"{kind} {quote_id(identifier)} is already registered with provider "
+                           f"{existing.provider_id!r}; unregister it first or choose another {kind}_id")
+        if not self._allows(caller, "read", existing):
+            raise Forbidden(f"{kind} {quote_id(identifier)} belongs to someone else; "
+                            f"choose another {kind}_id")
+        if not (self._allows(caller, "update", existing) or self._allows(caller, "create", existing)):
+            raise Forbidden(f"not allowed to update {kind} {quote_id(identifier)}: no rule of "
+                            "server.auth.access_policy permits it to this caller")
+        return _owner(existing) or Owner()
 
     def _pick_provider(self, api: str, provider_id: str | None, kind: str) -> str:
         candidates = sorted(pid for pid, a in self.provider_apis.items() if a == api)

@@ -13,6 +13,7 @@ from typing import Any
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
+from stackd.auth.policy import owner_json
 from stackd.errors import BadRequest, FieldError, NotFound, UpstreamUnavailable, quote_id
 from stackd.guardrails import Guardrails, single, violation_answer, violation_chunk
 from stackd.inference_store.assemble import ChatStreamAssembler, weight
@@ -23,8 +24,8 @@ __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook", "not_ready_reason"]
 
 log = logging.getLogger("stackd.routing")
 
-StoreHook = Callable[[dict[str, Any], list[Any], int], None]
-"""Called with (chat.completion body, input messages, their weight in bytes, roughly) once a
+StoreHook = Callable[[dict[str, Any], list[Any], int, str | None], None]
+"""Called with (chat.completion body, input messages, their weight in bytes, roughly, owner JSON) once a
 completion is whole; must not block. What it raises is logged, never passed to the client: the
 answer does not depend on the store."""
 
@@ -104,7 +105,7 @@ class InferenceRouter:
         if guard and model.guarded and self.guardrails is not None:
             return await self._guarded_chat(model, params, ctx, loc, store)
         model, result = await self._call("openai_chat_completion", "llm", params, ctx, loc, model)
-        return self._answer(model, result, params, store)
+        return self._answer(model, result, params, store, ctx)
 
     async def _guarded_chat(self, model: Model, params: dict[str, Any], ctx: CallContext, loc: str,
                             store: bool) -> Any:
@@ -130,32 +131,34 @@ class InferenceRouter:
                     result = violation_answer(model.identifier, violation)
             else:
                 result = guardrails.guard_stream(model, messages, result, ctx)
-        return self._answer(model, result, params, store)
+        return self._answer(model, result, params, store, ctx)
 
-    def _answer(self, model: Model, result: Any, params: dict[str, Any], store: bool) -> Any:
+    def _answer(self, model: Model, result: Any, params: dict[str, Any], store: bool, ctx: CallContext) -> Any:
         store = store and self.store is not None
         messages = params.get("messages") or []
+        # The owner is recorded with the completion, so reading it back follows access_policy.
+        owner = owner_json(ctx.caller) if store else None
         if isinstance(result, dict):
             if store:
-                self._store_answer(result, messages, model.identifier)
+                self._store_answer(result, messages, model.identifier, owner)
             return result
-        return self._relabel(result, model.identifier, messages if store else None)
+        return self._relabel(result, model.identifier, messages if store else None, owner)
 
-    def _store_answer(self, completion: dict[str, Any], messages: list[Any], model: str) -> None:
+    def _store_answer(self, completion: dict[str, Any], messages: list[Any], model: str, owner: str | None) -> None:
         kept = _weigh(completion.get("choices"), self.max_stored_bytes)
         if kept is None:
             log.warning("chat completion %.80r of model %r is not stored: it passed "
                         "server.max_stored_completion_bytes (%d)", completion.get("id"), model,
                         self.max_stored_bytes)
             return
-        self._keep(completion, messages, model, kept)
+        self._keep(completion, messages, model, kept, owner)
 
-    def _keep(self, completion: Any, messages: list[Any], model: str, kept: int) -> None:
+    def _keep(self, completion: Any, messages: list[Any], model: str, kept: int, owner: str | None) -> None:
         """Hand one completion to the store; a record it cannot keep is one log line, no more."""
         if self.store is None:
             return
         try:
-            self.store(storable(completion, model), messages, kept + weight(messages))
+            self.store(storable(completion, model), messages, kept + weight(messages), owner)
         except (ValueError, RuntimeError) as exc:
             log.warning("a chat completion of model %r was not stored: %s", model, exc)
         except Exception:
@@ -183,7 +186,8 @@ class InferenceRouter:
         return result  # type: ignore[no-any-return]
 
     async def _relabel(
-        self, chunks: AsyncIterator[dict[str, Any]], identifier: str, store_with: list[Any] | None
+        self, chunks: AsyncIterator[dict[str, Any]], identifier: str, store_with: list[Any] | None,
+        owner: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """The provider's chunks under the client's model name; with ``store_with`` (the input
         messages), the stream is stored once it ran to its end, after its last byte went out.
@@ -209,7 +213,7 @@ class InferenceRouter:
                 log.warning("a streamed chat completion of model %r is not stored: it could not be "
                             "assembled (%s: %s)", identifier, type(exc).__name__, exc)
                 return
-            self._keep(body, store_with, identifier, keep.kept)
+            self._keep(body, store_with, identifier, keep.kept, owner)
 
     def _fold(self, keep: ChatStreamAssembler, chunk: dict[str, Any], identifier: str) -> bool:
         """Add a chunk to what is kept; False (logged once) when the completion will not be stored."""
@@ -266,18 +270,20 @@ class SafetyRouter:
         self.registry = registry
         self.providers = providers
 
-    async def resolve(self, shield_id: Any, ctx: CallContext) -> tuple[Shield, Any]:
+    async def resolve(self, shield_id: Any, ctx: CallContext, *, guardrail: bool = False) -> tuple[Shield, Any]:
         if not isinstance(shield_id, str) or not shield_id:
             raise BadRequest("shield_id is required", [FieldError("$.shield_id", "required field missing")])
-        shield = await self.registry.get_shield(shield_id, ctx.caller)
+        # A guardrail runs for the model it guards: the caller's access to the shield is not asked.
+        shield = await self.registry.get_shield(shield_id, None if guardrail else ctx.caller)
         impl = self.providers[shield.provider_id]
         _ready(shield.provider_id, impl)
         return shield, impl
 
     async def run_shield(
-        self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext
+        self, shield_id: str, messages: list[dict[str, Any]], params: dict[str, Any], ctx: CallContext,
+        *, guardrail: bool = False,
     ) -> dict[str, Any]:
-        shield, impl = await self.resolve(shield_id, ctx)
+        shield, impl = await self.resolve(shield_id, ctx, guardrail=guardrail)
         result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
         return result
 

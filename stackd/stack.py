@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from stackd.admission import Gatekeeper
+from stackd.admission import PUBLIC_PATHS, Gatekeeper
+from stackd.auth import build_authenticator
+from stackd.auth.policy import AccessPolicy
+from stackd.config.schema import ServerConfig
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
 from stackd.guardrails import Guardrails, check_and_list
@@ -26,6 +30,8 @@ from stackd.upstream import UpstreamLimits
 __all__ = ["Stack", "open_stack", "state_dir"]
 
 log = logging.getLogger("stackd")
+
+_HASH_KEY = "auth/token_hash_key"
 
 
 def state_dir() -> Path:
@@ -93,8 +99,9 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
 
         providers: dict[str, Any] = {}
         provider_apis = {pid: p.api for pid, p in loaded.providers.items()}
+        policy = AccessPolicy(run.server.auth.access_policy if run.server.auth is not None else ())
         registry = Registry(metadata, providers, provider_apis,
-                            max_models=run.server.max_models, max_shields=run.server.max_shields)
+                            max_models=run.server.max_models, max_shields=run.server.max_shields, policy=policy)
         inference = InferenceRouter(registry, providers, inference_store.submit if inference_store else None,
                                     max_stored_bytes=run.server.max_stored_completion_bytes)
         safety = SafetyRouter(registry, providers)
@@ -108,8 +115,33 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
         inference.guardrails = Guardrails(registry, safety, window)
 
         if gate is None:
-            gate = Gatekeeper(route_policy=list(run.server.route_policy))
+            gate = await _open_gate(run.server, metadata, exits)
         yield Stack(loaded, metadata, registry, providers, inference, safety, gate, inference_store)
+
+
+async def _token_hash_key(metadata: KVStore) -> bytes:
+    """The key of the hashes that stand for tokens (a custom endpoint's caller without
+    attributes): kept in the metadata store so an owner's namespace survives a restart."""
+    stored = await metadata.get(_HASH_KEY)
+    if stored is None:
+        stored = secrets.token_hex(32)
+        await metadata.set(_HASH_KEY, stored)
+    return bytes.fromhex(stored)
+
+
+async def _open_gate(server: ServerConfig, metadata: KVStore, exits: contextlib.AsyncExitStack) -> Gatekeeper:
+    auth = server.auth
+    if auth is None:
+        return Gatekeeper(route_policy=list(server.route_policy))
+    authenticator = build_authenticator(auth, await _token_hash_key(metadata))
+    await authenticator.open()
+    exits.push_async_callback(authenticator.close)
+    # server.route_policy is the alias of server.auth.route_policy (the loader refuses both at once).
+    return Gatekeeper(
+        authenticator=authenticator,
+        route_policy=list(auth.route_policy or server.route_policy),
+        public_paths=PUBLIC_PATHS | frozenset(auth.public_paths),
+    )
 
 
 async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> InferenceStoreWriter:

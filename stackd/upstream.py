@@ -183,13 +183,24 @@ def _message_of(body: bytes) -> str:
     return str(data)[:500]
 
 
-async def check_status(resp: aiohttp.ClientResponse, provider_id: str) -> None:
-    """Raise the stackd error for a non-2xx upstream answer (the body is read to get its message)."""
+async def check_status(resp: aiohttp.ClientResponse, provider_id: str, *, own_credentials: bool = False) -> None:
+    """Raise the stackd error for a non-2xx upstream answer (the body is read to get its message).
+
+    ``own_credentials``: the request carried the provider's configured credentials (or none a
+    client could supply). A 401/403 then means stackd's setup is wrong, so it is a 502 saying
+    so: passed on as 401, a client would believe its own token to stackd was refused.
+    """
     if resp.status < 400:
         return
     # Only the message is wanted: a huge error body must not be held whole.
     body = await resp.content.read(_MAX_ERROR_BODY)
     message = _message_of(body)
+    if own_credentials and resp.status in (401, 403):
+        # The upstream's message is left out: some repeat the key they refused.
+        raise UpstreamBadResponse(
+            f"provider {provider_id!r}: the provider's credentials were refused by its upstream "
+            f"(HTTP {resp.status}); check the api token or key in this provider's config"
+        )
     if 400 <= resp.status < 500:
         raise UpstreamClientError(resp.status, f"provider {provider_id!r}: {message}")
     if resp.status == 503:
@@ -200,10 +211,11 @@ async def check_status(resp: aiohttp.ClientResponse, provider_id: str) -> None:
 
 
 async def read_json(
-    resp: aiohttp.ClientResponse, provider_id: str, limits: UpstreamLimits = DEFAULT_LIMITS
+    resp: aiohttp.ClientResponse, provider_id: str, limits: UpstreamLimits = DEFAULT_LIMITS, *,
+    own_credentials: bool = False,
 ) -> Any:
     """The whole JSON body of a 2xx answer; 502 when it is not JSON or over ``max_body_bytes``."""
-    await check_status(resp, provider_id)
+    await check_status(resp, provider_id, own_credentials=own_credentials)
     body = await _read_body(resp, provider_id, limits.max_body_bytes)
     try:
         data = orjson.loads(body)

@@ -329,8 +329,11 @@ server:
     ("text", "expected"),
     [
         ("server:\n  auth: {provider_type: oauth2_token, config: {}}\n",
-         "authentication is not available in this build of stackd yet; remove server.auth, or keep the server "
-         "behind an authenticating proxy until it is @ $.server.auth (run.yaml:2:9)"),
+         "oauth2_token needs exactly one of jwks (verify JWTs against a key set) or introspection (ask an "
+         "RFC 7662 endpoint) @ $.server.auth.config (run.yaml:2:47)"),
+        ("server:\n  auth: {provider_type: oauth3, config: {}}\n",
+         "unknown auth provider provider_type 'oauth3'; expected one of 'oauth2_token', 'custom' "
+         "@ $.server.auth.provider_type (run.yaml:2:25)"),
         ("server:\n  quota: {kvstore: {type: sqlite, db_path: q.db}}\n",
          "quotas are not available in this build of stackd yet; remove server.quota, or enforce limits in a "
          "proxy in front of it until they are @ $.server.quota (run.yaml:2:10)"),

@@ -8,6 +8,14 @@ import attrs
 import pytest
 
 from stackd import ProviderSpec
+from stackd.config.auth import (
+    CustomAuth,
+    CustomAuthConfig,
+    IntrospectionConfig,
+    JwksConfig,
+    OAuth2TokenAuth,
+    OAuth2TokenConfig,
+)
 from stackd.config.schema import ModelInput, RunConfig, ServerConfig, ShieldInput
 from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
 
@@ -16,7 +24,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 @pytest.mark.parametrize(
     "cls",
-    [RunConfig, ServerConfig, ModelInput, ShieldInput, SqliteStoreConfig, PostgresStoreConfig, RedisStoreConfig],
+    [RunConfig, ServerConfig, ModelInput, ShieldInput, SqliteStoreConfig, PostgresStoreConfig, RedisStoreConfig,
+     OAuth2TokenAuth, CustomAuth, OAuth2TokenConfig, JwksConfig, CustomAuthConfig, IntrospectionConfig],
 )
 def test_config_fields_are_documented(cls: type) -> None:
     text = (DOCS / "configuration.md").read_text()

@@ -167,7 +167,7 @@ async def test_records_written_too_deep_by_0_1_0_do_not_break_lists(
         db.execute("INSERT INTO kvstore (key, value) VALUES (?, ?)", ("model:old-deep", record))
     body = '{"id": "chatcmpl-deep", "created": 1, "model": "echo-1", "object": "chat.completion", "choices": []}'
     with sqlite3.connect(tmp_path / "inference_store.db") as db:
-        db.execute("INSERT INTO chat_completions VALUES (?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO chat_completions (id, created, model, body, input_messages) VALUES (?, ?, ?, ?, ?)",
                    ("chatcmpl-deep", 1, "echo-1", body, f'[{{"role": "user", "content": {_deep_json(300)}}}]'))
     caplog.set_level(logging.WARNING)
     server = await serve_app(echo_config)

@@ -55,6 +55,7 @@ class Model:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     owner: dict[str, list[str]] | None = None
     source: Literal["config", "api"] = "api"
+    owner_principal: str | None = None  # kept for "user is owner" rules; not part of the answer
     # Guardrails: shields run on the input and on the answer of every chat completion (docs/safety.md).
     input_shields: tuple[str, ...] = ()
     output_shields: tuple[str, ...] = ()
@@ -87,6 +88,7 @@ class Shield:
     params: dict[str, Any] = attrs.field(factory=dict)
     owner: dict[str, list[str]] | None = None
     source: Literal["config", "api"] = "api"
+    owner_principal: str | None = None  # kept for "user is owner" rules; not part of the answer
     # As a guardrail, when its provider fails: "closed" answers 503, "open" lets the text pass (logged).
     on_failure: OnFailure = "closed"
 

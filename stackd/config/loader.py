@@ -23,6 +23,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from stackd.apis.known import PROVIDER_APIS, RESOURCE_APIS
+from stackd.config.auth import OAuth2TokenConfig
 from stackd.config.bounds import check_shape, read_text
 from stackd.config.envsubst import substitute
 from stackd.config.problems import ConfigError, Locator, Problem, Report
@@ -42,6 +43,14 @@ __all__ = ["ParsedConfig", "ProviderAt", "read_config", "parse_text"]
 DISABLED = "__disabled__"  # Llama Stack 0.2.x's sentinel for `${env.X:=__disabled__}`
 _INVALID = "(invalid)"  # stand-in provider_type for an entry whose errors are reported already
 _KNOWN_APIS = tuple(PROVIDER_APIS)
+
+
+# What route rules may name: every route stackd serves, and the prefixes of the APIs it knows.
+_KNOWN_ROUTES = (
+    "/v1/health", "/v1/version", "/v1/providers", "/v1/inspect/routes", "/v1/models", "/v1/shields",
+    "/v1/openai/v1/models", "/v1/chat/completions", "/v1/openai/v1/chat/completions",
+    *(prefix for api in PROVIDER_APIS.values() for prefix in api.prefixes),
+)
 
 
 @attrs.frozen
@@ -316,12 +325,48 @@ class ParsedConfig:
                 out.append(attrs.evolve(item, provider_id=owner))
         return out
 
+    def _auth(self, server: ServerConfig) -> None:
+        auth = server.auth
+        # One setting: server.auth.route_policy. server.route_policy is read into the same place,
+        # as its alias, for servers without auth (and old configs); both at once is ambiguous.
+        if server.route_policy and auth is not None:
+            if auth.route_policy:
+                self.report.error("$.server.route_policy", "route rules are set twice; keep only "
+                                  "server.auth.route_policy (server.route_policy is its alias without auth)")
+            else:
+                self.report.warn("$.server.route_policy", "deprecated with auth on: move these rules to "
+                                 "server.auth.route_policy; they are read from here for now")
+        for path, rules in (("$.server.route_policy", server.route_policy),
+                            ("$.server.auth.route_policy", auth.route_policy if auth is not None else [])):
+            for i, rule in enumerate(rules):
+                for j, route in enumerate(rule.routes):
+                    if not any(route.startswith(k) or k.startswith(route) for k in _KNOWN_ROUTES):
+                        self.report.warn(f"{path}[{i}].routes[{j}]", f"{route!r} names no route of stackd; "
+                                         "write an exact path (/v1/models) or a prefix ending in '/' (/v1/inference/)")
+        if auth is None:
+            return
+        for i, access in enumerate(auth.access_policy):
+            where = f"$.server.auth.access_policy[{i}]"
+            if (access.permit is None) == (access.forbid is None):
+                self.report.error(where, "a rule needs exactly one of permit or forbid")
+            if access.when is not None and access.unless is not None:
+                self.report.error(where, "a rule takes when or unless, not both")
+        cfg = auth.config
+        if isinstance(cfg, OAuth2TokenConfig) and (cfg.jwks is None) == (cfg.introspection is None):
+            self.report.error("$.server.auth.config", "oauth2_token needs exactly one of jwks (verify JWTs "
+                              "against a key set) or introspection (ask an RFC 7662 endpoint)")
+        if isinstance(cfg, OAuth2TokenConfig) and cfg.tls_cafile is not None:
+            try:
+                read_file("tls_cafile", cfg.tls_cafile)
+            except TLSFileError as exc:
+                self.report.error("$.server.auth.config.tls_cafile", exc.message)
+        if isinstance(cfg, OAuth2TokenConfig) and not cfg.verify_tls:
+            self.report.warn("$.server.auth.config.verify_tls", "false: the JWKS is fetched without checking its "
+                             "certificate, so anyone on the path can forge every token; set tls_cafile instead")
+
     def _stores(self, run: RunConfig) -> None:
-        """Settings this build cannot honour are errors, never silently ignored: a quota or an
-        auth section that did nothing would leave a server open that its operator believes closed."""
-        if run.server.auth is not None:
-            self.report.error("$.server.auth", "authentication is not available in this build of stackd yet; remove "
-                              "server.auth, or keep the server behind an authenticating proxy until it is")
+        """Settings this build cannot honour are errors, never silently ignored: a quota section
+        that did nothing would leave a server open that its operator believes limited."""
         if run.server.quota is not None:
             self.report.error("$.server.quota", "quotas are not available in this build of stackd yet; remove "
                               "server.quota, or enforce limits in a proxy in front of it until they are")
@@ -339,6 +384,7 @@ class ParsedConfig:
     def _server(self, run: RunConfig) -> None:
         self._stores(run)
         server = run.server
+        self._auth(server)
         if (server.tls_certfile is None) != (server.tls_keyfile is None):
             self.report.error("$.server", "TLS needs both tls_certfile and tls_keyfile")
         if server.tls_cafile is not None and server.tls_certfile is None:

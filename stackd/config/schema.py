@@ -7,6 +7,7 @@ provider...) live in :mod:`stackd.config.loader`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 import attrs
 
 from stackd.apis.models import ResourceId
+from stackd.config.auth import AuthConfig, RoutePolicyRule
 from stackd.config.stores import StoreConfig
 from stackd.convert import Check, Seconds
 
@@ -46,6 +48,15 @@ AllowedHost = Annotated[str, Check(
     is not None,
     "a host name or address without scheme or path (localhost, 10.0.0.5, [::1], api.example.com), or '*' for any",
 )]
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+ProxyNetwork = Annotated[str, Check(_is_network, "an IP address or CIDR network (10.0.0.1, 10.0.0.0/8, ::1)")]
 PositiveInt = Annotated[int, Check(lambda n: n > 0, "a positive whole number")]
 
 # An empty host binds every interface, which nobody writes on purpose: 0.0.0.0 and :: say it.
@@ -107,21 +118,6 @@ class ShieldInput:
 
 
 @attrs.frozen
-class RoutePolicyRule:
-    routes: list[str]
-    allow: dict[str, list[str]] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class AuthConfig:
-    """``server.auth``; ``config`` is structured by the auth provider chosen by ``provider_type``."""
-
-    provider_type: str
-    config: dict[str, Any] = attrs.field(factory=dict)
-    route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
-
-
-@attrs.frozen
 class QuotaConfig:
     kvstore: StoreConfig
     anonymous_max_requests: int = 100
@@ -150,6 +146,8 @@ class ServerConfig:
     # Output shields of a streamed answer check it every this many characters, holding that much back.
     guardrail_window_chars: PositiveInt = 200
     allowed_hosts: list[AllowedHost] | None = None
+    # X-Forwarded-For / Forwarded name the client only when the peer is one of these.
+    trusted_proxies: list[ProxyNetwork] = attrs.field(factory=list)
     body_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     header_timeout: Seconds = Seconds(10.0)  # noqa: RUF009
     keepalive_timeout: Seconds = Seconds(75.0)  # noqa: RUF009

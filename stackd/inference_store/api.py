@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
@@ -25,6 +25,8 @@ __all__ = [
     "Order",
     "RejectedData",
     "StoredCompletion",
+    "Visible",
+    "filtered_rows",
     "check_completion",
     "rows_of",
     "check_limit",
@@ -54,8 +56,16 @@ class RejectedData(ValueError):
     """The database refused a row for its content (a NUL byte in an id...); retrying cannot help."""
 
 
-StoredCompletion = tuple[dict[str, Any], list[dict[str, Any]]]
-"""One write: the ``chat.completion`` body and the input messages that produced it."""
+StoredCompletion = tuple[dict[str, Any], list[dict[str, Any]]] | tuple[dict[str, Any], list[dict[str, Any]], str | None]
+"""One write: the ``chat.completion`` body, the input messages that produced it, and (when
+auth is on) its owner as JSON (:func:`stackd.auth.policy.owner_json`)."""
+
+Visible = Callable[[str, str | None], bool]
+"""``visible(completion_id, owner_json)``: may the caller read this record (access_policy)."""
+
+# A filtered list reads rows in batches until a page is full; this many batches at most, so
+# a caller who may see almost nothing cannot make one request scan the whole table.
+MAX_FILTER_BATCHES = 50
 
 
 @runtime_checkable
@@ -76,9 +86,10 @@ class InferenceStore(Protocol):
         limit: int = DEFAULT_LIMIT,
         model: str | None = None,
         order: str = "desc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]: ...
 
-    async def get(self, completion_id: str) -> dict[str, Any]: ...
+    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]: ...
 
     async def messages(
         self,
@@ -86,6 +97,7 @@ class InferenceStore(Protocol):
         after: str | None = None,
         limit: int = DEFAULT_LIMIT,
         order: str = "asc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
@@ -129,10 +141,12 @@ def check_completion(completion: dict[str, Any], input_messages: list[dict[str, 
         raise ValueError(f"completion {cid!r}: input_messages must be a list of dicts")
 
 
-def rows_of(items: Sequence[StoredCompletion]) -> list[tuple[str, int, str, str, str]]:
-    """The ``(id, created, model, body, input_messages)`` rows of a batch, each checked first."""
+def rows_of(items: Sequence[StoredCompletion]) -> list[tuple[str, int, str, str, str, str | None]]:
+    """The ``(id, created, model, body, input_messages, owner)`` rows of a batch, each checked first."""
     rows = []
-    for completion, input_messages in items:
+    for item in items:
+        completion, input_messages = item[0], item[1]
+        owner = item[2] if len(item) > 2 else None
         check_completion(completion, input_messages)
         rows.append((
             completion["id"],
@@ -140,8 +154,37 @@ def rows_of(items: Sequence[StoredCompletion]) -> list[tuple[str, int, str, str,
             completion["model"],
             orjson.dumps(completion).decode(),
             orjson.dumps(input_messages).decode(),
+            owner,
         ))
     return rows
+
+
+Cursor = tuple[int, str]
+FetchRows = Callable[[Cursor | None, int], Awaitable[Sequence[Sequence[Any]]]]
+
+
+async def filtered_rows(fetch: FetchRows, first: Cursor | None, limit: int, visible: Visible) -> list[tuple[Any, Any]]:
+    """Up to ``limit + 1`` ``(body, input_messages)`` rows the caller may read, in order.
+
+    ``fetch(cursor, n)`` returns up to ``n`` rows ``(id, created, body, input_messages, owner)``
+    after ``cursor`` in the list's order. Lists filter exactly as get does, so a page holds only
+    what the caller could fetch one by one, and ``has_more`` / ``last_id`` page on among those.
+    """
+    kept: list[tuple[Any, Any]] = []
+    cursor = first
+    batch = limit + 1
+    for _ in range(MAX_FILTER_BATCHES):
+        rows = await fetch(cursor, batch)
+        for cid, _created, body, inputs, owner in rows:
+            if visible(cid, owner):
+                kept.append((body, inputs))
+                if len(kept) > limit:
+                    return kept
+        if len(rows) < batch:
+            return kept
+        cursor = (rows[-1][1], rows[-1][0])
+        batch = min(batch * 2, MAX_LIMIT + 1)
+    return kept
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

@@ -18,11 +18,14 @@ import orjson
 from stackd.errors import UpstreamUnavailable
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
+    Cursor,
     RejectedData,
     StoredCompletion,
+    Visible,
     check_limit,
     check_order,
     check_table_name,
+    filtered_rows,
     items_page,
     message_page,
     not_found,
@@ -53,10 +56,12 @@ class PostgresInferenceStore:
         self._where = where  # "user@host:port/db", for messages; never the password
         t = table
         self._upsert = (
-            f"INSERT INTO {t} (id, created, model, body, input_messages) "
-            "VALUES ($1, $2, $3, $4::json, $5::json) "
+            f"INSERT INTO {t} (id, created, model, body, input_messages, owner) "
+            "VALUES ($1, $2, $3, $4::json, $5::json, $6) "
             "ON CONFLICT (id) DO UPDATE SET created = EXCLUDED.created, model = EXCLUDED.model, "
-            "body = EXCLUDED.body, input_messages = EXCLUDED.input_messages"
+            "body = EXCLUDED.body, input_messages = EXCLUDED.input_messages "
+            # The owner of the first write stays: a repeated id never hands a record to another.
+            f"WHERE {t}.owner IS NOT DISTINCT FROM EXCLUDED.owner"
         )
 
     def __repr__(self) -> str:
@@ -102,6 +107,8 @@ class PostgresInferenceStore:
                 " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"
                 " body JSON NOT NULL, input_messages JSON NOT NULL)"
             )
+            # Stores written before owners were recorded get the column (their rows are unowned).
+            await conn.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS owner TEXT")
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)")
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)")
 
@@ -138,35 +145,51 @@ class PostgresInferenceStore:
         limit: int = DEFAULT_LIMIT,
         model: str | None = None,
         order: str = "desc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]:
         direction = check_order(order)
         limit = check_limit(limit)
         t = self._table
-        where: list[str] = []
-        params: list[Any] = []
-        if model is not None:
-            params.append(model)
-            where.append(f"model = ${len(params)}")
+        first: Cursor | None = None
         if after is not None:
             cursor_rows = await self._fetch(f"SELECT created FROM {t} WHERE id = $1", after)
             if not cursor_rows:
                 raise unknown_cursor(after)
-            params += [cursor_rows[0][0], after]
-            op = "<" if direction == "desc" else ">"
-            where.append(f"(created, id) {op} (${len(params) - 1}, ${len(params)})")
-        sql = f"SELECT body::text, input_messages::text FROM {t}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        params.append(limit + 1)
-        # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
-        sql += f' ORDER BY created {direction}, id COLLATE "C" {direction} LIMIT ${len(params)}'
-        rows = await self._fetch(sql, *params)
-        return items_page(rows, limit)
+            first = (cursor_rows[0][0], after)
 
-    async def get(self, completion_id: str) -> dict[str, Any]:
-        rows = await self._fetch(
-            f"SELECT body::text, input_messages::text FROM {self._table} WHERE id = $1", completion_id
-        )
+        async def fetch(cursor: Cursor | None, n: int) -> list[Any]:
+            where: list[str] = []
+            params: list[Any] = []
+            if model is not None:
+                params.append(model)
+                where.append(f"model = ${len(params)}")
+            if cursor is not None:
+                params += [cursor[0], cursor[1]]
+                op = "<" if direction == "desc" else ">"
+                where.append(f"(created, id) {op} (${len(params) - 1}, ${len(params)})")
+            columns = ("body::text, input_messages::text" if visible is None
+                       else "id, created, body::text, input_messages::text, owner")
+            sql = f"SELECT {columns} FROM {t}"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            params.append(n)
+            # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
+            sql += f' ORDER BY created {direction}, id COLLATE "C" {direction} LIMIT ${len(params)}'
+            return await self._fetch(sql, *params)
+
+        if visible is None:
+            return items_page(await fetch(first, limit + 1), limit)
+        return items_page(await filtered_rows(fetch, first, limit, visible), limit)
+
+    async def _owned(self, completion_id: str, columns: str, visible: Visible | None) -> Sequence[Any]:
+        rows = await self._fetch(f"SELECT {columns}, owner FROM {self._table} WHERE id = $1", completion_id)
+        # One the caller may not read is not found: never confirm it exists.
+        if rows and visible is not None and not visible(completion_id, rows[0][-1]):
+            return []
+        return rows
+
+    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
+        rows = await self._owned(completion_id, "body::text, input_messages::text", visible)
         return one_item(rows, completion_id)
 
     async def messages(
@@ -175,12 +198,11 @@ class PostgresInferenceStore:
         after: str | None = None,
         limit: int = DEFAULT_LIMIT,
         order: str = "asc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]:
         direction = check_order(order)
         limit = check_limit(limit)
-        rows = await self._fetch(
-            f"SELECT input_messages::text FROM {self._table} WHERE id = $1", completion_id
-        )
+        rows = await self._owned(completion_id, "input_messages::text", visible)
         if not rows:
             raise not_found(completion_id)
         return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)

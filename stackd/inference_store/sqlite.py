@@ -20,10 +20,13 @@ import orjson
 from stackd.errors import UpstreamUnavailable
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
+    Cursor,
     RejectedData,
     StoredCompletion,
+    Visible,
     check_limit,
     check_order,
+    filtered_rows,
     items_page,
     message_page,
     not_found,
@@ -41,16 +44,19 @@ _TABLE = "chat_completions"
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
     " id TEXT PRIMARY KEY, created INTEGER NOT NULL, model TEXT NOT NULL,"
-    " body TEXT NOT NULL, input_messages TEXT NOT NULL)",
+    " body TEXT NOT NULL, input_messages TEXT NOT NULL, owner TEXT)",
     # (created, id) is the sort key and the cursor; the model index serves the filtered list.
     f"CREATE INDEX IF NOT EXISTS {_TABLE}_created_id ON {_TABLE} (created, id)",
     f"CREATE INDEX IF NOT EXISTS {_TABLE}_model_created_id ON {_TABLE} (model, created, id)",
 )
 
+# A completion keeps the owner it was first written with: an id the upstream repeats must not
+# hand one caller's record to another.
 _UPSERT = (
-    f"INSERT INTO {_TABLE} (id, created, model, body, input_messages) VALUES (?, ?, ?, ?, ?) "
+    f"INSERT INTO {_TABLE} (id, created, model, body, input_messages, owner) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET created = excluded.created, model = excluded.model, "
-    "body = excluded.body, input_messages = excluded.input_messages"
+    "body = excluded.body, input_messages = excluded.input_messages "
+    f"WHERE {_TABLE}.owner IS excluded.owner"
 )
 
 
@@ -87,6 +93,10 @@ class SqliteInferenceStore:
             await conn.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 await conn.execute(statement)
+            async with conn.execute(f"PRAGMA table_info({_TABLE})") as cursor:
+                columns = {row[1] for row in await cursor.fetchall()}
+            if "owner" not in columns:  # a store written before owners were recorded: unowned rows
+                await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
         except sqlite3.Error as exc:
             await conn.close()
             raise UpstreamUnavailable(
@@ -134,33 +144,49 @@ class SqliteInferenceStore:
         limit: int = DEFAULT_LIMIT,
         model: str | None = None,
         order: str = "desc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]:
         direction = check_order(order)
         limit = check_limit(limit)
-        where: list[str] = []
-        params: list[Any] = []
-        if model is not None:
-            where.append("model = ?")
-            params.append(model)
+        first: Cursor | None = None
         if after is not None:
             cursor_rows = await self._fetch(f"SELECT created FROM {_TABLE} WHERE id = ?", (after,))
             if not cursor_rows:
                 raise unknown_cursor(after)
-            # Row values order by (created, id), so rows that share a second neither repeat
-            # nor vanish between pages.
-            where.append("(created, id) " + ("<" if direction == "desc" else ">") + " (?, ?)")
-            params += [cursor_rows[0][0], after]
-        sql = f"SELECT body, input_messages FROM {_TABLE}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY created {direction}, id {direction} LIMIT ?"
-        params.append(limit + 1)
-        rows = await self._fetch(sql, params)
-        return items_page(rows, limit)
+            first = (cursor_rows[0][0], after)
 
-    async def get(self, completion_id: str) -> dict[str, Any]:
-        rows = await self._fetch(f"SELECT body, input_messages FROM {_TABLE} WHERE id = ?", (completion_id,))
-        return one_item(rows, completion_id)
+        async def fetch(cursor: Cursor | None, n: int) -> list[sqlite3.Row]:
+            where: list[str] = []
+            params: list[Any] = []
+            if model is not None:
+                where.append("model = ?")
+                params.append(model)
+            if cursor is not None:
+                # Row values order by (created, id), so rows that share a second neither repeat
+                # nor vanish between pages.
+                where.append("(created, id) " + ("<" if direction == "desc" else ">") + " (?, ?)")
+                params += [cursor[0], cursor[1]]
+            columns = "body, input_messages" if visible is None else "id, created, body, input_messages, owner"
+            sql = f"SELECT {columns} FROM {_TABLE}"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY created {direction}, id {direction} LIMIT ?"
+            params.append(n)
+            return await self._fetch(sql, params)
+
+        if visible is None:
+            return items_page(await fetch(first, limit + 1), limit)
+        return items_page(await filtered_rows(fetch, first, limit, visible), limit)
+
+    async def _owned(self, completion_id: str, columns: str, visible: Visible | None) -> Sequence[sqlite3.Row]:
+        rows = await self._fetch(f"SELECT {columns}, owner FROM {_TABLE} WHERE id = ?", (completion_id,))
+        # One the caller may not read is not found: never confirm it exists.
+        if rows and visible is not None and not visible(completion_id, rows[0][-1]):
+            return []
+        return rows
+
+    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
+        return one_item(await self._owned(completion_id, "body, input_messages", visible), completion_id)
 
     async def messages(
         self,
@@ -168,10 +194,11 @@ class SqliteInferenceStore:
         after: str | None = None,
         limit: int = DEFAULT_LIMIT,
         order: str = "asc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]:
         direction = check_order(order)
         limit = check_limit(limit)
-        rows = await self._fetch(f"SELECT input_messages FROM {_TABLE} WHERE id = ?", (completion_id,))
+        rows = await self._owned(completion_id, "input_messages", visible)
         if not rows:
             raise not_found(completion_id)
         return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)

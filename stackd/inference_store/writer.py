@@ -25,6 +25,7 @@ from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     InferenceStore,
     StoredCompletion,
+    Visible,
     check_completion,
     check_limit,
     check_order,
@@ -98,7 +99,8 @@ class InferenceStoreWriter:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, completion: dict[str, Any], input_messages: list[dict[str, Any]], weight: int = 0) -> None:
+    def submit(self, completion: dict[str, Any], input_messages: list[dict[str, Any]], weight: int = 0,
+               owner: str | None = None) -> None:
         """Queue one completion; returns at once. Raises ``ValueError`` for an unusable body.
 
         ``weight`` is roughly the bytes the two take (counted against ``max_queue_bytes``).
@@ -116,7 +118,7 @@ class InferenceStoreWriter:
         while self._queued_bytes > self._max_queue_bytes and self._queue:
             self._drop_oldest()
         self._submitted += 1
-        self._queue.append((self._submitted, (completion, input_messages), weight))
+        self._queue.append((self._submitted, (completion, input_messages, owner), weight))
         self._pending_ids[completion["id"]] += 1
         self._wake.set()
 
@@ -131,11 +133,11 @@ class InferenceStoreWriter:
         self.submit(completion, input_messages)
 
     async def store_many(self, items: Sequence[StoredCompletion]) -> None:
-        for completion, input_messages in items:
-            self.submit(completion, input_messages)
+        for item in items:
+            self.submit(item[0], item[1], owner=item[2] if len(item) > 2 else None)
 
     def _drop_oldest(self) -> None:
-        _, (completion, _), weight = self._queue.popleft()
+        _, (completion, *_), weight = self._queue.popleft()
         self._queued_bytes -= weight
         self._forget(completion["id"])
         self.dropped += 1
@@ -187,7 +189,7 @@ class InferenceStoreWriter:
             try:
                 await self._write([item for _, item, _ in batch])
             finally:
-                for _, (completion, _), weight in batch:
+                for _, (completion, *_), weight in batch:
                     self._queued_bytes -= weight
                     self._forget(completion["id"])
                 self._in_flight = None
@@ -224,7 +226,7 @@ class InferenceStoreWriter:
 
     def _lost(self, items: list[StoredCompletion], exc: BaseException) -> None:
         self.failed += len(items)
-        ids = ", ".join(repr(completion["id"]) for completion, _ in items[:5])
+        ids = ", ".join(repr(item[0]["id"]) for item in items[:5])
         log.error(
             "inference store %r refused %d completion(s) (%s%s), not stored: %s",
             self.store_backend,
@@ -253,17 +255,22 @@ class InferenceStoreWriter:
         limit: int = DEFAULT_LIMIT,
         model: str | None = None,
         order: str = "desc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]:
         # Check first: a bad request is answered at once, not after the queue drains.
         check_order(order)
         check_limit(limit)
         await self._flush_for_read()
-        return await self.store_backend.list(after=after, limit=limit, model=model, order=order)
+        if visible is None:
+            return await self.store_backend.list(after=after, limit=limit, model=model, order=order)
+        return await self.store_backend.list(after=after, limit=limit, model=model, order=order, visible=visible)
 
-    async def get(self, completion_id: str) -> dict[str, Any]:
+    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
         if completion_id in self._pending_ids:
             await self._flush_for_read()
-        return await self.store_backend.get(completion_id)
+        if visible is None:
+            return await self.store_backend.get(completion_id)
+        return await self.store_backend.get(completion_id, visible=visible)
 
     async def messages(
         self,
@@ -271,10 +278,14 @@ class InferenceStoreWriter:
         after: str | None = None,
         limit: int = DEFAULT_LIMIT,
         order: str = "asc",
+        visible: Visible | None = None,
     ) -> dict[str, Any]:
         if completion_id in self._pending_ids:
             await self._flush_for_read()
-        return await self.store_backend.messages(completion_id, after=after, limit=limit, order=order)
+        if visible is None:
+            return await self.store_backend.messages(completion_id, after=after, limit=limit, order=order)
+        return await self.store_backend.messages(completion_id, after=after, limit=limit, order=order,
+                                                 visible=visible)
 
     async def aclose(self, give_up_after: float = 30.0) -> None:
         """Write everything still queued, then stop the task. Later ``submit`` calls fail.

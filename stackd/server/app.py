@@ -13,12 +13,14 @@ from stackd.apis.known import PROVIDER_APIS
 from stackd.errors import NotImplementedByProvider, PayloadTooLarge, StackdError
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
+from stackd.server.client_address import ClientAddresses
 from stackd.server.errors import error_middleware, error_response, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
 from stackd.server.http import send_request_id
 from stackd.server.keys import (
     BODY_TIMEOUT,
     CALLER,
+    CLIENT_ADDRESSES,
     CONFIG,
     DISCARD_BODY,
     MAX_BODY,
@@ -93,7 +95,7 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
             path=request.path,
             headers=request.headers,
             query={k: request.query.getall(k) for k in request.query},
-            client_address=request.remote,
+            client_address=request.app[CLIENT_ADDRESSES].client(request.remote, request.headers),
         )
     )
     request[CALLER] = admission.caller
@@ -127,6 +129,7 @@ def create_app(
     app[STALL_TIMEOUT] = float(loaded.run.server.stream_stall_timeout)
     app[BODY_TIMEOUT] = float(loaded.run.server.body_timeout)
     app[STREAMS] = LiveStreams()
+    app[CLIENT_ADDRESSES] = ClientAddresses.of(loaded.run.server.trusted_proxies)
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_stack(loaded, gate=gate) as stack:

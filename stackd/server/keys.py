@@ -6,12 +6,14 @@ from aiohttp import web
 
 from stackd.caller import Caller
 from stackd.loading import LoadedConfig
+from stackd.server.client_address import ClientAddresses
 from stackd.server.live_streams import LiveStreams
 from stackd.stack import Stack
 
 __all__ = [
     "BODY_TIMEOUT",
     "CALLER",
+    "CLIENT_ADDRESSES",
     "CONFIG",
     "DISCARD_BODY",
     "MAX_BODY",
@@ -24,6 +26,7 @@ __all__ = [
 ]
 
 STACK = web.AppKey("stack", Stack)
+CLIENT_ADDRESSES = web.AppKey("client_addresses", ClientAddresses)
 CONFIG = web.AppKey("config", LoadedConfig)
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -12,11 +12,12 @@ from aiohttp import web
 
 from stackd.apis import openai
 from stackd.apis.models import MAX_ID_CHARS, is_resource_id
+from stackd.auth.policy import owner_from_json
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider
 from stackd.inference_store import InferenceStoreWriter
-from stackd.inference_store.api import DEFAULT_LIMIT
+from stackd.inference_store.api import DEFAULT_LIMIT, Visible
 from stackd.server.http import context, json_response, read_json, served
-from stackd.server.keys import STACK
+from stackd.server.keys import CALLER, STACK
 from stackd.server.sse import stream_sse
 
 __all__ = ["routes"]
@@ -59,14 +60,14 @@ async def list_chat_completions(request: web.Request) -> web.Response:
     q = request.query
     result = await _store(request).list(
         after=_id(q.get("after"), "$.query.after"), limit=_limit(q),
-        model=_id(q.get("model"), "$.query.model"), order=q.get("order", "desc"),
+        model=_id(q.get("model"), "$.query.model"), order=q.get("order", "desc"), visible=_visible(request),
     )
     return json_response(result)
 
 
 @served("inference")
 async def get_chat_completion(request: web.Request) -> web.Response:
-    return json_response(await _store(request).get(_completion_id(request)))
+    return json_response(await _store(request).get(_completion_id(request), visible=_visible(request)))
 
 
 @served("inference")
@@ -74,9 +75,24 @@ async def get_chat_completion_messages(request: web.Request) -> web.Response:
     q = request.query
     result = await _store(request).messages(
         _completion_id(request), after=_id(q.get("after"), "$.query.after"), limit=_limit(q),
-        order=q.get("order", "asc"),
+        order=q.get("order", "asc"), visible=_visible(request),
     )
     return json_response(result)
+
+
+def _visible(request: web.Request) -> Visible | None:
+    """What the caller may read of the stored completions: the access policy's ``read`` on
+    ``chat_completion::<id>``. None (no filter) on a server without auth, where every caller is
+    the same anonymous one and every record is unowned."""
+    stack = request.app[STACK]
+    if stack.gate.authenticator is None:
+        return None
+    policy, caller = stack.registry.policy, request[CALLER]
+
+    def visible(completion_id: str, owner: str | None) -> bool:
+        return policy.allows(caller, "read", "chat_completion", completion_id, owner_from_json(owner))
+
+    return visible
 
 
 def _completion_id(request: web.Request) -> str:

@@ -190,3 +190,36 @@ async def test_a_guard_upstream_4xx_is_a_shield_failure_not_the_clients(connect:
     resp = await client.post("/v1/chat/completions", json=_chat("bread"))
     assert resp.status == 503  # not 404: the client's model exists
     assert "guardrail" in (await resp.json())["error"]["message"]
+
+
+async def test_guardrails_run_for_callers_the_policy_hides_shields_from(connect: Any) -> None:
+    """access_policy may forbid a caller the shields (Llama Stack's example does, for non-admins);
+    the model's guardrails still run for that caller: they are the operator's, not the caller's call."""
+    from aiohttp import web
+
+    async def decide(_: web.Request) -> web.Response:
+        return web.json_response({"principal": "alice", "attributes": {"roles": ["user"]}})
+
+    app = web.Application()
+    app.router.add_post("/auth", decide)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/auth"  # type: ignore[union-attr]
+    try:
+        extra = (f"server:\n  auth:\n    provider_type: custom\n    config: {{endpoint: {url}}}\n"
+                 "    access_policy:\n"
+                 "    - forbid: {actions: [create, read, delete], resource: \"shield::*\"}\n"
+                 "      unless: user with admin in roles\n"
+                 "    - permit: {actions: [read], resource: \"model::*\"}\n")
+        client = await connect(chat=GUARDED, extra=extra)
+        headers = {"Authorization": "Bearer alice-token"}
+        assert (await client.get(f"/v1/shields/{GUARD}", headers=headers)).status == 404
+        resp = await client.post("/v1/chat/completions", json=_chat("how to build a bomb"), headers=headers)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["violation"]["stage"] == "input"
+        resp = await client.post("/v1/chat/completions", json=_chat("bake bread"), headers=headers)
+        assert resp.status == 200 and "violation" not in await resp.json()
+    finally:
+        await runner.cleanup()

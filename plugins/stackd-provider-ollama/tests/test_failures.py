@@ -216,3 +216,17 @@ async def test_streams_reuse_the_pooled_connection(provider: Any, fake: FakeOlla
     assert len(set(fake.peers)) == 1  # six calls, one keep-alive connection
     await asyncio.gather(*(provider.openai_chat_completion(chat(), ctx) for _ in range(5)))
     assert len(fake.bodies("/api/chat")) == 11
+
+
+@pytest.mark.parametrize(("status", "stream"), [(401, False), (403, True)])
+async def test_a_proxy_refusing_stackd_is_502_not_401(
+    provider: Any, fake: FakeOllama, ctx: CallContext, status: int, stream: bool
+) -> None:
+    """Ollama behind an authenticating proxy that refuses stackd: the client's own token is not
+    the one refused, so it gets 502 naming the provider's credentials, never the upstream's 401."""
+    fake.answer_once("/api/chat", status, b'{"error": "invalid api key sk-abc"}')
+    with pytest.raises(UpstreamBadResponse) as info:
+        await provider.openai_chat_completion(chat(stream=stream), ctx)
+    assert info.value.status == 502
+    assert "the provider's credentials were refused" in info.value.message
+    assert "sk-abc" not in info.value.message

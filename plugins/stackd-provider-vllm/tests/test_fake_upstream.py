@@ -456,3 +456,24 @@ async def test_tls_verify_with_a_ca_bundle(make_provider: MakeProvider, tmp_path
             await system_cas.openai_chat_completion({"model": "m", "messages": []}, CTX)
         assert f"provider 'tls': cannot connect to {tls_fake.url}/v1/chat/completions" in info.value.message
         assert "certificate" in info.value.message.lower()
+
+
+async def test_configured_token_refused_is_502_not_the_clients_401(
+    fake: FakeOpenAI, make_provider: MakeProvider
+) -> None:
+    """stackd's own api_token refused by the upstream: the client's token to stackd was fine,
+    so the client must not get a 401 (it would think its own token was wrong)."""
+    provider = await make_provider(url=fake.url, api_token="stale-config-token")
+    fake.api_key = "the-real-one"
+    for stream in (False, True):
+        with pytest.raises(UpstreamBadResponse) as info:
+            answer = await provider.openai_chat_completion(chat(stream=stream), CTX)
+            if not isinstance(answer, dict):
+                await collect(answer)
+        assert info.value.status == 502
+        assert "the provider's credentials were refused" in info.value.message
+        assert "stale-config-token" not in info.value.message
+    # A token the caller brought (provider data) that is refused stays the caller's 401.
+    with pytest.raises(UpstreamClientError) as client_info:
+        await provider.openai_chat_completion(chat(), CallContext(provider_data={"vllm_api_token": "wrong"}))
+    assert client_info.value.status == 401

@@ -82,7 +82,9 @@ class OllamaInferenceProvider:
 
     async def _check(self, resp: aiohttp.ClientResponse, model: Any) -> None:
         try:
-            await check_status(resp, self.provider_id)
+            # Ollama takes no credentials from the caller: a 401/403 (an authenticating proxy in
+            # front of it) is about stackd's setup, never the client's token.
+            await check_status(resp, self.provider_id, own_credentials=True)
         except UpstreamClientError as exc:
             if exc.status == 404 and "not found" in exc.message and isinstance(model, str):
                 raise UpstreamClientError(
@@ -97,7 +99,7 @@ class OllamaInferenceProvider:
         url = self._url + path
         with upstream_errors(self.provider_id, url):
             try:
-                data = await read_json(resp, self.provider_id, self.limits)
+                data = await read_json(resp, self.provider_id, self.limits, own_credentials=True)
             finally:
                 resp.release()
         if not isinstance(data, dict):
@@ -110,7 +112,7 @@ class OllamaInferenceProvider:
         url = self._url + path
         with upstream_errors(self.provider_id, url):
             async with self._session.get(url) as resp:
-                return await read_json(resp, self.provider_id, self.limits)
+                return await read_json(resp, self.provider_id, self.limits, own_credentials=True)
 
     def _bad_answer(self, path: str, what: str) -> UpstreamBadResponse:
         return UpstreamBadResponse(f"provider {self.provider_id!r}: {self._url}{path} answered {what}")

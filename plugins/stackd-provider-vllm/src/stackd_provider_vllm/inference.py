@@ -148,12 +148,14 @@ class VLLMInferenceProvider:
 
     async def _call(self, url: URL, params: dict[str, Any], ctx: CallContext) -> OpenAIResult:
         headers = self._auth_header(ctx.provider_data)
+        # The configured api_token went out (no token of the caller's): its refusal is stackd's problem.
+        own = headers is None and self.config.api_token is not None
         body = orjson.dumps(params)
         if params.get("stream"):
-            return await self._open_stream(url, body, headers)
+            return await self._open_stream(url, body, headers, own)
         with upstream_errors(self.provider_id, str(url)):
             async with self._session.post(url, data=body, headers=headers) as resp:
-                result = await read_json(resp, self.provider_id, self.limits)
+                result = await read_json(resp, self.provider_id, self.limits, own_credentials=own)
         if not isinstance(result, dict):
             raise UpstreamBadResponse(
                 f"provider {self.provider_id!r}: {url} answered JSON that is not an object"
@@ -161,7 +163,7 @@ class VLLMInferenceProvider:
         return result
 
     async def _open_stream(
-        self, url: URL, body: bytes, headers: Mapping[str, str] | None
+        self, url: URL, body: bytes, headers: Mapping[str, str] | None, own_credentials: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         # Everything that can fail before the first event fails here, as an HTTP status.
         first_event_by = asyncio.get_running_loop().time() + self.config.stream_first_byte_timeout
@@ -169,7 +171,7 @@ class VLLMInferenceProvider:
             async with asyncio.timeout_at(first_event_by):
                 resp = await self._session.post(url, data=body, headers=headers, timeout=self._stream_timeout)
             try:
-                await check_status(resp, self.provider_id)
+                await check_status(resp, self.provider_id, own_credentials=own_credentials)
                 if resp.content_type != "text/event-stream":
                     raise UpstreamBadResponse(
                         f"provider {self.provider_id!r}: {url} answered a streaming request with "

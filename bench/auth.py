@@ -1,0 +1,150 @@
+"""What authentication costs: stackd's CPU per request with no auth, with ``oauth2_token`` (a
+hot token: verified once, then found by hash) and with ``custom`` (a cached decision), in
+one run, each target measured in turn in every round so all three share the machine's state.
+
+    python -m bench.auth               # 3 rounds of non-stream chat completions at c=32
+    python -m bench.auth --quick       # a smoke run
+
+The machine is shared: absolute numbers move with the neighbours' load, the differences
+between the three targets of one run are what this measures. Target: <= 0.15 ms added per
+request. Results go to bench/results/auth-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from bench import peers
+from bench.procs import Server, cpu_seconds, free_port, start_server
+
+__all__ = ["main"]
+
+_LOADGEN = Path(__file__).with_name("loadgen.py")
+_RESULTS = Path(__file__).with_name("results")
+TARGET_MS = 0.15
+
+
+def _auth_yaml(kind: str, idp: str) -> str:
+    if kind == "oauth2_token":
+        return (f"  auth:\n    provider_type: oauth2_token\n    config:\n      jwks: {{uri: {idp}/jwks}}\n"
+                "      issuer: bench-issuer\n      audience: stackd\n")
+    return f"  auth:\n    provider_type: custom\n    config:\n      endpoint: {idp}/auth\n      cache_ttl: 3600\n"
+
+
+def _start_stackd(name: str, work: Path, upstream: str, auth: str) -> Server:
+    directory = work / name
+    directory.mkdir()
+    config = peers.write_stackd_config(directory, upstream)
+    if auth:
+        config.write_text(config.read_text() + auth)
+    port = free_port()
+    env = {**os.environ, "STACKD_HOME": str(directory / "home")}
+    return start_server(name, peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
+                        directory / "stackd.log", env=env)
+
+
+def _measure(server: Server, upstream: Server, token: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [sys.executable, str(_LOADGEN), "--url", f"{server.url}/v1/chat/completions", "--model", peers.MODEL_ID,
+            "--concurrency", str(args.concurrency), "--requests", str(args.requests),
+            "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
+    if token:
+        argv += ["--bearer", token]
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert gen.stdin is not None and gen.stdout is not None
+    try:
+        warm = json.loads(gen.stdout.readline() or "{}")
+        if not warm.get("ok") or warm.get("errors"):
+            raise RuntimeError(f"{server.name}: the warm-up failed: {warm}\n{server.log_tail()}")
+        srv0, up0 = cpu_seconds(server.pid), cpu_seconds(upstream.pid)
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        done = json.loads(gen.stdout.readline() or "{}")
+        srv1, up1 = cpu_seconds(server.pid), cpu_seconds(upstream.pid)
+        gen.wait(timeout=30)
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+            gen.wait()
+    ok = int(done.get("ok") or 0)
+    if not ok or done.get("errors"):
+        raise RuntimeError(f"{server.name}: {done}")
+    return {"target": server.name, "ok": ok, "rps": done["rps"], "p50_ms": done["p50_ms"],
+            "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / ok, "upstream_cpu_ms_per_req": (up1 - up0) * 1000 / ok}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.requests, args.warmup = 1, 300, 64
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "bench", "use": "sig"}, private=True)
+    now = int(time.time())
+    token = jwt.encode({"alg": "RS256", "kid": "bench"}, {"sub": "bench", "iss": "bench-issuer", "aud": "stackd",
+                                                           "iat": now, "exp": now + 7200, "groups": ["bench"]}, key)
+    with tempfile.TemporaryDirectory(prefix="stackd-bench-auth-") as tmp:
+        work = Path(tmp)
+        (work / "jwks.json").write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+        servers: list[Server] = []
+        try:
+            up_port, idp_port = free_port(), free_port()
+            upstream = start_server("upstream", peers.upstream_argv(up_port, 64), f"http://127.0.0.1:{up_port}",
+                                    "/health", work / "upstream.log")
+            servers.append(upstream)
+            idp = start_server("idp", [sys.executable, "-m", "bench.idp", "--port", str(idp_port), "--jwks",
+                                       str(work / "jwks.json")], f"http://127.0.0.1:{idp_port}", "/health",
+                               work / "idp.log")
+            servers.append(idp)
+            targets = {
+                "no-auth": (_start_stackd("no-auth", work, upstream.url, ""), None),
+                "oauth2_token": (_start_stackd("oauth2_token", work, upstream.url,
+                                               _auth_yaml("oauth2_token", idp.url)), token),
+                "custom": (_start_stackd("custom", work, upstream.url, _auth_yaml("custom", idp.url)), token),
+            }
+            servers += [s for s, _ in targets.values()]
+            results: list[dict[str, Any]] = []
+            names = list(targets)
+            for r in range(args.rounds):
+                # Each round starts with another target, so none always runs on the warmest machine.
+                for name in names[r % 3:] + names[:r % 3]:
+                    server, bearer = targets[name]
+                    results.append(_measure(server, upstream, bearer, args) | {"round": r})
+                    print(json.dumps(results[-1]), flush=True)
+        finally:
+            for server in reversed(servers):
+                server.stop()
+    median = {name: statistics.median(x["server_cpu_ms_per_req"] for x in results if x["target"] == name)
+              for name in targets}
+    summary = {
+        "median_server_cpu_ms_per_req": median,
+        "added_ms": {name: median[name] - median["no-auth"] for name in ("oauth2_token", "custom")},
+        "target_added_ms": TARGET_MS,
+        "note": "one run on a shared 2-core machine: compare the targets of this run, not runs of other days",
+    }
+    print(json.dumps(summary, indent=2))
+    _RESULTS.mkdir(exist_ok=True)
+    out = _RESULTS / f"auth-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({"args": vars(args), "results": results, "summary": summary}, indent=2))
+    return 0 if all(v <= TARGET_MS for v in summary["added_ms"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
