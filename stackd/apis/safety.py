@@ -16,7 +16,7 @@ from stackd.apis.models import Shield
 from stackd.apis.native.types import Message
 from stackd.convert import structure
 
-__all__ = ["RunShieldRequest", "SafetyProvider", "SafetyRouting", "run_shield"]
+__all__ = ["message_text", "RunShieldRequest", "SafetyProvider", "SafetyRouting", "run_shield"]
 
 
 @runtime_checkable
@@ -59,3 +59,15 @@ async def run_shield(safety: SafetyRouting, body: dict[str, Any], ctx: CallConte
     messages as sent (plain JSON)."""
     req = structure(body, RunShieldRequest)
     return await safety.run_shield(req.shield_id, body["messages"], dict(req.params or {}), ctx)
+
+
+def message_text(content: Any) -> str:
+    """The text of a Llama Stack message's ``content`` as a safety provider receives it: a string,
+    a ``{type: text, text}`` item, or a list of items (joined by newlines). Images carry no text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "") if content.get("type") == "text" else ""
+    if isinstance(content, list):
+        return "\n".join(t for t in (message_text(c) for c in content) if t)
+    return ""

@@ -13,6 +13,7 @@ from botocore.credentials import Credentials
 from botocore.session import Session
 
 from stackd import CallContext, Shield
+from stackd.apis.safety import message_text
 from stackd.errors import (
     BadRequest,
     FieldError,
@@ -141,8 +142,8 @@ class BedrockSafetyProvider:
         last = messages[-1].get("role") if messages else None
         # What is judged: the answer (OUTPUT) when the assistant spoke last, else the user's turns (INPUT).
         source = "OUTPUT" if last == "assistant" else "INPUT"
-        texts = [_text(messages[-1].get("content"))] if source == "OUTPUT" else [
-            _text(m.get("content")) for m in messages if m.get("role") == "user"]
+        texts = [message_text(messages[-1].get("content"))] if source == "OUTPUT" else [
+            message_text(m.get("content")) for m in messages if m.get("role") == "user"]
         content = [{"text": {"text": t}} for t in texts if t]
         if not content:
             return {"violation": None}
@@ -179,15 +180,6 @@ class BedrockSafetyProvider:
             }
         }
 
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return str(content.get("text") or "") if content.get("type") == "text" else ""
-    if isinstance(content, list):
-        return "\n".join(t for t in (_text(c) for c in content) if t)
-    return ""
 
 
 def _openai_categories(assessments: list[Any]) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from stackd.apis.safety import message_text
+
 __all__ = ["CATEGORIES", "GUARD_MODELS", "build_prompt", "is_guard_model", "parse_verdict"]
 
 CATEGORIES: dict[str, str] = {
@@ -39,17 +41,6 @@ def is_guard_model(model_id: str) -> bool:
     return model_id in GUARD_MODELS
 
 
-def _text(content: Any) -> str:
-    """The text of a message's content: a string, a text item, or a list of them. Images carry
-    no text; this provider judges text only."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return str(content.get("text") or "") if content.get("type") == "text" else ""
-    if isinstance(content, list):
-        return "\n".join(t for t in (_text(c) for c in content) if t)
-    return ""
-
 
 def build_prompt(messages: Sequence[dict[str, Any]], excluded: Collection[str]) -> str:
     """The prompt for the user and assistant turns of ``messages``; system and tool messages are
@@ -60,7 +51,7 @@ def build_prompt(messages: Sequence[dict[str, Any]], excluded: Collection[str]) 
     agent_type = "Agent" if turns[-1]["role"] == "assistant" else "User"
     categories = "\n".join(f"{code}: {name}." for code, name in CATEGORIES.items() if code not in excluded)
     conversation = "\n\n".join(
-        f"{'Agent' if m['role'] == 'assistant' else 'User'}: {_text(m.get('content'))}" for m in turns
+        f"{'Agent' if m['role'] == 'assistant' else 'User'}: {message_text(m.get('content'))}" for m in turns
     )
     return (
         f"Task: Check if there is unsafe content in '{agent_type}' messages in conversations according our "
