@@ -95,7 +95,7 @@ async def test_store_unavailable_fails_closed_then_recovers(
         resp = await c.get("/v1/models")
         body = await resp.json()
         assert resp.status == 503
-        assert "quota.db" in body["error"]["message"] and "Quota exceeded" not in body["error"]["message"]
+        assert "the quota store" in body["error"]["message"] and "quota.db" in body["error"]["message"] and "Quota exceeded" not in body["error"]["message"]
     finally:
         holder.execute("ROLLBACK")
         holder.close()

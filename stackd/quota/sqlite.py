@@ -102,7 +102,9 @@ class SqliteCounter:
                 # counting resumes without a restart once the store is back.
                 self._db = None
                 await _close_quietly(db)
-            raise store_failed(self._path, exc, "cannot count this request") from exc
+            # Not store_failed's advice: this file is shared on purpose, and the request is refused.
+            raise UpstreamUnavailable(f"the quota store {str(self._path)!r} cannot count this request: {exc}; "
+                                      "requests are refused until it is usable again") from exc
         assert row is not None, "RETURNING gives one row"
         return int(row[0]), float(end)
 
