@@ -94,8 +94,9 @@ async def test_store_unavailable_fails_closed_then_recovers(
     try:
         resp = await c.get("/v1/models")
         body = await resp.json()
+        message = body["error"]["message"]
         assert resp.status == 503
-        assert "the quota store" in body["error"]["message"] and "quota.db" in body["error"]["message"] and "Quota exceeded" not in body["error"]["message"]
+        assert "the quota store" in message and "quota.db" in message and "Quota exceeded" not in message
     finally:
         holder.execute("ROLLBACK")
         holder.close()
