@@ -144,6 +144,10 @@ def test_config_checks(run_cli: Any, write_config: Callable[..., Path], tmp_path
                         name="warn.yaml")
     out = run_cli("validate", str(warn))
     assert out.returncode == 0 and "without server.auth" in out.stdout + out.stderr
+    moved = write_config(server=quota_server(tmp_path / "q.db", extra="    trusted_proxies: [10.0.0.1]\n"),
+                         name="moved.yaml")
+    out = run_cli("validate", str(moved))
+    assert "it moved: server.trusted_proxies" in out.stdout + out.stderr
     same = write_config(server=quota_server(tmp_path / "registry.db"), name="same.yaml")
     out = run_cli("validate", str(same))
     assert out.returncode != 0 and "another file than the metadata store" in out.stdout + out.stderr

@@ -204,6 +204,8 @@ class ParsedConfig:
         return out
 
     def _suggest(self, path: str) -> str:
+        if path == "$.server.quota.trusted_proxies":
+            return " (it moved: server.trusted_proxies decides the client address of auth and quota alike)"
         key = path.rsplit(".", 1)[-1]
         parent = path.rsplit(".", 1)[0]
         fields: list[str] = []
