@@ -162,3 +162,13 @@ def test_store_that_cannot_open_is_a_startup_error(
     proc = stackd_serve(str(cfg), "--port", str(port()))
     assert proc.wait() != 0
     assert "quota.db" in proc.output() and "Traceback" not in proc.output()
+
+
+async def test_a_route_policy_403_is_counted_and_carries_the_headers(
+    serve_app: Any, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    server = quota_server(tmp_path / "quota.db", limit=5) + (
+        "  route_policy:\n  - routes: [/v1/models]\n    allow: {roles: [admin]}\n")
+    async with TestClient(await serve_app(write_config(server=server))) as c:
+        resp = await c.get("/v1/models")
+        assert resp.status == 403 and resp.headers["X-RateLimit-Remaining"] == "4"
