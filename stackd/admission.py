@@ -78,7 +78,11 @@ class Gatekeeper:
         if self.quota is not None:
             headers = await self.quota.count(caller)
         if self.route_policy:
-            self._check_route(request.path, caller)
+            try:
+                self._check_route(request.path, caller)
+            except Forbidden as exc:
+                exc.headers.update(headers)  # a counted request: its 403 carries the counts too
+                raise
         return Admission(caller, headers)
 
     def _check_route(self, path: str, caller: Caller) -> None:

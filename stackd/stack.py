@@ -23,6 +23,7 @@ from stackd.inference_store import InferenceStoreWriter, open_inference_store
 from stackd.kvstore import KVStore, lock_store, open_kvstore
 from stackd.loading import LoadedConfig
 from stackd.providers.build import build_providers
+from stackd.quota import QuotaLimiter, open_quota
 from stackd.registry import Registry
 from stackd.routing import InferenceRouter, SafetyRouter
 from stackd.upstream import UpstreamLimits
@@ -130,15 +131,20 @@ async def _token_hash_key(metadata: KVStore) -> bytes:
 
 
 async def _open_gate(server: ServerConfig, metadata: KVStore, exits: contextlib.AsyncExitStack) -> Gatekeeper:
+    quota: QuotaLimiter | None = None
+    if server.quota is not None:
+        quota = await open_quota(server.quota)
+        exits.push_async_callback(quota.close)
     auth = server.auth
     if auth is None:
-        return Gatekeeper(route_policy=list(server.route_policy))
+        return Gatekeeper(quota=quota, route_policy=list(server.route_policy))
     authenticator = build_authenticator(auth, await _token_hash_key(metadata))
     await authenticator.open()
     exits.push_async_callback(authenticator.close)
     # server.route_policy is the alias of server.auth.route_policy (the loader refuses both at once).
     return Gatekeeper(
         authenticator=authenticator,
+        quota=quota,
         route_policy=list(auth.route_policy or server.route_policy),
         public_paths=PUBLIC_PATHS | frozenset(auth.public_paths),
     )

@@ -334,9 +334,9 @@ server:
         ("server:\n  auth: {provider_type: oauth3, config: {}}\n",
          "unknown auth provider provider_type 'oauth3'; expected one of 'oauth2_token', 'custom' "
          "@ $.server.auth.provider_type (run.yaml:2:25)"),
-        ("server:\n  quota: {kvstore: {type: sqlite, db_path: q.db}}\n",
-         "quotas are not available in this build of stackd yet; remove server.quota, or enforce limits in a "
-         "proxy in front of it until they are @ $.server.quota (run.yaml:2:10)"),
+        ("server:\n  quota: {kvstore: {type: postgres}}\n",
+         "quota store type 'postgres' is not available in this build of stackd yet (redis and postgres come "
+         "later); use type: sqlite @ $.server.quota.kvstore.type (run.yaml:2:27)"),
         ("metadata_store: {type: redis}\n",
          "metadata_store type 'redis' is not available in this build of stackd yet; use type: sqlite "
          "@ $.metadata_store.type (run.yaml:1:24)"),

@@ -16,7 +16,7 @@ from stackd.config.auth import (
     OAuth2TokenAuth,
     OAuth2TokenConfig,
 )
-from stackd.config.schema import ModelInput, RunConfig, ServerConfig, ShieldInput
+from stackd.config.schema import ModelInput, QuotaConfig, RunConfig, ServerConfig, ShieldInput
 from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -25,7 +25,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 @pytest.mark.parametrize(
     "cls",
     [RunConfig, ServerConfig, ModelInput, ShieldInput, SqliteStoreConfig, PostgresStoreConfig, RedisStoreConfig,
-     OAuth2TokenAuth, CustomAuth, OAuth2TokenConfig, JwksConfig, CustomAuthConfig, IntrospectionConfig],
+     OAuth2TokenAuth, CustomAuth, OAuth2TokenConfig, JwksConfig, CustomAuthConfig, IntrospectionConfig, QuotaConfig],
 )
 def test_config_fields_are_documented(cls: type) -> None:
     text = (DOCS / "configuration.md").read_text()

@@ -35,6 +35,7 @@ from stackd.config.schema import (
     ServerConfig,
     ShieldInput,
 )
+from stackd.config.stores import SqliteStoreConfig
 from stackd.config.tls import TLSFileError, read_file, server_ssl_context
 from stackd.convert import converter, field_errors, unknown_keys
 
@@ -203,6 +204,8 @@ class ParsedConfig:
         return out
 
     def _suggest(self, path: str) -> str:
+        if path == "$.server.quota.trusted_proxies":
+            return " (it moved: server.trusted_proxies decides the client address of auth and quota alike)"
         key = path.rsplit(".", 1)[-1]
         parent = path.rsplit(".", 1)[0]
         fields: list[str] = []
@@ -367,9 +370,20 @@ class ParsedConfig:
     def _stores(self, run: RunConfig) -> None:
         """Settings this build cannot honour are errors, never silently ignored: a quota section
         that did nothing would leave a server open that its operator believes limited."""
-        if run.server.quota is not None:
-            self.report.error("$.server.quota", "quotas are not available in this build of stackd yet; remove "
-                              "server.quota, or enforce limits in a proxy in front of it until they are")
+        quota = run.server.quota
+        if quota is not None and quota.kvstore.type != "sqlite":
+            self.report.error("$.server.quota.kvstore.type", f"quota store type {quota.kvstore.type!r} is not "
+                              "available in this build of stackd yet (redis and postgres come later); use "
+                              "type: sqlite")
+        if quota is not None and quota.authenticated_max_requests is not None and run.server.auth is None:
+            self.report.warn("$.server.quota.authenticated_max_requests", "without server.auth every caller is "
+                             "anonymous and gets anonymous_max_requests; configure server.auth or remove this")
+        if (quota is not None and isinstance(quota.kvstore, SqliteStoreConfig)
+                and isinstance(run.metadata_store, SqliteStoreConfig)
+                and Path(quota.kvstore.db_path).expanduser() == Path(run.metadata_store.db_path).expanduser()):
+            self.report.error("$.server.quota.kvstore.db_path", "the quota store must be another file than the "
+                              "metadata store (several servers share a quota store, one server owns its "
+                              "metadata store)")
         if run.metadata_store is not None and run.metadata_store.type != "sqlite":
             self.report.error("$.metadata_store.type", f"metadata_store type {run.metadata_store.type!r} is not "
                               "available in this build of stackd yet; use type: sqlite")

@@ -58,6 +58,7 @@ def _is_network(text: str) -> bool:
 
 ProxyNetwork = Annotated[str, Check(_is_network, "an IP address or CIDR network (10.0.0.1, 10.0.0.0/8, ::1)")]
 PositiveInt = Annotated[int, Check(lambda n: n > 0, "a positive whole number")]
+QuotaLimit = Annotated[int, Check(lambda n: n >= 0, "a whole number of 0 or more")]
 
 # An empty host binds every interface, which nobody writes on purpose: 0.0.0.0 and :: say it.
 Host = Annotated[str, Check(lambda h: h.strip() != "" and h == h.strip(), "a host name or address",
@@ -120,10 +121,11 @@ class ShieldInput:
 @attrs.frozen
 class QuotaConfig:
     kvstore: StoreConfig
-    anonymous_max_requests: int = 100
-    authenticated_max_requests: int = 1000
+    # Requests per window; 0 refuses every request of that kind.
+    anonymous_max_requests: QuotaLimit = 100
+    # None: 1000 (stackd.quota.limiter); set without server.auth it is a startup warning.
+    authenticated_max_requests: QuotaLimit | None = None
     period: Literal["day", "hour", "minute"] = "day"
-    trusted_proxies: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen

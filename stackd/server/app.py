@@ -25,6 +25,7 @@ from stackd.server.keys import (
     DISCARD_BODY,
     MAX_BODY,
     MAX_JSON_DEPTH,
+    RATE_HEADERS,
     STACK,
     STALL_TIMEOUT,
     STARTED_AT,
@@ -99,10 +100,17 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         )
     )
     request[CALLER] = admission.caller
-    response = await handler(request)
-    if admission.headers and not response.prepared:
-        response.headers.update(admission.headers)
-    return response
+    if admission.headers:
+        request[RATE_HEADERS] = admission.headers
+    return await handler(request)
+
+
+async def send_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every counted answer carries X-RateLimit-* (JSON, streams and
+    the errors the error middleware builds alike); a middleware sees a stream only prepared."""
+    headers = request.get(RATE_HEADERS)
+    if headers:
+        response.headers.update(headers)
 
 
 def create_app(
@@ -138,6 +146,7 @@ def create_app(
 
     app.cleanup_ctx.append(stack_ctx)
     app.on_response_prepare.append(send_request_id)
+    app.on_response_prepare.append(send_rate_headers)
     for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes,
                   routes_moderations.routes):
         _add_routes(app, table)

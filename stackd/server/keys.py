@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from stackd.caller import Caller
@@ -18,6 +20,7 @@ __all__ = [
     "DISCARD_BODY",
     "MAX_BODY",
     "MAX_JSON_DEPTH",
+    "RATE_HEADERS",
     "REQUEST_ID",
     "STACK",
     "STALL_TIMEOUT",
@@ -30,6 +33,8 @@ CLIENT_ADDRESSES = web.AppKey("client_addresses", ClientAddresses)
 CONFIG = web.AppKey("config", LoadedConfig)
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The X-RateLimit-* headers of a counted request, sent on whatever answer it gets.
+RATE_HEADERS: web.RequestKey[Mapping[str, str]] = web.RequestKey("rate_headers")
 STARTED_AT = web.AppKey("started_at", float)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 MAX_JSON_DEPTH = web.AppKey("max_json_depth", int)
