@@ -10,13 +10,13 @@ from aiohttp import web
 
 from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
-from stackd.errors import NotImplementedByProvider, PayloadTooLarge, StackdError
+from stackd.errors import NotImplementedByProvider
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
 from stackd.server.client_address import ClientAddresses
-from stackd.server.errors import error_middleware, error_response, quiet_parser_errors
+from stackd.server.errors import error_middleware, error_response, http_error, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
-from stackd.server.http import send_request_id
+from stackd.server.http import body_too_large, send_request_id
 from stackd.server.keys import (
     BODY_TIMEOUT,
     CALLER,
@@ -49,17 +49,14 @@ async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     """
     expect = request.headers.get("Expect", "")
     if expect.lower() != "100-continue":
-        err = StackdError("unsupported Expect header; only '100-continue' is understood")
-        err.status = 417  # type: ignore[misc]
-        err.type = "expectation_failed"  # type: ignore[misc]
-        response = error_response(err)
+        response = error_response(
+            http_error(417, "expectation_failed", "unsupported Expect header; only '100-continue' is understood"))
         response.force_close()
         return response
     declared = request.content_length
     if declared is not None and declared > request.app[MAX_BODY]:
         request[DISCARD_BODY] = True
-        response = error_response(PayloadTooLarge(
-            f"request body too large (limit {request.app[MAX_BODY]} bytes; raise server.max_body_bytes to allow more)"))
+        response = error_response(body_too_large(request))
         response.force_close()
         return response
     if request.version >= (1, 1):

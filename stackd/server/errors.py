@@ -16,11 +16,10 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from stackd.errors import BadRequest, FieldError, MethodNotAllowed, NotFound, PayloadTooLarge, StackdError
-from stackd.server.http import request_id
-from stackd.server.keys import MAX_BODY
+from stackd.errors import BadRequest, FieldError, MethodNotAllowed, NotFound, StackdError
+from stackd.server.http import body_too_large, request_id
 
-__all__ = ["error_middleware", "error_response", "parser_error", "quiet_parser_errors"]
+__all__ = ["error_middleware", "error_response", "http_error", "parser_error", "quiet_parser_errors"]
 
 log = logging.getLogger("stackd.server")
 
@@ -41,7 +40,7 @@ def error_response(exc: StackdError) -> web.Response:
     )
 
 
-def _error(status: int, kind: str, message: str) -> StackdError:
+def http_error(status: int, kind: str, message: str) -> StackdError:
     err = StackdError(message)
     err.status = status  # type: ignore[misc]
     err.type = kind  # type: ignore[misc]
@@ -58,28 +57,29 @@ def parser_error(status: int, exc: BaseException | None) -> StackdError:
         line = exc.args[0] if exc.args else b""
         # The request target is the only line that starts with "/" (a header name cannot).
         if isinstance(line, (bytes, bytearray, str)) and line[:1] in (b"/", "/"):
-            return _error(414, "uri_too_long", "the request URL is too long; send long values in the body")
-        return _error(431, "request_header_fields_too_large",
-                      "a request header is too long (raise server.max_header_bytes to allow more)")
+            return http_error(414, "uri_too_long", "the request URL is too long; send long values in the body")
+        return http_error(431, "request_header_fields_too_large",
+                          "a request header is too long (raise server.max_header_bytes to allow more)")
     if isinstance(exc, ContentEncodingError):
-        return _error(415, "unsupported_media_type",
-                      "the body's Content-Encoding is not supported or does not decode; "
-                      "send it as gzip or deflate, or uncompressed without the header")
+        return http_error(415, "unsupported_media_type",
+                          "the body's Content-Encoding is not supported or does not decode; "
+                          "send it as gzip or deflate, or uncompressed without the header")
     if isinstance(exc, ContentLengthError):
         return BadRequest("the body is shorter than its Content-Length", [FieldError("$", "body cut short")])
     if isinstance(exc, TransferEncodingError):
         return BadRequest("the body's chunked framing is broken (a chunk size or chunk end is malformed)",
                           [FieldError("$", "malformed chunked body")])
     if isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
-        return _error(431, "request_header_fields_too_large", "the request has too many headers")
+        return http_error(431, "request_header_fields_too_large", "the request has too many headers")
     if isinstance(exc, BadHttpMessage) and "invalid `transfer-encoding`" in str(exc).lower():
-        return _error(501, "not_implemented", "the request's Transfer-Encoding is not supported; use chunked or none")
+        return http_error(501, "not_implemented",
+                          "the request's Transfer-Encoding is not supported; use chunked or none")
     if isinstance(exc, HttpProcessingError) or status == 400:
         return BadRequest("the request is not valid HTTP/1.1 (request line, header or framing)",
                           [FieldError("$", "malformed HTTP request")])
     if status == 504:
-        return _error(504, "timeout_error", "the request timed out")
-    return _error(status, "http_error", "the request could not be handled")
+        return http_error(504, "timeout_error", "the request timed out")
+    return http_error(status, "http_error", "the request could not be handled")
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> StackdError:
@@ -93,9 +93,8 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> StackdError:
             err.headers["Allow"] = allowed
         return err
     if exc.status == 413:
-        return PayloadTooLarge(f"request body too large (limit {request.app[MAX_BODY]} bytes; "
-                               "raise server.max_body_bytes to allow more)")
-    return _error(exc.status, "http_error", exc.reason or "error")
+        return body_too_large(request)
+    return http_error(exc.status, "http_error", exc.reason or "error")
 
 
 @web.middleware

@@ -25,7 +25,7 @@ from stackd.errors import (
 from stackd.json_depth import deeper_than
 from stackd.server.keys import BODY_TIMEOUT, CALLER, DISCARD_BODY, MAX_BODY, MAX_JSON_DEPTH, REQUEST_ID
 
-__all__ = ["context", "json_response", "provider_data", "read_json", "request_id", "served"]
+__all__ = ["body_too_large", "context", "json_response", "provider_data", "read_json", "request_id", "served"]
 
 _JSON = "application/json"
 
@@ -52,7 +52,7 @@ async def _read_body(request: web.Request) -> bytes:
     # announces more than it sends holds the request open until the read times out.
     declared = request.content_length
     if declared is not None and declared > request.app[MAX_BODY]:
-        raise _refused(request, _too_large(request))
+        raise _refused(request, body_too_large(request))
     timeout = request.app[BODY_TIMEOUT]
     try:
         # aiohttp has no time limit on a body: a client sending all but its last byte would
@@ -66,7 +66,7 @@ async def _read_body(request: web.Request) -> bytes:
         raise _refused(request, RequestTimeout(
             f"the request body did not arrive within {timeout:g} s (server.body_timeout)")) from None
     except web.HTTPRequestEntityTooLarge:
-        raise _refused(request, _too_large(request)) from None
+        raise _refused(request, body_too_large(request)) from None
     except (HttpProcessingError, web.RequestPayloadError):
         # The parser failed on the body: most often it does not decode as its Content-Encoding.
         encoding = request.headers.get("Content-Encoding")
@@ -80,7 +80,8 @@ async def _read_body(request: web.Request) -> bytes:
             [FieldError("$", "malformed body")])) from None
 
 
-def _too_large(request: web.Request) -> PayloadTooLarge:
+def body_too_large(request: web.Request) -> PayloadTooLarge:
+    """The one 413 of a request body over ``server.max_body_bytes``, wherever it is found."""
     return PayloadTooLarge(
         f"request body too large (limit {request.app[MAX_BODY]} bytes; raise server.max_body_bytes to allow more)"
     )

@@ -47,7 +47,7 @@ from aiohttp.web_request import BaseRequest
 
 from stackd.config.schema import ServerConfig
 from stackd.errors import RequestTimeout, StackdError
-from stackd.server.errors import error_response, parser_error
+from stackd.server.errors import error_response, http_error, parser_error
 from stackd.server.keys import DISCARD_BODY, STREAMS
 
 __all__ = ["Limits", "StackdRunner", "bind", "fd_limit", "serve"]
@@ -105,9 +105,8 @@ def _answer(status: int, err: StackdError) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
-_BUSY = StackdError("too many connections; retry shortly")
-_BUSY.status = 503  # type: ignore[misc]
-_BUSY.type = "service_unavailable"  # type: ignore[misc]
+_BUSY = http_error(503, "service_unavailable",
+                   "too many connections (server.max_connections); retry shortly")
 
 
 class _Handler(RequestHandler):
