@@ -16,6 +16,7 @@ from stackd.auth.policy import AccessPolicy, Owner
 from stackd.caller import Caller
 from stackd.config.auth import AccessRule
 from stackd.convert import structure
+from stackd.testing.local_server import local_server
 
 USERS = {
     "tok-alice": {"principal": "alice", "attributes": {"teams": ["red"], "roles": ["user"]}},
@@ -49,12 +50,8 @@ async def endpoint() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/auth", decide)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/auth"  # type: ignore[union-attr]
-    await runner.cleanup()
+    async with local_server(app) as base:
+        yield f"{base}/auth"
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from stackd.testing.local_server import local_server
+
 TOKEN = "sk-live-custom-0123456789abcdef"
 
 
@@ -39,14 +41,9 @@ async def endpoint() -> AsyncIterator[Endpoint]:
 
     app = web.Application()
     app.router.add_post("/auth", decide)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.url = f"http://127.0.0.1:{port}/auth"
-    yield state
-    await runner.cleanup()
+    async with local_server(app) as base:
+        state.url = f"{base}/auth"
+        yield state
 
 
 @pytest.fixture

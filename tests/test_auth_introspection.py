@@ -13,6 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from stackd.testing.local_server import local_server
+
 SECRET = "client-secret-5b2e9"
 ACTIVE = "opaque-token-alice-7f3a"
 
@@ -43,13 +45,9 @@ async def idp() -> AsyncIterator[Idp]:
 
     app = web.Application()
     app.router.add_post("/introspect", introspect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/introspect"  # type: ignore[union-attr]
-    yield state
-    await runner.cleanup()
+    async with local_server(app) as base:
+        state.url = f"{base}/introspect"
+        yield state
 
 
 @pytest.fixture

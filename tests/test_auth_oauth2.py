@@ -23,6 +23,8 @@ from aiohttp.test_utils import TestClient
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from stackd.testing.local_server import local_server
+
 JWKS_TOKEN = "k8s-sa-token-Zm9vYmFyYmF6cXV4"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 AUDIENCE = "stackd"
@@ -83,14 +85,9 @@ async def jwks(ca: trustme.CA) -> AsyncIterator[Jwks]:
     app.router.add_get("/openid/v1/jwks", keys)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.url = f"https://127.0.0.1:{port}/openid/v1/jwks"
-    yield state
-    await runner.cleanup()
+    async with local_server(app, ssl_context=ctx) as base:
+        state.url = f"{base}/openid/v1/jwks"
+        yield state
 
 
 def auth_yaml(url: str, cafile: Path, extra: str = "", recheck: float = 3600) -> str:

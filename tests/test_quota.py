@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from stackd.testing.local_server import local_server
+
 CHAT = {"model": "echo-1", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -115,12 +117,8 @@ async def test_401_costs_nothing_and_principal_has_its_own_limit(
 
     app = web.Application()
     app.router.add_post("/auth", decide)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/auth"  # type: ignore[union-attr]
+    async with local_server(app) as base:
+        url = f"{base}/auth"
         server = (f"  auth:\n    provider_type: custom\n    config:\n      endpoint: {url}\n"
                   + quota_server(tmp_path / "quota.db", limit=1, extra="    authenticated_max_requests: 3\n"))
         async with TestClient(await serve_app(write_config(server=server))) as c:
@@ -130,8 +128,6 @@ async def test_401_costs_nothing_and_principal_has_its_own_limit(
             good = {"Authorization": "Bearer good-token"}
             statuses = [(await c.get("/v1/models", headers=good)).status for _ in range(4)]
             assert statuses == [200, 200, 200, 429]
-    finally:
-        await runner.cleanup()
     keys = [row[0] for row in sqlite3.connect(tmp_path / "quota.db").execute("SELECT key FROM quota_counters")]
     assert len(keys) == 1 and "alice" not in keys[0] and "good-token" not in keys[0]
 

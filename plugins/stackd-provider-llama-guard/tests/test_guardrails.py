@@ -11,6 +11,7 @@ import pytest
 from stackd.config.problems import ConfigError
 from stackd.guardrails import GuardrailGap
 from stackd.testing.fake_openai import FakeOpenAI, Fault
+from stackd.testing.local_server import local_server
 
 GUARD = "meta-llama/Llama-Guard-3-1B"
 GUARDED = f"  input_shields: [{GUARD}]\n  output_shields: [{GUARD}]\n"
@@ -202,12 +203,8 @@ async def test_guardrails_run_for_callers_the_policy_hides_shields_from(connect:
 
     app = web.Application()
     app.router.add_post("/auth", decide)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/auth"  # type: ignore[union-attr]
-    try:
+    async with local_server(app) as base:
+        url = f"{base}/auth"
         extra = (f"server:\n  auth:\n    provider_type: custom\n    config: {{endpoint: {url}}}\n"
                  "    access_policy:\n"
                  "    - forbid: {actions: [create, read, delete], resource: \"shield::*\"}\n"
@@ -221,5 +218,3 @@ async def test_guardrails_run_for_callers_the_policy_hides_shields_from(connect:
         assert (await resp.json())["violation"]["stage"] == "input"
         resp = await client.post("/v1/chat/completions", json=_chat("bake bread"), headers=headers)
         assert resp.status == 200 and "violation" not in await resp.json()
-    finally:
-        await runner.cleanup()
