@@ -125,7 +125,7 @@ class RouteInfo:
 @attrs.frozen
 class Metric:
     metric: str
-    value: float
+    value: int | float
     unit: str | None = None
 
 

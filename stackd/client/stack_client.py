@@ -296,8 +296,11 @@ class StackClient:
             resp.close()
             raise
         resp.release()
+        raw = b"".join(chunks)
+        if not raw:
+            return None
         try:
-            return orjson.loads(b"".join(chunks))
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             kind = resp.headers.get("Content-Type", "no content type")
             raise InvalidResponse(f"{what}: the answer is not JSON ({kind[:60]}); is {self.base_url} a "
@@ -338,6 +341,16 @@ class StackClient:
             return self._structure(data, chunk, what)
 
         return Stream(resp, parse, max_event_bytes=self._max_event)
+
+    async def request(
+        self, method: str, path: str, *, body: Any = None, query: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Any route, untyped: the answer's JSON as parsed (None for an empty one). For routes this
+        client has no method for yet; errors, retry, auth and bounds work as for the others."""
+        if not path.startswith("/"):
+            raise ValueError("path must start with '/', e.g. '/v1/models'")
+        resp = await self._send(method.upper(), path, body=body, query=_query(**(query or {})))
+        return await self._read_json(resp, f"{method.upper()} {path}")
 
     # ---- health, version, providers, routes --------------------------------------------------
 

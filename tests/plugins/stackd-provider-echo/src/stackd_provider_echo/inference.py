@@ -26,6 +26,10 @@ class EchoInference:
         self.config = config
         self.provider_id = provider_id
         self.closed = False
+        self._ready_at = time.monotonic() + config.ready_after
+
+    def is_ready(self) -> bool:
+        return time.monotonic() >= self._ready_at
 
     async def register_model(self, model: Model) -> Model:
         if model.provider_resource_id not in self.config.models:
