@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from stackd.apis.models import Model, Shield
+from stackd.apis.native.types import SamplingParams, SystemMessage, UserMessage
 from stackd.apis.responses import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -143,6 +144,11 @@ async def test_native_inference(client: StackClient) -> None:
     assert answer.completion_message.content == "one two"
     assert answer.completion_message.stop_reason == "out_of_tokens"
     assert answer.metrics is not None and answer.metrics[1].value == 2
+
+    # The request classes of stackd.apis.native.types go as they are.
+    typed = await client.chat_completion("echo-1", [SystemMessage("be brief"), UserMessage("four five six")],
+                                         sampling_params=SamplingParams(max_tokens=2))
+    assert typed.completion_message.content == "four five"
 
     stream = await client.chat_completion("echo-1", USER, stream=True)
     async with stream:
@@ -605,3 +611,14 @@ def test_importing_the_client_loads_no_server_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_every_method_and_error_is_documented() -> None:
+    import stackd.client
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "client.md").read_text(encoding="utf-8")
+    methods = [name for name in dir(StackClient) if not name.startswith("_")
+               and callable(getattr(StackClient, name)) and name != "close"]
+    missing = [m for m in methods if f"`{m}(" not in text]
+    missing += [name for name in stackd.client.__all__ if f"`{name}`" not in text and f"`{name}(" not in text]
+    assert missing == [], f"document these in docs/client.md: {missing}"

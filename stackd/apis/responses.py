@@ -1,7 +1,8 @@
 """The response bodies of every route (API.md §2) as attrs classes: one definition for the server
 that writes them and for :mod:`stackd.client` that reads them.
 
-A leaf module (attrs and :mod:`stackd.convert` only), so the client imports it without the server.
+It imports no server or config code, so the client imports it without the server; messages and
+tool calls are the request types of :mod:`stackd.apis.native.types`, the same shape both ways.
 Fields are what the routes document; a body may carry more (a provider's own fields pass
 through the OpenAI routes untouched) and structuring ignores them, so a client keeps working
 against a newer server. Server-chosen enums (stop reasons, roles) are plain ``str`` for the same
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 import attrs
 import cattrs
 
+from stackd.apis.native.types import AssistantMessage, ToolCall
 from stackd.convert import Hook, Tagged
 
 __all__ = [
@@ -28,7 +30,6 @@ __all__ = [
     "ChatCompletionResponse",
     "ChatStreamChunk",
     "ChatStreamEvent",
-    "CompletionMessage",
     "CompletionResponse",
     "CompletionStreamChunk",
     "EmbeddingsResponse",
@@ -38,7 +39,6 @@ __all__ = [
     "SafetyViolation",
     "StreamDelta",
     "TextDelta",
-    "ToolCall",
     "ToolCallDelta",
     # OpenAI
     "ChatCompletion",
@@ -137,26 +137,6 @@ class Logprobs:
 
 
 @attrs.frozen
-class ToolCall:
-    """A tool call the model made; ``arguments`` is the raw string when it was not a JSON object."""
-
-    call_id: str
-    tool_name: str
-    arguments: Annotated[dict[str, Any] | str, _text_or(dict[str, Any])]
-    arguments_json: str | None = None
-
-
-@attrs.frozen
-class CompletionMessage:
-    role: str
-    content: Any
-    """A string, or what the server sent (a content item or a list of them)."""
-    stop_reason: str
-    """``end_of_turn``, ``end_of_message`` or ``out_of_tokens``."""
-    tool_calls: list[ToolCall] = attrs.field(factory=list)
-
-
-@attrs.frozen
 class SafetyViolation:
     violation_level: str
     """``info``, ``warn`` or ``error``."""
@@ -172,7 +152,9 @@ class SafetyViolation:
 class ChatCompletionResponse:
     """``POST /v1/inference/chat-completion`` without ``stream``."""
 
-    completion_message: CompletionMessage
+    completion_message: AssistantMessage
+    """``role: assistant``, ``content`` (a string), ``stop_reason`` (``end_of_turn``,
+    ``end_of_message`` or ``out_of_tokens``) and the ``tool_calls`` the model made."""
     logprobs: list[Logprobs] | None = None
     metrics: list[Metric] | None = None
     violation: SafetyViolation | None = None
@@ -261,6 +243,7 @@ class Usage:
 class ChatMessage:
     role: str
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     """OpenAI's ``[{id, type: function, function: {name, arguments}}]``, as sent."""
 
