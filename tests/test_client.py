@@ -622,3 +622,26 @@ def test_every_method_and_error_is_documented() -> None:
     missing = [m for m in methods if f"`{m}(" not in text]
     missing += [name for name in stackd.client.__all__ if f"`{name}`" not in text and f"`{name}(" not in text]
     assert missing == [], f"document these in docs/client.md: {missing}"
+
+
+async def _events(raw: bytes, cut: int, limit: int = 1024) -> list[str]:
+    from stackd.client.stream import sse_data
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(raw), cut):
+            yield raw[i : i + cut]
+
+    return [e async for e in sse_data(chunks(), limit)]
+
+
+async def test_sse_parsing_wherever_the_chunks_split() -> None:
+    raw = (b": a comment\r\nevent: x\r\ndata: {\"a\": 1}\r\n\r\n"
+           b"data: line one\ndata:line two\nid: 7\n\n"
+           b"\n\n"  # blank lines without data dispatch nothing
+           b"data: [DONE]\n\n"
+           b"data: unterminated")
+    expected = ['{"a": 1}', "line one\nline two", "[DONE]", "unterminated"]
+    for cut in range(1, len(raw) + 1):
+        assert await _events(raw, cut) == expected, cut
+    with pytest.raises(InvalidResponse, match="line is over 16 bytes"):
+        await _events(b"data: " + b"z" * 40 + b"\n\n", 3, limit=16)

@@ -33,19 +33,23 @@ async def sse_data(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncG
     Comments, ``event:``, ``id:`` and ``retry:`` lines are read and dropped: stackd sends none
     and a client needs none of them.
     """
-    buffer = b""
+    buffer = bytearray()
+    scanned = 0  # no newline before this offset of buffer: a long line is searched once
     data: list[bytes] = []
     size = 0
     async for chunk in chunks:
         buffer += chunk
+        start = 0
         while True:
-            end = buffer.find(b"\n")
+            end = buffer.find(b"\n", max(start, scanned))
             if end < 0:
-                if len(buffer) > max_event_bytes:
+                scanned = len(buffer)
+                if len(buffer) - start > max_event_bytes:
                     raise InvalidResponse(f"a server-sent event line is over {max_event_bytes} bytes "
                                           "(max_event_bytes); the stream was closed")
                 break
-            line, buffer = buffer[:end], buffer[end + 1 :]
+            line = bytes(buffer[start:end])
+            start = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
@@ -62,7 +66,13 @@ async def sse_data(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncG
                     raise InvalidResponse(f"a server-sent event is over {max_event_bytes} bytes "
                                           "(max_event_bytes); the stream was closed")
                 data.append(value)
-    if data:  # a last event without its blank line: the body ended right after it
+        del buffer[:start]
+        scanned -= start
+    # The body ended inside an event (no blank line, maybe no newline): what was sent still counts.
+    tail = bytes(buffer).rstrip(b"\r")
+    if tail.startswith(b"data:"):
+        data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
+    if data:
         yield b"\n".join(data).decode("utf-8", "replace")
 
 
