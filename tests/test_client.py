@@ -33,6 +33,7 @@ from stackd.client import (
     Conflict,
     ConnectionFailed,
     Forbidden,
+    InternalServerError,
     InvalidResponse,
     NotFound,
     NotImplementedByServer,
@@ -545,10 +546,15 @@ async def test_unknown_status_maps_to_the_base_and_html_is_invalid() -> None:
     async def html(request: web.Request) -> web.StreamResponse:
         return web.Response(text="<html>proxy page</html>", content_type="text/html")
 
+    async def bug(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": {"message": "internal server error", "type": "internal_error"}},
+                                 status=500, headers={"X-Request-ID": "req-42"})
+
     async def bad_shape(request: web.Request) -> web.StreamResponse:
         return web.json_response({"version": 12})
 
-    async with odd_server({"/v1/models": teapot, "/v1/health": html, "/v1/version": bad_shape}) as base, \
+    async with odd_server({"/v1/models": teapot, "/v1/health": html, "/v1/version": bad_shape,
+                           "/v1/shields": bug}) as base, \
             StackClient(base, check_version=False) as c:
         with pytest.raises(ApiError) as info:
             await c.list_models()
@@ -645,3 +651,17 @@ async def test_sse_parsing_wherever_the_chunks_split() -> None:
         assert await _events(raw, cut) == expected, cut
     with pytest.raises(InvalidResponse, match="line is over 16 bytes"):
         await _events(b"data: " + b"z" * 40 + b"\n\n", 3, limit=16)
+
+
+@pytest.mark.parametrize(("kind", "cls"), [
+    ("invalid_request_error", BadRequest), ("authentication_error", Unauthorized), ("permission_error", Forbidden),
+    ("not_found_error", NotFound), ("conflict_error", Conflict), ("request_too_large", PayloadTooLarge),
+    ("rate_limit_error", QuotaExceeded), ("service_unavailable", ServiceUnavailable),
+    ("upstream_error", UpstreamError), ("timeout_error", UpstreamError), ("not_implemented", NotImplementedByServer),
+    ("internal_error", InternalServerError), ("something_new", ApiError),
+])
+def test_error_frames_map_by_type(kind: str, cls: type[ApiError]) -> None:
+    from stackd.client.errors import error_for_frame
+
+    error = error_for_frame({"error": {"message": "m", "type": kind}}, {})
+    assert type(error) is cls and error.status is None and str(error) == "error in stream: m"
