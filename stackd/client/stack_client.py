@@ -66,6 +66,18 @@ Messages = Sequence[Mapping[str, Any] | Any]
 """Messages as dicts in the wire shape, or the attrs message classes of :mod:`stackd.apis.native.types`."""
 
 
+async def _read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (an error body is a message, not a download)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
 class StackVersionWarning(UserWarning):
     """The server runs another major.minor version of stackd than this client: most calls will
     work, but fields added or changed between the two may be missing or ignored."""
@@ -194,7 +206,7 @@ class StackClient:
             ) as resp:
                 if resp.status != 200:
                     return
-                found = orjson.loads(await resp.content.read(MAX_ERROR_BODY)).get("version")
+                found = orjson.loads(await _read_upto(resp, MAX_ERROR_BODY)).get("version")
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
             # The call itself will say what is wrong with the server, more usefully than this.
             log.debug("version check of %s skipped: %s", self.base_url, type(exc).__name__)
@@ -264,7 +276,7 @@ class StackClient:
 
     async def _error(self, resp: aiohttp.ClientResponse) -> Exception:
         try:
-            raw = await resp.content.read(MAX_ERROR_BODY)
+            raw = await _read_upto(resp, MAX_ERROR_BODY)
         except (aiohttp.ClientError, TimeoutError):
             raw = b""
         finally:
