@@ -450,18 +450,27 @@ async def test_quota_exceeded_carries_the_rate_limit_headers(
         assert error.reset is not None and abs(error.reset - error.retry_after) <= 2
 
 
-async def test_retry_honours_retry_after_until_ready(serve_app: ServeApp, write_config: Callable[..., Path]) -> None:
-    providers = """\
+def loading_providers(seconds: float) -> str:
+    return f"""\
   inference:
   - provider_id: echo
     provider_type: inline::echo
-    config: {models: [echo-1], ready_after: 2.0}
+    config: {{models: [echo-1], ready_after: {seconds}}}
 """
-    base = base_of(await serve_app(write_config(providers=providers, models="- model_id: echo-1\n")))
-    async with StackClient(base) as c:
+
+
+async def test_retry_honours_retry_after_until_ready(serve_app: ServeApp, write_config: Callable[..., Path]) -> None:
+    loading = write_config(providers=loading_providers(600), models="- model_id: echo-1\n", name="loading.yaml")
+    server = await serve_app(loading)
+    async with StackClient(base_of(server)) as c:
         with pytest.raises(ServiceUnavailable) as info:  # retry is opt-in
             await c.openai_chat("echo-1", USER)
         assert info.value.retry_after == 5
+        assert (await c.health()).status == "Error"  # health's 503 is an answer, not an error
+    await server.close()  # the next server uses the same stores
+    # Ready 2 s after the first request: the retry, 5 s later (Retry-After), is answered.
+    ready_soon = write_config(providers=loading_providers(2), models="- model_id: echo-1\n", name="soon.yaml")
+    base = base_of(await serve_app(ready_soon))
     attempts: list[float] = []
 
     async def on_request_start(*_: Any) -> None:
