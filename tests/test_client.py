@@ -341,12 +341,12 @@ async def test_payload_too_large(serve_app: ServeApp, write_config: Callable[...
 
 async def test_upstream_errors(vllm_config: Callable[..., LoadedConfig], serve_app: ServeApp) -> None:
     async with FakeOpenAI(models=["fake-model"]) as fake, \
-            StackClient(base_of(await serve_app(vllm_config(fake.url, timeout=1)))) as c:
+            StackClient(base_of(await serve_app(vllm_config(fake.url, timeout=2)))) as c:
         fake.fault = Fault(non_json=True)
         with pytest.raises(UpstreamError) as bad:
             await c.openai_chat("chat", USER)
         assert bad.value.status == 502
-        fake.fault = Fault(delay=3)
+        fake.fault = Fault(delay=6)
         with pytest.raises(UpstreamError) as late:
             await c.openai_chat("chat", USER)
         assert late.value.status == 504
