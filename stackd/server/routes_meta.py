@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 import stackd
+from stackd.apis.responses import Health, ProviderInfo, RouteInfo, VersionInfo
 from stackd.convert import converter
 from stackd.errors import NotFound
 from stackd.routing import not_ready_reason
@@ -23,52 +24,52 @@ routes = web.RouteTableDef()
 async def health(request: web.Request) -> web.Response:
     stack = request.app.get(STACK)
     if stack is None:
-        return json_response({"status": "Error", "message": "starting"}, status=503)
+        return json_response(Health("Error", "starting").to_json(), status=503)
     not_ready = sorted(pid for pid, ok in stack.ready().items() if not ok)
     failed = {pid: reason for pid in not_ready if (reason := not_ready_reason(stack.providers[pid])) is not None}
     if failed:
         # Failed for good (e.g. a model whose worker dies in its self-check): no Retry-After.
-        return json_response(
-            {"status": "Error", "message": "not ready: " + "; ".join(f"{pid}: {r}" for pid, r in failed.items())},
-            status=503,
-        )
+        message = "not ready: " + "; ".join(f"{pid}: {r}" for pid, r in failed.items())
+        return json_response(Health("Error", message).to_json(), status=503)
     if not_ready:
         return json_response(
-            {"status": "Error", "message": f"not ready: loading {', '.join(not_ready)}"}, status=503,
+            Health("Error", f"not ready: loading {', '.join(not_ready)}").to_json(), status=503,
             headers={"Retry-After": "5"},
         )
-    return json_response({"status": "OK"})
+    return json_response(Health("OK").to_json())
 
 
 @routes.get("/v1/version")
 async def version(request: web.Request) -> web.Response:
-    return json_response({"version": stackd.__version__})
+    return json_response(converter.unstructure(VersionInfo(stackd.__version__)))
 
 
 async def _health_of(impl: Any) -> dict[str, Any]:
     check = getattr(impl, "health", None)
     if check is None:
-        return {"status": "Not Implemented", "message": "the provider has no health check"}
+        return Health("Not Implemented", "the provider has no health check").to_json()
     try:
         result = await asyncio.wait_for(check(), timeout=2.0)
     except TimeoutError:
-        return {"status": "Error", "message": "health check timed out after 2 s"}
+        return Health("Error", "health check timed out after 2 s").to_json()
     except Exception as exc:  # noqa: BLE001 - a failing check is a health status, not a 500
-        return {"status": "Error", "message": str(getattr(exc, "message", exc))}
+        return Health("Error", str(getattr(exc, "message", exc))).to_json()
+    # A provider's own dict, passed on whole (it may say more than status and message).
     return dict(result)
 
 
 async def _provider_info(request: web.Request, provider_id: str) -> dict[str, Any]:
     loaded = request.app[CONFIG]
     p = loaded.providers[provider_id]
-    return {
-        "api": p.api,
-        "provider_id": p.provider_id,
-        "provider_type": p.provider_type,
+    body = ProviderInfo(
+        api=p.api,
+        provider_id=p.provider_id,
+        provider_type=p.provider_type,
         # Unstructuring masks every Secret field, so keys never leave the server.
-        "config": converter.unstructure(p.config),
-        "health": await _health_of(request.app[STACK].providers[provider_id]),
-    }
+        config=converter.unstructure(p.config),
+    ).to_json()
+    body["health"] = await _health_of(request.app[STACK].providers[provider_id])
+    return body
 
 
 @routes.get("/v1/providers")
@@ -102,9 +103,9 @@ async def inspect_routes(request: web.Request) -> web.Response:
             if route.method == "HEAD":
                 continue
             api = route.handler.__dict__.get("stackd_api") if hasattr(route.handler, "__dict__") else None
-            data.append({
-                "route": path,
-                "method": route.method,
-                "provider_types": sorted(set(types_by_api.get(api, []))) if api else [],
-            })
+            data.append(converter.unstructure(RouteInfo(
+                route=path,
+                method=route.method,
+                provider_types=sorted(set(types_by_api.get(api, []))) if api else [],
+            )))
     return json_response({"data": data})

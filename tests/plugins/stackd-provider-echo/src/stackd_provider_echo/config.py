@@ -14,3 +14,6 @@ class EchoConfig:
     embedding_dimension: int = 8
     api_key: Secret | None = None
     """Not used for anything; shows that secrets are masked in /v1/providers."""
+    ready_after: float = 0.0
+    """Seconds, from the first time the core asks, during which the provider says it is still loading
+    (requests to it get 503 with Retry-After)."""

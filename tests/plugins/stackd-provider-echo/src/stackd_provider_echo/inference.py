@@ -26,6 +26,15 @@ class EchoInference:
         self.config = config
         self.provider_id = provider_id
         self.closed = False
+        self._ready_at: float | None = None
+
+    def is_ready(self) -> bool:
+        # Counted from the first question, so a test sees "loading" however slowly the server started.
+        if self.config.ready_after <= 0:
+            return True
+        if self._ready_at is None:
+            self._ready_at = time.monotonic() + self.config.ready_after
+        return time.monotonic() >= self._ready_at
 
     async def register_model(self, model: Model) -> Model:
         if model.provider_resource_id not in self.config.models:
