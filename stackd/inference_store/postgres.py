@@ -6,16 +6,12 @@ Needs the ``postgres`` extra (``pip install 'stackd[postgres]'``). Bodies are st
 
 from __future__ import annotations
 
-import asyncio
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import orjson
 
-from stackd.errors import UpstreamUnavailable
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     Cursor,
@@ -33,6 +29,7 @@ from stackd.inference_store.api import (
     rows_of,
     unknown_cursor,
 )
+from stackd.sql.postgres import DATA_ERRORS, PostgresDb
 
 if TYPE_CHECKING:
     from stackd.config.stores import PostgresStoreConfig
@@ -41,19 +38,12 @@ __all__ = ["PostgresInferenceStore"]
 
 DEFAULT_TABLE = "chat_completions"
 
-# What a lost server, a refused login or a failed statement raises; all become a 503.
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-# ...except these, where the row itself is the problem (SQLSTATE classes 22 and 23).
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-
-
 class PostgresInferenceStore:
     """Use :meth:`open`; a connection pool serves concurrent requests."""
 
-    def __init__(self, pool: asyncpg.Pool, table: str, where: str) -> None:
-        self._pool = pool
+    def __init__(self, db: PostgresDb, table: str) -> None:
+        self._db = db
         self._table = table
-        self._where = where  # "user@host:port/db", for messages; never the password
         t = table
         self._upsert = (
             f"INSERT INTO {t} (id, created, model, body, input_messages, owner) "
@@ -65,65 +55,31 @@ class PostgresInferenceStore:
         )
 
     def __repr__(self) -> str:
-        return f"PostgresInferenceStore({self._where!r}, table={self._table!r})"
+        return f"PostgresInferenceStore({self._db.where!r}, table={self._table!r})"
 
     @classmethod
     async def open(cls, config: PostgresStoreConfig) -> PostgresInferenceStore:
-        table = check_table_name(config.table_name or DEFAULT_TABLE, "$.inference_store.table_name")
-        where = f"{config.user}@{config.host}:{config.port}/{config.db}"
-        try:
-            pool = await asyncpg.create_pool(
-                host=config.host,
-                port=config.port,
-                database=config.db,
-                user=config.user,
-                password=config.password.reveal() if config.password else None,
-                min_size=1,
-                max_size=10,
-                # A hung server must not hold a request (or the writer) forever.
-                command_timeout=30,
-            )
-        except _DB_ERRORS as exc:
-            raise UpstreamUnavailable(
-                f"cannot connect to the inference store {where}: {type(exc).__name__}: {exc}; "
-                "check inference_store.host/port/db/user/password and that the server accepts connections"
-            ) from exc
-        store = cls(pool, table, where)
-        try:
-            await store._create_schema()
-        except BaseException:
-            await pool.close()
-            raise
-        return store
-
-    async def _create_schema(self) -> None:
-        t = self._table
-        async with self._connection() as conn, conn.transaction():
-            # Replicas that start together would race on CREATE TABLE IF NOT EXISTS (it can
-            # fail with a unique violation in pg_type); the advisory lock serialises them.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(t.encode()))
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {t} ("
-                " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"
-                " body JSON NOT NULL, input_messages JSON NOT NULL)"
-            )
+        t = check_table_name(config.table_name or DEFAULT_TABLE, "$.inference_store.table_name")
+        schema = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"
+            " body JSON NOT NULL, input_messages JSON NOT NULL)",
             # Stores written before owners were recorded get the column (their rows are unowned).
-            await conn.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS owner TEXT")
-            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)")
-            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)")
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS owner TEXT",
+            f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)",
+            f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)",
+        )
+        db = await PostgresDb.open(config, label="the inference store", section="$.inference_store",
+                                   schema=schema, lock_name=t)
+        return cls(db, t)
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[Any]:
         try:
-            async with self._pool.acquire() as conn:
+            async with self._db.use() as conn:
                 yield conn
-        except _DATA_ERRORS as exc:
-            raise RejectedData(f"the inference store {self._where} refused a row: {exc}") from exc
-        except _DB_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        return UpstreamUnavailable(f"the inference store {self._where} failed: {type(exc).__name__}: {exc}")
+        except DATA_ERRORS as exc:
+            raise RejectedData(f"the inference store {self._db.where} refused a row: {exc}") from exc
 
     async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
         await self.store_many([(completion, input_messages)])
@@ -208,8 +164,4 @@ class PostgresInferenceStore:
         return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
 
     async def close(self) -> None:
-        try:
-            # close() waits for borrowed connections; a stuck query must not hold the shutdown.
-            await asyncio.wait_for(self._pool.close(), 10)
-        except TimeoutError:
-            self._pool.terminate()
+        await self._db.close()

@@ -17,7 +17,6 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from stackd.errors import UpstreamUnavailable
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     Cursor,
@@ -34,6 +33,7 @@ from stackd.inference_store.api import (
     rows_of,
     unknown_cursor,
 )
+from stackd.sql.sqlite import SqliteDb
 
 __all__ = ["SqliteInferenceStore"]
 
@@ -60,53 +60,29 @@ _UPSERT = (
 )
 
 
+async def _add_owner(conn: aiosqlite.Connection) -> None:
+    async with conn.execute(f"PRAGMA table_info({_TABLE})") as cursor:
+        columns = {row[1] for row in await cursor.fetchall()}
+    if "owner" not in columns:  # a store written before owners were recorded: unowned rows
+        await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
+
+
 class SqliteInferenceStore:
     """Use :meth:`open`; one connection serves every call (aiosqlite runs it in its own thread)."""
 
-    def __init__(self, conn: aiosqlite.Connection, db_path: Path) -> None:
-        self._conn = conn
-        self._db_path = db_path
+    def __init__(self, db: SqliteDb) -> None:
+        self._db = db
         # Statements of one connection interleave across coroutines; the lock keeps a batch's
         # BEGIN ... COMMIT from swallowing another writer's statements.
         self._write_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"SqliteInferenceStore({str(self._db_path)!r})"
+        return f"SqliteInferenceStore({str(self._db.path)!r})"
 
     @classmethod
     async def open(cls, db_path: Path) -> SqliteInferenceStore:
-        # ``db_path`` comes from the converter with ``~`` already expanded.
-        try:
-            await asyncio.to_thread(db_path.parent.mkdir, parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit, so a batch is exactly one.
-            conn = await aiosqlite.connect(db_path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise UpstreamUnavailable(
-                f"cannot open the inference store at {str(db_path)!r}: {exc}; "
-                "check that the directory is writable or change inference_store.db_path"
-            ) from exc
-        try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            # NORMAL is durable across application crashes in WAL mode; only an OS crash may
-            # lose the last commits, which is the right price for a history store.
-            await conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                await conn.execute(statement)
-            async with conn.execute(f"PRAGMA table_info({_TABLE})") as cursor:
-                columns = {row[1] for row in await cursor.fetchall()}
-            if "owner" not in columns:  # a store written before owners were recorded: unowned rows
-                await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise UpstreamUnavailable(
-                f"cannot prepare the inference store at {str(db_path)!r}: {exc}; "
-                "is it a SQLite file of another program? Point inference_store.db_path elsewhere"
-            ) from exc
-        return cls(conn, db_path)
-
-    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        return UpstreamUnavailable(f"the inference store at {str(self._db_path)!r} failed: {exc}")
+        return cls(await SqliteDb.open(db_path, _SCHEMA, label="the inference store",
+                                       setting="inference_store.db_path", migrate=_add_owner))
 
     async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
         await self.store_many([(completion, input_messages)])
@@ -117,26 +93,22 @@ class SqliteInferenceStore:
             return
         async with self._write_lock:
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._conn.executemany(_UPSERT, rows)
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    await self._conn.execute("ROLLBACK")
-                    raise
+                async with self._db.use() as conn:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        await conn.executemany(_UPSERT, rows)
+                        await conn.execute("COMMIT")
+                    except BaseException:
+                        await conn.execute("ROLLBACK")
+                        raise
             except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
                 raise RejectedData(
-                    f"the inference store at {str(self._db_path)!r} refused a row: {exc}"
+                    f"the inference store {str(self._db.path)!r} refused a row: {exc}"
                 ) from exc
-            except sqlite3.Error as exc:
-                raise self._unavailable(exc) from exc
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        try:
-            async with self._conn.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from exc
+        async with self._db.use() as conn, conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
 
     async def list(
         self,
@@ -204,4 +176,4 @@ class SqliteInferenceStore:
         return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._db.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
-from stackd.kvstore.sqlite import store_failed
+from stackd.sql.sqlite import store_failed
 
 __all__ = ["StoreInUse", "StoreLock", "lock_store"]
 
