@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from stackd.config.stores import PostgresStoreConfig, table_of
+from stackd.db.postgres import DATA_ERRORS, PostgresDb
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     Cursor,
@@ -20,7 +22,6 @@ from stackd.inference_store.api import (
     Visible,
     check_limit,
     check_order,
-    check_table_name,
     filtered_rows,
     items_page,
     message_page,
@@ -29,14 +30,8 @@ from stackd.inference_store.api import (
     rows_of,
     unknown_cursor,
 )
-from stackd.sql.postgres import DATA_ERRORS, PostgresDb
-
-if TYPE_CHECKING:
-    from stackd.config.stores import PostgresStoreConfig
 
 __all__ = ["PostgresInferenceStore"]
-
-DEFAULT_TABLE = "chat_completions"
 
 class PostgresInferenceStore:
     """Use :meth:`open`; a connection pool serves concurrent requests."""
@@ -59,7 +54,7 @@ class PostgresInferenceStore:
 
     @classmethod
     async def open(cls, config: PostgresStoreConfig) -> PostgresInferenceStore:
-        t = check_table_name(config.table_name or DEFAULT_TABLE, "$.inference_store.table_name")
+        t = table_of(config, "$.inference_store")
         schema = (
             f"CREATE TABLE IF NOT EXISTS {t} ("
             " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"

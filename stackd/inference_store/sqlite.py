@@ -17,6 +17,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from stackd.db.sqlite import SqliteDb
 from stackd.inference_store.api import (
     DEFAULT_LIMIT,
     Cursor,
@@ -33,7 +34,6 @@ from stackd.inference_store.api import (
     rows_of,
     unknown_cursor,
 )
-from stackd.sql.sqlite import SqliteDb
 
 __all__ = ["SqliteInferenceStore"]
 

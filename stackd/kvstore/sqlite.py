@@ -1,11 +1,11 @@
-"""SQLite kvstore on the shared connection layer (:class:`stackd.sql.SqliteDb`)."""
+"""SQLite kvstore on the shared connection layer (:class:`stackd.db.SqliteDb`)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from stackd.sql.sqlite import SqliteDb, store_failed
+from stackd.db.sqlite import SqliteDb, store_failed
 
 __all__ = ["SqliteKVStore", "store_failed"]
 

@@ -1,4 +1,4 @@
-"""Quota counters in SQLite (WAL, on :class:`stackd.sql.SqliteDb`): one ``INSERT ... ON CONFLICT
+"""Quota counters in SQLite (WAL, on :class:`stackd.db.SqliteDb`): one ``INSERT ... ON CONFLICT
 DO UPDATE ... RETURNING`` per hit, so the increment is one atomic statement even across
 processes sharing the file. No file lock (unlike the metadata store): several servers share a
 quota store. One host, so the window comes from the local clock."""
@@ -9,9 +9,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+from stackd.db.sqlite import SqliteDb
 from stackd.errors import UpstreamUnavailable
 from stackd.quota.counter import SWEEP_EVERY, Period, window_of
-from stackd.sql.sqlite import SqliteDb
 
 __all__ = ["SqliteCounter"]
 
