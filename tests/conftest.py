@@ -423,7 +423,13 @@ def pg_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def own_pg_server() -> Iterator[PgServer]:
+def postgres_server(pg_server: PgServer) -> PgServer:
+    """The session's cluster, under the name of its store type."""
+    return pg_server
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PgServer]:
     """A cluster of this test alone, which it may stop and start."""
     server = _start_pg()
     yield server

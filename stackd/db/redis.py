@@ -44,7 +44,9 @@ class RedisDb:
     @classmethod
     async def open(cls, config: RedisStoreConfig, *, label: str, section: str) -> RedisDb:
         where = f"redis://{config.host}:{config.port}/{config.db}"
-        client = aioredis.Redis(
+        # Blocking: a burst waits for a free connection (up to the command timeout) instead of
+        # failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool(
             host=config.host,
             port=config.port,
             db=config.db,
@@ -56,8 +58,10 @@ class RedisDb:
             # now, not after seconds of sleeping.
             retry=Retry(NoBackoff(), 1),
             max_connections=_MAX_CONNECTIONS,
+            timeout=_COMMAND_TIMEOUT,
             decode_responses=True,
         )
+        client = aioredis.Redis(connection_pool=pool)
         db = cls(client, where, label)
         try:
             await client.ping()
@@ -82,4 +86,4 @@ class RedisDb:
 
     async def close(self) -> None:
         with contextlib.suppress(*_ERRORS):
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
