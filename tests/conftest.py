@@ -8,30 +8,27 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig
-from stackd.convert import Secret
 from stackd.loading import LoadedConfig, load_config, parse_config
 from stackd.server import create_app
+from stackd.testing.stores import PgServer, RedisServer, ServerUnavailable, start_postgres, start_redis
 
 __all__: list[str] = []
+
+T = TypeVar("T")
 
 STACKD = str(Path(sys.executable).with_name("stackd"))
 SECRET = "sk-echo-very-secret-4711"
@@ -325,101 +322,25 @@ async def live_app() -> AsyncIterator[Callable[[LoadedConfig], Awaitable[int]]]:
 
 
 # ---- throwaway PostgreSQL and Redis servers -------------------------------------------------------
-# Started from the binaries on this machine, on free ports, in temp dirs. Under CI=true a server
-# that cannot start fails the test (.ci/run installs the binaries); elsewhere the test is skipped
-# with the command that installs what is missing.
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-REDIS_SERVER = "/usr/bin/redis-server"
+# stackd.testing.stores starts them. Under CI=true a server that cannot start fails the test
+# (.ci/run installs the binaries); elsewhere the test is skipped with the install command.
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message} (CI=true: tests of the shared stores must run)")
-    pytest.skip(message)
-
-
-@attrs.frozen
-class PgServer:
-    host: str
-    port: int
-    user: str
-    password: str
-    db: str
-    base: Path
-    run_as: tuple[str, ...]
-
-    def config(self, **kw: Any) -> PostgresStoreConfig:
-        return PostgresStoreConfig(
-            host=self.host, port=self.port, db=self.db, user=self.user, password=Secret(self.password), **kw
-        )
-
-    def yaml(self, **kw: str) -> str:
-        """The store as a flow mapping for a run config."""
-        fields = {"type": "postgres", "host": self.host, "port": str(self.port), "db": self.db,
-                  "user": self.user, "password": self.password, **kw}
-        return "{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
-
-    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.run_as, str(PG_BIN / "pg_ctl"), "-D", str(self.base / "data"), *args],
-                              capture_output=True, text=True, timeout=60, check=False)
-
-    def stop(self) -> None:
-        """Kill the server as a crash would (immediate: no checkpoint, connections cut)."""
-        self._ctl("-m", "immediate", "-w", "stop")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -h 127.0.0.1 -k {self.base} -F"  # -F: no fsync, throwaway data
-        done = self._ctl("-l", str(self.base / "log"), "-w", "-t", "30", "-o", options, "start")
-        if done.returncode != 0:
-            log = (self.base / "log").read_text() if (self.base / "log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed ({done.returncode}): {done.stderr}{done.stdout}\n{log}")
-
-
-def _start_pg() -> PgServer:
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        _unavailable(f"PostgreSQL 15 server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
-    base = Path(tempfile.mkdtemp(prefix="stackd-pg-"))
-    password = secrets.token_urlsafe(16)
-    (base / "pw").write_text(password)
-    run_as: tuple[str, ...] = ()
-    if os.geteuid() == 0:
-        # initdb refuses to run as root; the Debian package provides the postgres user.
-        shutil.chown(base, "postgres")
-        shutil.chown(base / "pw", "postgres")
-        run_as = ("runuser", "-u", "postgres", "--")
-    server = PgServer("127.0.0.1", free_port(), "stackd", password, "stackd_test", base, run_as)
+def _started(start: Callable[[], T]) -> T:
     try:
-        for cmd in (
-            [str(PG_BIN / "initdb"), "-D", str(base / "data"), "-U", "stackd", f"--pwfile={base / 'pw'}",
-             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"],
-            None,
-            [str(PG_BIN / "createdb"), "-h", str(base), "-p", str(server.port), "-U", "stackd", "stackd_test"],
-        ):
-            if cmd is None:
-                server.start()
-                continue
-            done = subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=60, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr}{done.stdout}")
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        _unavailable(f"PostgreSQL could not start: {exc}")
-    return server
-
-
-def _drop_pg(server: PgServer) -> None:
-    server.stop()
-    shutil.rmtree(server.base, ignore_errors=True)
+        return start()
+    except ServerUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{exc} (CI=true: tests of the shared stores must run)")
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL 15 cluster for the session (tests keep apart by table or namespace)."""
-    server = _start_pg()
+    server = _started(start_postgres)
     yield server
-    _drop_pg(server)
+    server.remove()
 
 
 @pytest.fixture
@@ -431,87 +352,22 @@ def postgres_server(pg_server: PgServer) -> PgServer:
 @pytest.fixture
 def own_postgres_server() -> Iterator[PgServer]:
     """A cluster of this test alone, which it may stop and start."""
-    server = _start_pg()
+    server = _started(start_postgres)
     yield server
-    _drop_pg(server)
-
-
-@attrs.define
-class RedisServer:
-    host: str
-    port: int
-    password: str
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def config(self, **kw: Any) -> RedisStoreConfig:
-        return RedisStoreConfig(host=self.host, port=self.port, password=Secret(self.password), **kw)
-
-    def yaml(self, **kw: str) -> str:
-        fields = {"type": "redis", "host": self.host, "port": str(self.port), "password": self.password, **kw}
-        return "{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        # No persistence: the data of a killed server is gone, as a failover to an empty replica.
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
-             "--save", "", "--appendonly", "no", "--dir", str(self.base), "--daemonize", "no",
-             "--logfile", str(self.base / "log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as s:
-                    s.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
-                    reply = b""
-                    while b"\n" not in reply.partition(b"\n")[2] and (chunk := s.recv(64)):
-                        reply += chunk
-                    if b"+PONG" in reply:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        log = (self.base / "log").read_text() if (self.base / "log").exists() else ""
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port}:\n{log}")
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: as a crash, nothing saved)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-
-def _start_redis() -> RedisServer:
-    if not Path(REDIS_SERVER).exists():
-        _unavailable(f"{REDIS_SERVER} not found (apt-get install -y redis-server)")
-    server = RedisServer("127.0.0.1", free_port(), secrets.token_urlsafe(16),
-                         Path(tempfile.mkdtemp(prefix="stackd-redis-")))
-    try:
-        server.start()
-    except (RuntimeError, OSError) as exc:
-        shutil.rmtree(server.base, ignore_errors=True)
-        _unavailable(f"Redis could not start: {exc}")
-    return server
+    server.remove()
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One Redis server for the session (tests keep apart by namespace)."""
-    server = _start_redis()
+    server = _started(start_redis)
     yield server
-    server.stop()
-    shutil.rmtree(server.base, ignore_errors=True)
+    server.remove()
 
 
 @pytest.fixture
 def own_redis_server() -> Iterator[RedisServer]:
     """A Redis server of this test alone, which it may kill and start again."""
-    server = _start_redis()
+    server = _started(start_redis)
     yield server
-    server.stop()
-    shutil.rmtree(server.base, ignore_errors=True)
+    server.remove()
