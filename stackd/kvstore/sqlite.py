@@ -31,12 +31,13 @@ class SqliteKVStore:
         return f"SqliteKVStore({str(self._db.path)!r}, namespace={self._ns!r})"
 
     async def get(self, key: str) -> str | None:
-        async with self._db.use() as db, db.execute(
-            "SELECT value FROM kvstore WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (self._ns + key, time.time()),
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else str(row[0])
+        # execute_fetchall: one trip to aiosqlite's thread (execute, fetch and close are three).
+        async with self._db.use() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT value FROM kvstore WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (self._ns + key, time.time()),
+            ))
+        return str(rows[0][0]) if rows else None
 
     async def set(self, key: str, value: str, *, expires_at: float | None = None) -> None:
         async with self._db.use() as db:
@@ -53,29 +54,29 @@ class SqliteKVStore:
     async def scan(self, prefix: str) -> list[tuple[str, str]]:
         full = self._ns + prefix
         # Range scan instead of LIKE: no escaping of % and _ in user-chosen identifiers.
-        async with self._db.use() as db, db.execute(
-            "SELECT key, value FROM kvstore WHERE key >= ? AND key < ? "
-            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key",
-            (full, full + "\U0010ffff", time.time()),
-        ) as cur:
-            rows = await cur.fetchall()
+        async with self._db.use() as db:
+            rows = await db.execute_fetchall(
+                "SELECT key, value FROM kvstore WHERE key >= ? AND key < ? "
+                "AND (expires_at IS NULL OR expires_at > ?) ORDER BY key",
+                (full, full + "\U0010ffff", time.time()),
+            )
         cut = len(self._ns)
         return [(str(k)[cut:], str(v)) for k, v in rows]
 
     async def incr(self, key: str, amount: int = 1, *, expires_at: float | None = None) -> int:
         now = time.time()
-        async with self._db.use() as db, db.execute(
-            "INSERT INTO kvstore (key, value, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET "
-            "value = CASE WHEN kvstore.expires_at IS NOT NULL AND kvstore.expires_at <= ? "
-            "THEN excluded.value ELSE CAST(kvstore.value AS INTEGER) + ? END, "
-            "expires_at = CASE WHEN kvstore.expires_at IS NOT NULL AND kvstore.expires_at <= ? "
-            "THEN excluded.expires_at ELSE kvstore.expires_at END "
-            "RETURNING value",
-            (self._ns + key, str(amount), expires_at, now, amount, now),
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None, "RETURNING gives one row"
+        async with self._db.use() as db:
+            rows = await db.execute_fetchall(
+                "INSERT INTO kvstore (key, value, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET "
+                "value = CASE WHEN kvstore.expires_at IS NOT NULL AND kvstore.expires_at <= ? "
+                "THEN excluded.value ELSE CAST(kvstore.value AS INTEGER) + ? END, "
+                "expires_at = CASE WHEN kvstore.expires_at IS NOT NULL AND kvstore.expires_at <= ? "
+                "THEN excluded.expires_at ELSE kvstore.expires_at END "
+                "RETURNING value",
+                (self._ns + key, str(amount), expires_at, now, amount, now),
+            )
+        (row,) = rows  # RETURNING gives one row
         return int(row[0])
 
     async def close(self) -> None:
