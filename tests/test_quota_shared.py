@@ -252,3 +252,33 @@ async def test_the_metadata_store_on_a_shared_server_survives_a_restart(
                 ids = {m["identifier"] for m in (await r.json())["data"]}
                 assert {"added", "echo-1"} <= ids
         assert proc.stop() == 0
+
+
+def test_store_passwords_are_masked_in_repr_and_unstructure() -> None:
+    from stackd.config.schema import RunConfig
+    from stackd.convert import converter, structure
+
+    run = structure({
+        "metadata_store": {"type": "redis", "password": "redis-pw-4711"},
+        "inference_store": {"type": "postgres", "password": "pg-pw-4711"},
+        "server": {"quota": {"kvstore": {"type": "postgres", "password": "quota-pw-4711", "table_name": "q"}}},
+    }, RunConfig)
+    shown = repr(run) + repr(converter.unstructure(run))
+    assert "4711" not in shown and shown.count("********") >= 6
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_a_wrong_password_is_a_startup_error_without_the_password(
+    kind: str, request: pytest.FixtureRequest,
+) -> None:
+    import attrs
+
+    from stackd.convert import Secret
+
+    server: Any = request.getfixturevalue(f"{kind}_server")
+    with pytest.raises(UpstreamUnavailable) as info:
+        await open_counter(attrs.evolve(server.config(), password=Secret("wrong-pw-4711")))
+    message = info.value.message
+    assert message.startswith("cannot connect to the quota store ") and f"{server.host}:{server.port}" in message
+    assert "$.server.quota.kvstore.host/port" in message
+    assert "wrong-pw-4711" not in message and server.password not in message
