@@ -12,7 +12,6 @@ request. Results go to bench/results/auth-<time>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from bench import peers
-from bench.measure import measure
+from bench.measure import measure, parse_round_args
 from bench.procs import Server, free_port, start_server
 
 __all__ = ["main"]
@@ -55,16 +54,7 @@ def _start_stackd(name: str, work: Path, upstream: str, auth: str) -> Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.requests, args.warmup = 1, 300, 64
+    args = parse_round_args(__doc__, argv)
 
     key = RSAKey.generate_key(2048, parameters={"kid": "bench", "use": "sig"}, private=True)
     now = int(time.time())

@@ -13,7 +13,7 @@ from typing import Any
 from bench import peers
 from bench.procs import Server, cpu_seconds
 
-__all__ = ["measure"]
+__all__ = ["measure", "parse_round_args"]
 
 _LOADGEN = Path(__file__).with_name("loadgen.py")
 
@@ -47,3 +47,18 @@ def measure(server: Server, upstream: Server, args: argparse.Namespace, token: s
         raise RuntimeError(f"{server.name}: {done}")
     return {"target": server.name, "ok": ok, "rps": done["rps"], "p50_ms": done["p50_ms"],
             "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / ok, "upstream_cpu_ms_per_req": (up1 - up0) * 1000 / ok}
+
+
+def parse_round_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The options of a benchmark that measures its targets in turn for ``--rounds`` rounds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.requests, args.warmup = 1, 300, 64
+    return args

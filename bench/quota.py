@@ -13,7 +13,6 @@ request on SQLite. Results go to bench/results/quota-<time>.json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.measure import measure
+from bench.measure import measure, parse_round_args
 from bench.procs import Server, cpu_seconds, free_port, start_server
 from stackd.testing.stores import PgServer, RedisServer, start_postgres, start_redis
 
@@ -67,16 +66,7 @@ def _cpu(pids: list[int]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.requests, args.warmup = 1, 300, 64
+    args = parse_round_args(__doc__, argv)
 
     redis, pg = start_redis(), start_postgres()
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs published
 
-from stackd.errors import UpstreamUnavailable
+from stackd.db.remote import RemoteDb
 
 if TYPE_CHECKING:
     from stackd.config.stores import PostgresStoreConfig
@@ -42,16 +42,15 @@ async def _reset(conn: Any) -> None:
         await conn.execute("ROLLBACK")
 
 
-class PostgresDb:
+class PostgresDb(RemoteDb):
     """Use :meth:`open` (a startup error names the server and what to check) and :meth:`use`."""
 
-    def __init__(self, pool: Any, where: str, label: str) -> None:
-        self._pool = pool
-        self.where = where  # "user@host:port/db"; never the password
-        self.label = label
+    errors = _DB_ERRORS
+    passthrough = DATA_ERRORS
 
-    def __repr__(self) -> str:
-        return f"PostgresDb({self.where!r})"
+    def __init__(self, pool: Any, where: str, label: str) -> None:
+        super().__init__(where, label)  # "user@host:port/db"; never the password
+        self._pool = pool
 
     @classmethod
     async def open(cls, config: PostgresStoreConfig, *, label: str, section: str,
@@ -75,10 +74,8 @@ class PostgresDb:
                 reset=_reset,
             )
         except _DB_ERRORS as exc:
-            raise UpstreamUnavailable(
-                f"cannot connect to {label} {where}: {type(exc).__name__}: {exc}; check "
-                f"{section}.host/port/db/user/password and that the server accepts connections"
-            ) from exc
+            raise cls.cannot_connect(label, where, exc, f"{section}.host/port/db/user/password and that the "
+                                     "server accepts connections") from exc
         db = cls(pool, where, label)
         try:
             if schema:
@@ -91,19 +88,11 @@ class PostgresDb:
             raise
         return db
 
-    def failed(self, exc: BaseException, doing: str = "failed") -> UpstreamUnavailable:
-        return UpstreamUnavailable(f"{self.label} {self.where} {doing}: {type(exc).__name__}: {exc}")
-
     @contextlib.asynccontextmanager
     async def use(self, doing: str = "failed") -> AsyncIterator[Any]:
         """A pooled connection; a failure of the server becomes a 503 naming it."""
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except DATA_ERRORS:
-            raise
-        except _DB_ERRORS as exc:
-            raise self.failed(exc, doing) from exc
+        async with self.mapped(doing), self._pool.acquire() as conn:
+            yield conn
 
     async def close(self) -> None:
         try:

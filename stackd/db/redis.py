@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from stackd.errors import UpstreamUnavailable
+from stackd.db.remote import RemoteDb
 
 if TYPE_CHECKING:
     from stackd.config.stores import RedisStoreConfig
@@ -30,16 +30,14 @@ _COMMAND_TIMEOUT = 10.0
 _MAX_CONNECTIONS = 64
 
 
-class RedisDb:
+class RedisDb(RemoteDb):
     """Use :meth:`open` (a startup error names the server and what to check) and :meth:`use`."""
 
-    def __init__(self, client: aioredis.Redis, where: str, label: str) -> None:
-        self.client = client
-        self.where = where
-        self.label = label
+    errors = _ERRORS
 
-    def __repr__(self) -> str:
-        return f"RedisDb({self.where!r})"
+    def __init__(self, client: aioredis.Redis, where: str, label: str) -> None:
+        super().__init__(where, label)
+        self.client = client
 
     @classmethod
     async def open(cls, config: RedisStoreConfig, *, label: str, section: str) -> RedisDb:
@@ -67,22 +65,15 @@ class RedisDb:
             await client.ping()
         except _ERRORS as exc:
             await db.close()
-            raise UpstreamUnavailable(
-                f"cannot connect to {label} {where}: {type(exc).__name__}: {exc}; check "
-                f"{section}.host/port/db/password and that Redis is running and reachable"
-            ) from exc
+            raise cls.cannot_connect(label, where, exc, f"{section}.host/port/db/password and that Redis is "
+                                     "running and reachable") from exc
         return db
-
-    def failed(self, exc: BaseException, doing: str = "failed") -> UpstreamUnavailable:
-        return UpstreamUnavailable(f"{self.label} {self.where} {doing}: {type(exc).__name__}: {exc}")
 
     @contextlib.asynccontextmanager
     async def use(self, doing: str = "failed") -> AsyncIterator[Any]:
         """The client; a failure of the server becomes a 503 naming it."""
-        try:
+        async with self.mapped(doing):
             yield self.client
-        except _ERRORS as exc:
-            raise self.failed(exc, doing) from exc
 
     async def close(self) -> None:
         with contextlib.suppress(*_ERRORS):

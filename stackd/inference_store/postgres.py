@@ -10,31 +10,24 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
-
 from stackd.config.stores import PostgresStoreConfig, table_of
 from stackd.db.postgres import DATA_ERRORS, PostgresDb
 from stackd.inference_store.api import (
-    DEFAULT_LIMIT,
-    Cursor,
     RejectedData,
     StoredCompletion,
-    Visible,
-    check_limit,
-    check_order,
-    filtered_rows,
-    items_page,
-    message_page,
-    not_found,
-    one_item,
     rows_of,
-    unknown_cursor,
 )
+from stackd.inference_store.sql import SqlHistory
 
 __all__ = ["PostgresInferenceStore"]
 
-class PostgresInferenceStore:
+class PostgresInferenceStore(SqlHistory):
     """Use :meth:`open`; a connection pool serves concurrent requests."""
+
+    _BODY = "body::text, input_messages::text"
+    _MESSAGES = "input_messages::text"
+    # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
+    _ID_ORDER = 'id COLLATE "C"'
 
     def __init__(self, db: PostgresDb, table: str) -> None:
         self._db = db
@@ -86,77 +79,12 @@ class PostgresInferenceStore:
         async with self._connection() as conn, conn.transaction():
             await conn.executemany(self._upsert, rows)
 
-    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+    def _param(self, n: int) -> str:
+        return f"${n}"
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         async with self._connection() as conn:
             return list(await conn.fetch(sql, *params))
-
-    async def list(
-        self,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        model: str | None = None,
-        order: str = "desc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        t = self._table
-        first: Cursor | None = None
-        if after is not None:
-            cursor_rows = await self._fetch(f"SELECT created FROM {t} WHERE id = $1", after)
-            if not cursor_rows:
-                raise unknown_cursor(after)
-            first = (cursor_rows[0][0], after)
-
-        async def fetch(cursor: Cursor | None, n: int) -> list[Any]:
-            where: list[str] = []
-            params: list[Any] = []
-            if model is not None:
-                params.append(model)
-                where.append(f"model = ${len(params)}")
-            if cursor is not None:
-                params += [cursor[0], cursor[1]]
-                op = "<" if direction == "desc" else ">"
-                where.append(f"(created, id) {op} (${len(params) - 1}, ${len(params)})")
-            columns = ("body::text, input_messages::text" if visible is None
-                       else "id, created, body::text, input_messages::text, owner")
-            sql = f"SELECT {columns} FROM {t}"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            params.append(n)
-            # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
-            sql += f' ORDER BY created {direction}, id COLLATE "C" {direction} LIMIT ${len(params)}'
-            return await self._fetch(sql, *params)
-
-        if visible is None:
-            return items_page(await fetch(first, limit + 1), limit)
-        return items_page(await filtered_rows(fetch, first, limit, visible), limit)
-
-    async def _owned(self, completion_id: str, columns: str, visible: Visible | None) -> Sequence[Any]:
-        rows = await self._fetch(f"SELECT {columns}, owner FROM {self._table} WHERE id = $1", completion_id)
-        # One the caller may not read is not found: never confirm it exists.
-        if rows and visible is not None and not visible(completion_id, rows[0][-1]):
-            return []
-        return rows
-
-    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
-        rows = await self._owned(completion_id, "body::text, input_messages::text", visible)
-        return one_item(rows, completion_id)
-
-    async def messages(
-        self,
-        completion_id: str,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        order: str = "asc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        rows = await self._owned(completion_id, "input_messages::text", visible)
-        if not rows:
-            raise not_found(completion_id)
-        return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
 
     async def close(self) -> None:
         await self._db.close()

@@ -15,25 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from stackd.db.sqlite import SqliteDb
 from stackd.inference_store.api import (
-    DEFAULT_LIMIT,
-    Cursor,
     RejectedData,
     StoredCompletion,
-    Visible,
-    check_limit,
-    check_order,
-    filtered_rows,
-    items_page,
-    message_page,
-    not_found,
-    one_item,
     rows_of,
-    unknown_cursor,
 )
+from stackd.inference_store.sql import SqlHistory
 
 __all__ = ["SqliteInferenceStore"]
 
@@ -67,11 +56,12 @@ async def _add_owner(conn: aiosqlite.Connection) -> None:
         await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
 
 
-class SqliteInferenceStore:
+class SqliteInferenceStore(SqlHistory):
     """Use :meth:`open`; one connection serves every call (aiosqlite runs it in its own thread)."""
 
     def __init__(self, db: SqliteDb) -> None:
         self._db = db
+        self._table = _TABLE
         # Statements of one connection interleave across coroutines; the lock keeps a batch's
         # BEGIN ... COMMIT from swallowing another writer's statements.
         self._write_lock = asyncio.Lock()
@@ -106,74 +96,12 @@ class SqliteInferenceStore:
                     f"the inference store {str(self._db.path)!r} refused a row: {exc}"
                 ) from exc
 
+    def _param(self, n: int) -> str:
+        return "?"
+
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         async with self._db.use() as conn, conn.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
-
-    async def list(
-        self,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        model: str | None = None,
-        order: str = "desc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        first: Cursor | None = None
-        if after is not None:
-            cursor_rows = await self._fetch(f"SELECT created FROM {_TABLE} WHERE id = ?", (after,))
-            if not cursor_rows:
-                raise unknown_cursor(after)
-            first = (cursor_rows[0][0], after)
-
-        async def fetch(cursor: Cursor | None, n: int) -> list[sqlite3.Row]:
-            where: list[str] = []
-            params: list[Any] = []
-            if model is not None:
-                where.append("model = ?")
-                params.append(model)
-            if cursor is not None:
-                # Row values order by (created, id), so rows that share a second neither repeat
-                # nor vanish between pages.
-                where.append("(created, id) " + ("<" if direction == "desc" else ">") + " (?, ?)")
-                params += [cursor[0], cursor[1]]
-            columns = "body, input_messages" if visible is None else "id, created, body, input_messages, owner"
-            sql = f"SELECT {columns} FROM {_TABLE}"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY created {direction}, id {direction} LIMIT ?"
-            params.append(n)
-            return await self._fetch(sql, params)
-
-        if visible is None:
-            return items_page(await fetch(first, limit + 1), limit)
-        return items_page(await filtered_rows(fetch, first, limit, visible), limit)
-
-    async def _owned(self, completion_id: str, columns: str, visible: Visible | None) -> Sequence[sqlite3.Row]:
-        rows = await self._fetch(f"SELECT {columns}, owner FROM {_TABLE} WHERE id = ?", (completion_id,))
-        # One the caller may not read is not found: never confirm it exists.
-        if rows and visible is not None and not visible(completion_id, rows[0][-1]):
-            return []
-        return rows
-
-    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
-        return one_item(await self._owned(completion_id, "body, input_messages", visible), completion_id)
-
-    async def messages(
-        self,
-        completion_id: str,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        order: str = "asc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        rows = await self._owned(completion_id, "input_messages", visible)
-        if not rows:
-            raise not_found(completion_id)
-        return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
 
     async def close(self) -> None:
         await self._db.close()
