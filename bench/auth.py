@@ -12,11 +12,9 @@ request. Results go to bench/results/auth-<time>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +25,11 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from bench import peers
-from bench.procs import Server, cpu_seconds, free_port, start_server
+from bench.measure import measure, parse_round_args
+from bench.procs import Server, free_port, start_server
 
 __all__ = ["main"]
 
-_LOADGEN = Path(__file__).with_name("loadgen.py")
 _RESULTS = Path(__file__).with_name("results")
 TARGET_MS = 0.15
 
@@ -55,46 +53,8 @@ def _start_stackd(name: str, work: Path, upstream: str, auth: str) -> Server:
                         directory / "stackd.log", env=env)
 
 
-def _measure(server: Server, upstream: Server, token: str | None, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, str(_LOADGEN), "--url", f"{server.url}/v1/chat/completions", "--model", peers.MODEL_ID,
-            "--concurrency", str(args.concurrency), "--requests", str(args.requests),
-            "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
-    if token:
-        argv += ["--bearer", token]
-    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert gen.stdin is not None and gen.stdout is not None
-    try:
-        warm = json.loads(gen.stdout.readline() or "{}")
-        if not warm.get("ok") or warm.get("errors"):
-            raise RuntimeError(f"{server.name}: the warm-up failed: {warm}\n{server.log_tail()}")
-        srv0, up0 = cpu_seconds(server.pid), cpu_seconds(upstream.pid)
-        gen.stdin.write("go\n")
-        gen.stdin.flush()
-        done = json.loads(gen.stdout.readline() or "{}")
-        srv1, up1 = cpu_seconds(server.pid), cpu_seconds(upstream.pid)
-        gen.wait(timeout=30)
-    finally:
-        if gen.poll() is None:
-            gen.kill()
-            gen.wait()
-    ok = int(done.get("ok") or 0)
-    if not ok or done.get("errors"):
-        raise RuntimeError(f"{server.name}: {done}")
-    return {"target": server.name, "ok": ok, "rps": done["rps"], "p50_ms": done["p50_ms"],
-            "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / ok, "upstream_cpu_ms_per_req": (up1 - up0) * 1000 / ok}
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.requests, args.warmup = 1, 300, 64
+    args = parse_round_args(__doc__, argv)
 
     key = RSAKey.generate_key(2048, parameters={"kid": "bench", "use": "sig"}, private=True)
     now = int(time.time())
@@ -126,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Each round starts with another target, so none always runs on the warmest machine.
                 for name in names[r % 3:] + names[:r % 3]:
                     server, bearer = targets[name]
-                    results.append(_measure(server, upstream, bearer, args) | {"round": r})
+                    results.append(measure(server, upstream, args, bearer) | {"round": r})
                     print(json.dumps(results[-1]), flush=True)
         finally:
             for server in reversed(servers):

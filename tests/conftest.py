@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
@@ -24,8 +24,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stackd.loading import LoadedConfig, load_config, parse_config
 from stackd.server import create_app
+from stackd.testing.stores import PgServer, RedisServer, ServerUnavailable, start_postgres, start_redis
 
 __all__: list[str] = []
+
+T = TypeVar("T")
 
 STACKD = str(Path(sys.executable).with_name("stackd"))
 SECRET = "sk-echo-very-secret-4711"
@@ -316,3 +319,55 @@ async def live_app() -> AsyncIterator[Callable[[LoadedConfig], Awaitable[int]]]:
     yield start
     for runner in reversed(runners):
         await runner.cleanup()
+
+
+# ---- throwaway PostgreSQL and Redis servers -------------------------------------------------------
+# stackd.testing.stores starts them. Under CI=true a server that cannot start fails the test
+# (.ci/run installs the binaries); elsewhere the test is skipped with the install command.
+
+
+def _started(start: Callable[[], T]) -> T:
+    try:
+        return start()
+    except ServerUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{exc} (CI=true: tests of the shared stores must run)")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL 15 cluster for the session (tests keep apart by table or namespace)."""
+    server = _started(start_postgres)
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_server(pg_server: PgServer) -> PgServer:
+    """The session's cluster, under the name of its store type."""
+    return pg_server
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PgServer]:
+    """A cluster of this test alone, which it may stop and start."""
+    server = _started(start_postgres)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One Redis server for the session (tests keep apart by namespace)."""
+    server = _started(start_redis)
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A Redis server of this test alone, which it may kill and start again."""
+    server = _started(start_redis)
+    yield server
+    server.remove()

@@ -334,12 +334,12 @@ server:
         ("server:\n  auth: {provider_type: oauth3, config: {}}\n",
          "unknown auth provider provider_type 'oauth3'; expected one of 'oauth2_token', 'custom' "
          "@ $.server.auth.provider_type (run.yaml:2:25)"),
-        ("server:\n  quota: {kvstore: {type: postgres}}\n",
-         "quota store type 'postgres' is not available in this build of stackd yet (redis and postgres come "
-         "later); use type: sqlite @ $.server.quota.kvstore.type (run.yaml:2:27)"),
-        ("metadata_store: {type: redis}\n",
-         "metadata_store type 'redis' is not available in this build of stackd yet; use type: sqlite "
-         "@ $.metadata_store.type (run.yaml:1:24)"),
+        ("server:\n  quota: {kvstore: {type: postgres, table_name: 'quota; drop table x'}}\n",
+         "invalid table name 'quota; drop table x': use letters, digits and '_' (at most 63, not starting "
+         "with a digit) @ $.server.quota.kvstore.table_name (run.yaml:2:49)"),
+        ("metadata_store: {type: postgres}\ninference_store: {type: postgres, table_name: stackd_kvstore}\n",
+         "$.metadata_store uses the table 'stackd_kvstore' of the same database: give each store its own "
+         "table_name @ $.inference_store.table_name (run.yaml:2:47)"),
         ("inference_store: {type: redis}\n",
          "inference_store type 'redis' cannot hold chat completions; use sqlite or postgres "
          "@ $.inference_store.type (run.yaml:1:25)"),
@@ -347,6 +347,16 @@ server:
 )
 def test_settings_this_build_cannot_honour_are_errors(text: str, expected: str) -> None:
     assert problems(text) == [expected]
+
+
+def test_a_missing_driver_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a))
+    assert problems("metadata_store: {type: redis}\n") == [
+        "$.metadata_store type 'redis' needs the redis driver, which is not installed: pip install "
+        "'stackd[redis]' @ $.metadata_store.type (run.yaml:1:24)"]
 
 
 def test_install_hint_follows_the_naming_rule(tmp_path: Path) -> None:

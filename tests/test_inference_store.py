@@ -4,14 +4,8 @@ PostgreSQL 15 cluster started from the Debian binaries for this test session."""
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,84 +24,6 @@ from stackd.inference_store import (
     open_inference_store,
 )
 from stackd.inference_store.api import StoredCompletion
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-# ---------------------------------------------------------------- PostgreSQL server
-
-
-@attrs.frozen
-class PgServer:
-    host: str
-    port: int
-    user: str
-    password: str
-    db: str
-
-    def config(self, **kw: Any) -> PostgresStoreConfig:
-        return PostgresStoreConfig(
-            host=self.host, port=self.port, db=self.db, user=self.user, password=Secret(self.password), **kw
-        )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        pytest.skip(f"PostgreSQL 15 server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
-    base = Path(tempfile.mkdtemp(prefix="stackd-pg-"))
-    password = secrets.token_urlsafe(16)
-    (base / "pw").write_text(password)
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        # initdb refuses to run as root; the Debian package provides the postgres user.
-        shutil.chown(base, "postgres")
-        shutil.chown(base / "pw", "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-    port = _free_port()
-
-    def run(*cmd: str) -> None:
-        done = subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=60, check=False)
-        if done.returncode != 0:
-            log = (base / "log").read_text() if (base / "log").exists() else ""
-            raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr}{done.stdout}\n{log}")
-
-    run(
-        str(PG_BIN / "initdb"), "-D", str(data), "-U", "stackd", f"--pwfile={base / 'pw'}",
-        "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync",
-    )  # fmt: skip
-    # -F: no fsync, the data dies with the test run anyway.
-    options = f"-p {port} -h 127.0.0.1 -k {base} -F"
-    run(
-        str(PG_BIN / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(base / "log"),
-        "-w",
-        "-t",
-        "30",
-        "-o",
-        options,
-        "start",
-    )
-    try:
-        run(str(PG_BIN / "createdb"), "-h", str(base), "-p", str(port), "-U", "stackd", "stackd_test")
-        yield PgServer("127.0.0.1", port, "stackd", password, "stackd_test")
-    finally:
-        subprocess.run(
-            [*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        shutil.rmtree(base, ignore_errors=True)
-
 
 # ---------------------------------------------------------------- fixtures and data
 
@@ -133,7 +49,7 @@ def no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
 def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
     if request.param == "sqlite":
         return SqliteStoreConfig(db_path=tmp_path / "nested" / "dir" / "store.db")
-    server: PgServer = request.getfixturevalue("pg_server")
+    server: Any = request.getfixturevalue("pg_server")
     # A table per test keeps tests apart without a database per test.
     return server.config(table_name=f"cc_{uuid.uuid4().hex[:12]}")
 
@@ -400,7 +316,7 @@ async def test_config_from_yaml_shape_opens_the_right_backend(tmp_path: Path) ->
     assert info.value.errors[0].loc == "$.inference_store.type"
 
 
-async def test_postgres_wrong_password_is_503_without_the_password(pg_server: PgServer) -> None:
+async def test_postgres_wrong_password_is_503_without_the_password(pg_server: Any) -> None:
     config = attrs.evolve(pg_server.config(), password=Secret("wrong-secret-xyz"))
     with pytest.raises(UpstreamUnavailable) as info:
         await open_inference_store(config)
@@ -412,19 +328,19 @@ async def test_postgres_wrong_password_is_503_without_the_password(pg_server: Pg
     assert "wrong-secret-xyz" not in repr(config)
 
 
-async def test_postgres_unreachable_is_503() -> None:
-    config = PostgresStoreConfig(host="127.0.0.1", port=_free_port(), password=Secret("p"))
+async def test_postgres_unreachable_is_503(port: Callable[[], int]) -> None:
+    config = PostgresStoreConfig(host="127.0.0.1", port=port(), password=Secret("p"))
     with pytest.raises(UpstreamUnavailable, match="cannot connect to the inference store"):
         await open_inference_store(config)
 
 
-async def test_postgres_bad_table_name(pg_server: PgServer) -> None:
+async def test_postgres_bad_table_name(pg_server: Any) -> None:
     with pytest.raises(BadRequest) as info:
         await open_inference_store(pg_server.config(table_name="x; drop table y"))
     assert info.value.errors[0].loc == "$.inference_store.table_name"
 
 
-async def test_postgres_refused_row_is_rejected_data(pg_server: PgServer) -> None:
+async def test_postgres_refused_row_is_rejected_data(pg_server: Any) -> None:
     s = await open_inference_store(pg_server.config(table_name=f"cc_{uuid.uuid4().hex[:12]}"))
     try:
         with pytest.raises(RejectedData):
@@ -565,7 +481,7 @@ async def test_writer_gives_up_at_shutdown_when_the_database_stays_down(tmp_path
     await backend.inner.close()
 
 
-async def test_writer_isolates_a_refused_row(pg_server: PgServer) -> None:
+async def test_writer_isolates_a_refused_row(pg_server: Any) -> None:
     backend = await open_inference_store(pg_server.config(table_name=f"cc_{uuid.uuid4().hex[:12]}"))
     writer = InferenceStoreWriter(backend)
     for i in range(9):

@@ -133,9 +133,10 @@ async def test_401_costs_nothing_and_principal_has_its_own_limit(
 
 
 def test_config_checks(run_cli: Any, write_config: Callable[..., Path], tmp_path: Path) -> None:
-    redis = write_config(server="  quota:\n    kvstore: {type: redis}\n", name="redis.yaml")
+    redis = write_config(server="  quota:\n    kvstore: {type: redis, namespace: 'a b'}\n", name="redis.yaml")
     out = run_cli("validate", str(redis))
-    assert out.returncode != 0 and "redis and postgres come later" in out.stdout + out.stderr
+    assert out.returncode != 0 and "invalid namespace 'a b'" in out.stdout + out.stderr
+    assert "$.server.quota.kvstore.namespace" in out.stdout + out.stderr
     warn = write_config(server=quota_server(tmp_path / "q.db", extra="    authenticated_max_requests: 5\n"),
                         name="warn.yaml")
     out = run_cli("validate", str(warn))

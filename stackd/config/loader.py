@@ -9,7 +9,6 @@ reported at once as ``message @ $.path (file:line:col)``.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import io
 import os
 import typing
@@ -35,9 +34,17 @@ from stackd.config.schema import (
     ServerConfig,
     ShieldInput,
 )
-from stackd.config.stores import SqliteStoreConfig
+from stackd.config.stores import (
+    DEFAULT_TABLES,
+    PostgresStoreConfig,
+    RedisStoreConfig,
+    SqliteStoreConfig,
+    namespace_problem,
+    table_name_problem,
+)
 from stackd.config.tls import TLSFileError, read_file, server_ssl_context
 from stackd.convert import converter, field_errors, unknown_keys
+from stackd.db.drivers import missing_driver
 
 __all__ = ["ParsedConfig", "ProviderAt", "read_config", "parse_text"]
 
@@ -371,10 +378,6 @@ class ParsedConfig:
         """Settings this build cannot honour are errors, never silently ignored: a quota section
         that did nothing would leave a server open that its operator believes limited."""
         quota = run.server.quota
-        if quota is not None and quota.kvstore.type != "sqlite":
-            self.report.error("$.server.quota.kvstore.type", f"quota store type {quota.kvstore.type!r} is not "
-                              "available in this build of stackd yet (redis and postgres come later); use "
-                              "type: sqlite")
         if quota is not None and quota.authenticated_max_requests is not None and run.server.auth is None:
             self.report.warn("$.server.quota.authenticated_max_requests", "without server.auth every caller is "
                              "anonymous and gets anonymous_max_requests; configure server.auth or remove this")
@@ -384,16 +387,34 @@ class ParsedConfig:
             self.report.error("$.server.quota.kvstore.db_path", "the quota store must be another file than the "
                               "metadata store (several servers share a quota store, one server owns its "
                               "metadata store)")
-        if run.metadata_store is not None and run.metadata_store.type != "sqlite":
-            self.report.error("$.metadata_store.type", f"metadata_store type {run.metadata_store.type!r} is not "
-                              "available in this build of stackd yet; use type: sqlite")
         store = run.inference_store
         if store is not None and store.type not in ("sqlite", "postgres"):
+            # Paged, filtered history wants an ordered index on disk; PostgreSQL is the shared one.
             self.report.error("$.inference_store.type", f"inference_store type {store.type!r} cannot hold chat "
                               "completions; use sqlite or postgres")
-        if store is not None and store.type == "postgres" and importlib.util.find_spec("asyncpg") is None:
-            self.report.error("$.inference_store.type", "a postgres inference store needs asyncpg: "
-                              "pip install 'stackd[postgres]'")
+        sections = [("$.metadata_store", run.metadata_store), ("$.inference_store", store),
+                    ("$.server.quota.kvstore", quota.kvstore if quota is not None else None)]
+        tables: dict[tuple[str, int, str, str], str] = {}
+        for section, config in sections:
+            if config is None:
+                continue
+            problem = missing_driver(config.type, section)
+            if problem is not None:
+                self.report.error(f"{section}.type", problem)
+            if isinstance(config, PostgresStoreConfig | RedisStoreConfig) and config.namespace is not None:
+                problem = namespace_problem(config.namespace)
+                if problem is not None:
+                    self.report.error(f"{section}.namespace", problem)
+            if isinstance(config, PostgresStoreConfig):
+                table = config.table_name or DEFAULT_TABLES[section]
+                problem = table_name_problem(table)
+                if problem is not None:
+                    self.report.error(f"{section}.table_name", problem)
+                where = (config.host, config.port, config.db, table)
+                if where in tables:
+                    self.report.error(f"{section}.table_name", f"{tables[where]} uses the table {table!r} of "
+                                      "the same database: give each store its own table_name")
+                tables[where] = section
 
     def _server(self, run: RunConfig) -> None:
         self._stores(run)

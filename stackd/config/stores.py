@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import attrs
 
 from stackd.convert import Secret, Tagged
+from stackd.errors import BadRequest, FieldError
 
-__all__ = ["PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig", "StoreConfig"]
+__all__ = [
+    "PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig", "StoreConfig",
+    "DEFAULT_TABLES", "namespace_problem", "table_name_problem", "table_of",
+]
+
+# The table of each PostgreSQL store when table_name is not set, by config path.
+DEFAULT_TABLES = {
+    "$.metadata_store": "stackd_kvstore",
+    "$.inference_store": "chat_completions",
+    "$.server.quota.kvstore": "stackd_quota",
+}
+# A table name is spliced into SQL (identifiers cannot be bound parameters): plain identifiers only.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @attrs.frozen
@@ -27,6 +42,7 @@ class PostgresStoreConfig:
     user: str = "stackd"
     password: Secret | None = None
     table_name: str | None = None
+    namespace: str | None = None
 
 
 @attrs.frozen
@@ -40,3 +56,26 @@ class RedisStoreConfig:
 
 
 StoreConfig = Annotated[SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig, Tagged("type", "store")]
+
+
+def table_name_problem(name: str) -> str | None:
+    if _IDENTIFIER.fullmatch(name):
+        return None
+    return f"invalid table name {name!r}: use letters, digits and '_' (at most 63, not starting with a digit)"
+
+
+def namespace_problem(namespace: str) -> str | None:
+    if _NAMESPACE.fullmatch(namespace):
+        return None
+    return f"invalid namespace {namespace!r}: use 1 to 64 letters, digits and '_', '-', '.'"
+
+
+def table_of(config: PostgresStoreConfig, section: str) -> str:
+    """The table of the store at config path ``section``; the loader has reported a bad name,
+    this guards stores opened without it."""
+    name = config.table_name or DEFAULT_TABLES[section]
+    problem = table_name_problem(name)
+    if problem is not None:
+        raise BadRequest(f"{problem} @ {section}.table_name",
+                         [FieldError(f"{section}.table_name", "expected a plain SQL identifier")])
+    return name

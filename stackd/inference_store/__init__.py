@@ -8,7 +8,8 @@ into its stored body with :func:`assemble_chat_stream`.
 from __future__ import annotations
 
 from stackd.config.stores import PostgresStoreConfig, SqliteStoreConfig, StoreConfig
-from stackd.errors import BadRequest, FieldError, UpstreamUnavailable
+from stackd.db.drivers import require_driver
+from stackd.errors import BadRequest, FieldError
 from stackd.inference_store.api import DEFAULT_LIMIT, MAX_LIMIT, InferenceStore, RejectedData
 from stackd.inference_store.assemble import assemble_chat_stream
 from stackd.inference_store.writer import InferenceStoreWriter
@@ -31,13 +32,9 @@ async def open_inference_store(config: StoreConfig) -> InferenceStore:
 
         return await SqliteInferenceStore.open(config.db_path)
     if isinstance(config, PostgresStoreConfig):
-        try:
-            from stackd.inference_store.postgres import PostgresInferenceStore
-        except ImportError as exc:
-            raise UpstreamUnavailable(
-                "inference_store type 'postgres' needs asyncpg, which is not installed: "
-                "pip install 'stackd[postgres]'"
-            ) from exc
+        require_driver(config.type, "$.inference_store")
+        from stackd.inference_store.postgres import PostgresInferenceStore
+
         return await PostgresInferenceStore.open(config)
     kind = getattr(config, "type", type(config).__name__)
     raise BadRequest(

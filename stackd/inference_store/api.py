@@ -9,7 +9,6 @@ with ``id`` and ``content_parts``, default order ``asc``).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -31,7 +30,6 @@ __all__ = [
     "rows_of",
     "check_limit",
     "check_order",
-    "check_table_name",
     "item_of",
     "items_page",
     "one_item",
@@ -185,21 +183,6 @@ async def filtered_rows(fetch: FetchRows, first: Cursor | None, limit: int, visi
         cursor = (rows[-1][1], rows[-1][0])
         batch = min(batch * 2, MAX_LIMIT + 1)
     return kept
-
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-def check_table_name(name: str, loc: str) -> str:
-    # The name is spliced into SQL (identifiers cannot be bound parameters), so only plain
-    # identifiers are accepted.
-    if _IDENTIFIER.fullmatch(name):
-        return name
-    raise BadRequest(
-        f"invalid table name {name!r} @ {loc}: use letters, digits and '_' "
-        "(at most 63, not starting with a digit)",
-        [FieldError(loc, "expected a plain SQL identifier")],
-    )
 
 
 def not_found(completion_id: str) -> NotFound:

@@ -6,54 +6,32 @@ Needs the ``postgres`` extra (``pip install 'stackd[postgres]'``). Bodies are st
 
 from __future__ import annotations
 
-import asyncio
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs published
-import orjson
-
-from stackd.errors import UpstreamUnavailable
+from stackd.config.stores import PostgresStoreConfig, table_of
+from stackd.db.postgres import DATA_ERRORS, PostgresDb
 from stackd.inference_store.api import (
-    DEFAULT_LIMIT,
-    Cursor,
     RejectedData,
     StoredCompletion,
-    Visible,
-    check_limit,
-    check_order,
-    check_table_name,
-    filtered_rows,
-    items_page,
-    message_page,
-    not_found,
-    one_item,
     rows_of,
-    unknown_cursor,
 )
-
-if TYPE_CHECKING:
-    from stackd.config.stores import PostgresStoreConfig
+from stackd.inference_store.sql import SqlHistory
 
 __all__ = ["PostgresInferenceStore"]
 
-DEFAULT_TABLE = "chat_completions"
-
-# What a lost server, a refused login or a failed statement raises; all become a 503.
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-# ...except these, where the row itself is the problem (SQLSTATE classes 22 and 23).
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-
-
-class PostgresInferenceStore:
+class PostgresInferenceStore(SqlHistory):
     """Use :meth:`open`; a connection pool serves concurrent requests."""
 
-    def __init__(self, pool: asyncpg.Pool, table: str, where: str) -> None:
-        self._pool = pool
+    _BODY = "body::text, input_messages::text"
+    _MESSAGES = "input_messages::text"
+    # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
+    _ID_ORDER = 'id COLLATE "C"'
+
+    def __init__(self, db: PostgresDb, table: str) -> None:
+        self._db = db
         self._table = table
-        self._where = where  # "user@host:port/db", for messages; never the password
         t = table
         self._upsert = (
             f"INSERT INTO {t} (id, created, model, body, input_messages, owner) "
@@ -65,65 +43,31 @@ class PostgresInferenceStore:
         )
 
     def __repr__(self) -> str:
-        return f"PostgresInferenceStore({self._where!r}, table={self._table!r})"
+        return f"PostgresInferenceStore({self._db.where!r}, table={self._table!r})"
 
     @classmethod
     async def open(cls, config: PostgresStoreConfig) -> PostgresInferenceStore:
-        table = check_table_name(config.table_name or DEFAULT_TABLE, "$.inference_store.table_name")
-        where = f"{config.user}@{config.host}:{config.port}/{config.db}"
-        try:
-            pool = await asyncpg.create_pool(
-                host=config.host,
-                port=config.port,
-                database=config.db,
-                user=config.user,
-                password=config.password.reveal() if config.password else None,
-                min_size=1,
-                max_size=10,
-                # A hung server must not hold a request (or the writer) forever.
-                command_timeout=30,
-            )
-        except _DB_ERRORS as exc:
-            raise UpstreamUnavailable(
-                f"cannot connect to the inference store {where}: {type(exc).__name__}: {exc}; "
-                "check inference_store.host/port/db/user/password and that the server accepts connections"
-            ) from exc
-        store = cls(pool, table, where)
-        try:
-            await store._create_schema()
-        except BaseException:
-            await pool.close()
-            raise
-        return store
-
-    async def _create_schema(self) -> None:
-        t = self._table
-        async with self._connection() as conn, conn.transaction():
-            # Replicas that start together would race on CREATE TABLE IF NOT EXISTS (it can
-            # fail with a unique violation in pg_type); the advisory lock serialises them.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(t.encode()))
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {t} ("
-                " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"
-                " body JSON NOT NULL, input_messages JSON NOT NULL)"
-            )
+        t = table_of(config, "$.inference_store")
+        schema = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            " id TEXT PRIMARY KEY, created BIGINT NOT NULL, model TEXT NOT NULL,"
+            " body JSON NOT NULL, input_messages JSON NOT NULL)",
             # Stores written before owners were recorded get the column (their rows are unowned).
-            await conn.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS owner TEXT")
-            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)")
-            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)")
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS owner TEXT",
+            f"CREATE INDEX IF NOT EXISTS {t}_created_id ON {t} (created, id)",
+            f"CREATE INDEX IF NOT EXISTS {t}_model_created_id ON {t} (model, created, id)",
+        )
+        db = await PostgresDb.open(config, label="the inference store", section="$.inference_store",
+                                   schema=schema, lock_name=t)
+        return cls(db, t)
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[Any]:
         try:
-            async with self._pool.acquire() as conn:
+            async with self._db.use() as conn:
                 yield conn
-        except _DATA_ERRORS as exc:
-            raise RejectedData(f"the inference store {self._where} refused a row: {exc}") from exc
-        except _DB_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        return UpstreamUnavailable(f"the inference store {self._where} failed: {type(exc).__name__}: {exc}")
+        except DATA_ERRORS as exc:
+            raise RejectedData(f"the inference store {self._db.where} refused a row: {exc}") from exc
 
     async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
         await self.store_many([(completion, input_messages)])
@@ -135,81 +79,12 @@ class PostgresInferenceStore:
         async with self._connection() as conn, conn.transaction():
             await conn.executemany(self._upsert, rows)
 
-    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+    def _param(self, n: int) -> str:
+        return f"${n}"
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         async with self._connection() as conn:
             return list(await conn.fetch(sql, *params))
 
-    async def list(
-        self,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        model: str | None = None,
-        order: str = "desc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        t = self._table
-        first: Cursor | None = None
-        if after is not None:
-            cursor_rows = await self._fetch(f"SELECT created FROM {t} WHERE id = $1", after)
-            if not cursor_rows:
-                raise unknown_cursor(after)
-            first = (cursor_rows[0][0], after)
-
-        async def fetch(cursor: Cursor | None, n: int) -> list[Any]:
-            where: list[str] = []
-            params: list[Any] = []
-            if model is not None:
-                params.append(model)
-                where.append(f"model = ${len(params)}")
-            if cursor is not None:
-                params += [cursor[0], cursor[1]]
-                op = "<" if direction == "desc" else ">"
-                where.append(f"(created, id) {op} (${len(params) - 1}, ${len(params)})")
-            columns = ("body::text, input_messages::text" if visible is None
-                       else "id, created, body::text, input_messages::text, owner")
-            sql = f"SELECT {columns} FROM {t}"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            params.append(n)
-            # COLLATE "C": ids compare bytewise, like SQLite, whatever the database's locale.
-            sql += f' ORDER BY created {direction}, id COLLATE "C" {direction} LIMIT ${len(params)}'
-            return await self._fetch(sql, *params)
-
-        if visible is None:
-            return items_page(await fetch(first, limit + 1), limit)
-        return items_page(await filtered_rows(fetch, first, limit, visible), limit)
-
-    async def _owned(self, completion_id: str, columns: str, visible: Visible | None) -> Sequence[Any]:
-        rows = await self._fetch(f"SELECT {columns}, owner FROM {self._table} WHERE id = $1", completion_id)
-        # One the caller may not read is not found: never confirm it exists.
-        if rows and visible is not None and not visible(completion_id, rows[0][-1]):
-            return []
-        return rows
-
-    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
-        rows = await self._owned(completion_id, "body::text, input_messages::text", visible)
-        return one_item(rows, completion_id)
-
-    async def messages(
-        self,
-        completion_id: str,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        order: str = "asc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        rows = await self._owned(completion_id, "input_messages::text", visible)
-        if not rows:
-            raise not_found(completion_id)
-        return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
-
     async def close(self) -> None:
-        try:
-            # close() waits for borrowed connections; a stuck query must not hold the shutdown.
-            await asyncio.wait_for(self._pool.close(), 10)
-        except TimeoutError:
-            self._pool.terminate()
+        await self._db.close()

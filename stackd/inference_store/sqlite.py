@@ -15,25 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
-from stackd.errors import UpstreamUnavailable
+from stackd.db.sqlite import SqliteDb
 from stackd.inference_store.api import (
-    DEFAULT_LIMIT,
-    Cursor,
     RejectedData,
     StoredCompletion,
-    Visible,
-    check_limit,
-    check_order,
-    filtered_rows,
-    items_page,
-    message_page,
-    not_found,
-    one_item,
     rows_of,
-    unknown_cursor,
 )
+from stackd.inference_store.sql import SqlHistory
 
 __all__ = ["SqliteInferenceStore"]
 
@@ -60,53 +49,30 @@ _UPSERT = (
 )
 
 
-class SqliteInferenceStore:
+async def _add_owner(conn: aiosqlite.Connection) -> None:
+    async with conn.execute(f"PRAGMA table_info({_TABLE})") as cursor:
+        columns = {row[1] for row in await cursor.fetchall()}
+    if "owner" not in columns:  # a store written before owners were recorded: unowned rows
+        await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
+
+
+class SqliteInferenceStore(SqlHistory):
     """Use :meth:`open`; one connection serves every call (aiosqlite runs it in its own thread)."""
 
-    def __init__(self, conn: aiosqlite.Connection, db_path: Path) -> None:
-        self._conn = conn
-        self._db_path = db_path
+    def __init__(self, db: SqliteDb) -> None:
+        self._db = db
+        self._table = _TABLE
         # Statements of one connection interleave across coroutines; the lock keeps a batch's
         # BEGIN ... COMMIT from swallowing another writer's statements.
         self._write_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"SqliteInferenceStore({str(self._db_path)!r})"
+        return f"SqliteInferenceStore({str(self._db.path)!r})"
 
     @classmethod
     async def open(cls, db_path: Path) -> SqliteInferenceStore:
-        # ``db_path`` comes from the converter with ``~`` already expanded.
-        try:
-            await asyncio.to_thread(db_path.parent.mkdir, parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit, so a batch is exactly one.
-            conn = await aiosqlite.connect(db_path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise UpstreamUnavailable(
-                f"cannot open the inference store at {str(db_path)!r}: {exc}; "
-                "check that the directory is writable or change inference_store.db_path"
-            ) from exc
-        try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            # NORMAL is durable across application crashes in WAL mode; only an OS crash may
-            # lose the last commits, which is the right price for a history store.
-            await conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                await conn.execute(statement)
-            async with conn.execute(f"PRAGMA table_info({_TABLE})") as cursor:
-                columns = {row[1] for row in await cursor.fetchall()}
-            if "owner" not in columns:  # a store written before owners were recorded: unowned rows
-                await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN owner TEXT")
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise UpstreamUnavailable(
-                f"cannot prepare the inference store at {str(db_path)!r}: {exc}; "
-                "is it a SQLite file of another program? Point inference_store.db_path elsewhere"
-            ) from exc
-        return cls(conn, db_path)
-
-    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        return UpstreamUnavailable(f"the inference store at {str(self._db_path)!r} failed: {exc}")
+        return cls(await SqliteDb.open(db_path, _SCHEMA, label="the inference store",
+                                       setting="inference_store.db_path", migrate=_add_owner))
 
     async def store(self, completion: dict[str, Any], input_messages: list[dict[str, Any]]) -> None:
         await self.store_many([(completion, input_messages)])
@@ -117,91 +83,25 @@ class SqliteInferenceStore:
             return
         async with self._write_lock:
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._conn.executemany(_UPSERT, rows)
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    await self._conn.execute("ROLLBACK")
-                    raise
+                async with self._db.use() as conn:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        await conn.executemany(_UPSERT, rows)
+                        await conn.execute("COMMIT")
+                    except BaseException:
+                        await conn.execute("ROLLBACK")
+                        raise
             except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
                 raise RejectedData(
-                    f"the inference store at {str(self._db_path)!r} refused a row: {exc}"
+                    f"the inference store {str(self._db.path)!r} refused a row: {exc}"
                 ) from exc
-            except sqlite3.Error as exc:
-                raise self._unavailable(exc) from exc
+
+    def _param(self, n: int) -> str:
+        return "?"
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        try:
-            async with self._conn.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from exc
-
-    async def list(
-        self,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        model: str | None = None,
-        order: str = "desc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        first: Cursor | None = None
-        if after is not None:
-            cursor_rows = await self._fetch(f"SELECT created FROM {_TABLE} WHERE id = ?", (after,))
-            if not cursor_rows:
-                raise unknown_cursor(after)
-            first = (cursor_rows[0][0], after)
-
-        async def fetch(cursor: Cursor | None, n: int) -> list[sqlite3.Row]:
-            where: list[str] = []
-            params: list[Any] = []
-            if model is not None:
-                where.append("model = ?")
-                params.append(model)
-            if cursor is not None:
-                # Row values order by (created, id), so rows that share a second neither repeat
-                # nor vanish between pages.
-                where.append("(created, id) " + ("<" if direction == "desc" else ">") + " (?, ?)")
-                params += [cursor[0], cursor[1]]
-            columns = "body, input_messages" if visible is None else "id, created, body, input_messages, owner"
-            sql = f"SELECT {columns} FROM {_TABLE}"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY created {direction}, id {direction} LIMIT ?"
-            params.append(n)
-            return await self._fetch(sql, params)
-
-        if visible is None:
-            return items_page(await fetch(first, limit + 1), limit)
-        return items_page(await filtered_rows(fetch, first, limit, visible), limit)
-
-    async def _owned(self, completion_id: str, columns: str, visible: Visible | None) -> Sequence[sqlite3.Row]:
-        rows = await self._fetch(f"SELECT {columns}, owner FROM {_TABLE} WHERE id = ?", (completion_id,))
-        # One the caller may not read is not found: never confirm it exists.
-        if rows and visible is not None and not visible(completion_id, rows[0][-1]):
-            return []
-        return rows
-
-    async def get(self, completion_id: str, visible: Visible | None = None) -> dict[str, Any]:
-        return one_item(await self._owned(completion_id, "body, input_messages", visible), completion_id)
-
-    async def messages(
-        self,
-        completion_id: str,
-        after: str | None = None,
-        limit: int = DEFAULT_LIMIT,
-        order: str = "asc",
-        visible: Visible | None = None,
-    ) -> dict[str, Any]:
-        direction = check_order(order)
-        limit = check_limit(limit)
-        rows = await self._owned(completion_id, "input_messages", visible)
-        if not rows:
-            raise not_found(completion_id)
-        return message_page(completion_id, orjson.loads(rows[0][0]), after, limit, direction)
+        async with self._db.use() as conn, conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._db.close()

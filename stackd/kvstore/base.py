@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from stackd.config.stores import SqliteStoreConfig, StoreConfig
+from stackd.config.stores import RedisStoreConfig, SqliteStoreConfig, StoreConfig
+from stackd.db.drivers import require_driver
 
 __all__ = ["KVStore", "open_kvstore"]
 
@@ -29,13 +30,18 @@ class KVStore(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_kvstore(config: StoreConfig, namespace: str = "") -> KVStore:
+async def open_kvstore(config: StoreConfig, namespace: str = "", *, section: str = "$.metadata_store") -> KVStore:
+    """Open (and create if needed) the store named by ``config``; ``section`` is its config path,
+    named in errors. Redis and PostgreSQL need their extras (:mod:`stackd.db.drivers`)."""
     if isinstance(config, SqliteStoreConfig):
         from stackd.kvstore.sqlite import SqliteKVStore
 
         return await SqliteKVStore.open(config.db_path, namespace)
-    from stackd.errors import NotImplementedByProvider
+    require_driver(config.type, section)
+    if isinstance(config, RedisStoreConfig):
+        from stackd.kvstore.redis import RedisKVStore
 
-    raise NotImplementedByProvider(
-        f"kvstore type {config.type!r} is not available in this build of stackd; use type: sqlite"
-    )
+        return await RedisKVStore.open(config, namespace, section=section)
+    from stackd.kvstore.postgres import PostgresKVStore
+
+    return await PostgresKVStore.open(config, namespace, section=section)

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
+from stackd.db.sqlite import store_failed
 from stackd.errors import UpstreamUnavailable
-from stackd.kvstore.sqlite import store_failed
 
 __all__ = ["StoreInUse", "StoreLock", "lock_store"]
 

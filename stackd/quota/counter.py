@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-__all__ = ["Counter", "Period", "PERIOD_SECONDS", "window_of"]
+__all__ = ["Counter", "Period", "PERIOD_SECONDS", "SWEEP_EVERY", "window_of"]
 
 Period = Literal["day", "hour", "minute"]
 
 PERIOD_SECONDS: dict[str, int] = {"day": 86400, "hour": 3600, "minute": 60}
+
+# Expired windows are deleted at most this often (seconds) where the store does not expire keys
+# itself (SQLite, PostgreSQL); a window holds a few rows per client.
+SWEEP_EVERY = 60.0
 
 
 def window_of(period: Period, now: float) -> tuple[int, int]:

@@ -12,12 +12,13 @@ import attrs
 
 from stackd.caller import Caller
 from stackd.config.schema import QuotaConfig
-from stackd.config.stores import SqliteStoreConfig
-from stackd.errors import QuotaExceeded, UpstreamUnavailable
+from stackd.config.stores import RedisStoreConfig, SqliteStoreConfig, StoreConfig
+from stackd.db.drivers import require_driver
+from stackd.errors import QuotaExceeded
 from stackd.quota.counter import Counter, Period
 from stackd.quota.sqlite import SqliteCounter
 
-__all__ = ["DEFAULT_AUTHENTICATED_MAX", "QuotaLimiter", "open_quota"]
+__all__ = ["DEFAULT_AUTHENTICATED_MAX", "QuotaLimiter", "open_counter", "open_quota"]
 
 DEFAULT_AUTHENTICATED_MAX = 1000
 
@@ -52,11 +53,21 @@ class QuotaLimiter:
         await self.counter.close()
 
 
+async def open_counter(store: StoreConfig) -> Counter:
+    if isinstance(store, SqliteStoreConfig):
+        return await SqliteCounter.open(store.db_path)
+    require_driver(store.type, "$.server.quota.kvstore")
+    if isinstance(store, RedisStoreConfig):
+        from stackd.quota.redis import RedisCounter
+
+        return await RedisCounter.open(store)
+    from stackd.quota.postgres import PostgresCounter
+
+    return await PostgresCounter.open(store)
+
+
 async def open_quota(config: QuotaConfig) -> QuotaLimiter:
-    store = config.kvstore
-    if not isinstance(store, SqliteStoreConfig):  # the loader refuses the others
-        raise UpstreamUnavailable(f"quota store type {store.type!r} is not available in this build")
-    counter = await SqliteCounter.open(store.db_path)
+    counter = await open_counter(config.kvstore)
     authenticated = config.authenticated_max_requests
     return QuotaLimiter(counter, config.period, config.anonymous_max_requests,
                         DEFAULT_AUTHENTICATED_MAX if authenticated is None else authenticated)
