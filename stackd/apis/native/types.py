@@ -54,11 +54,12 @@ __all__ = [
 
 # Value checks live on small NewTypes so the message lands on the field's own path.
 Temperature = Annotated[
-    float, Check(lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output")
+    float, Check(lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output",
+                 {"exclusiveMinimum": 0})
 ]
-TopP = Annotated[float, Check(lambda x: 0 < x <= 1, "a number in (0, 1]")]
-TopK = Annotated[int, Check(lambda x: x >= 1, "an integer of at least 1")]
-TokenCount = Annotated[int, Check(lambda x: x >= 0, "an integer of at least 0")]
+TopP = Annotated[float, Check(lambda x: 0 < x <= 1, "a number in (0, 1]", schema={"exclusiveMinimum": 0, "maximum": 1})]
+TopK = Annotated[int, Check(lambda x: x >= 1, "an integer of at least 1", schema={"minimum": 1})]
+TokenCount = Annotated[int, Check(lambda x: x >= 0, "an integer of at least 0", schema={"minimum": 0})]
 
 ToolPromptFormat = Literal["json", "function_tag", "python_list"]
 SystemMessageBehavior = Literal["append", "replace"]
