@@ -146,4 +146,6 @@ class Schemas:
             out["required"] = required
         if cls.__doc__:
             out["description"] = " ".join(cls.__doc__.split())
+        # What a class's own structure hook checks beyond its fields (exactly one of two, say).
+        out.update(getattr(cls, "json_schema_extra", {}))
         return out

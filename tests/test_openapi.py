@@ -80,7 +80,9 @@ async def test_errors_streams_bounds_and_unions(echo_config: Path) -> None:
     assert chat["responses"]["401"]["headers"]["WWW-Authenticate"]["required"] is True
     ok = chat["responses"]["200"]["content"]
     assert set(ok) == {"application/json", "text/event-stream"}
-    assert ok["text/event-stream"]["x-event-schema"]["anyOf"][1] == {"$ref": "#/components/schemas/StreamError"}
+    event = ok["text/event-stream"]["schema"]["properties"]["data"]
+    assert event["contentMediaType"] == "application/json"
+    assert event["contentSchema"]["anyOf"][1] == {"$ref": "#/components/schemas/StreamError"}
     assert schemas["ErrorBody"]["required"] == ["error"]
     # 409 where registering can conflict, and only there among the model routes.
     assert "409" in doc["paths"]["/v1/models"]["post"]["responses"]

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 import stackd
+from stackd.apis.models import ResourceId
 from stackd.apis.shapes import ErrorBody
 from stackd.schema import Schemas
 from stackd.server.keys import CONFIG, OPENAPI
@@ -26,7 +27,6 @@ from stackd.server.route_docs import RouteDoc, doc_of, documented
 __all__ = ["UndocumentedRoute", "build_document", "openapi_json", "operations"]
 
 _PARAM = re.compile(r"{(\w+)(?::[^}]*)?}")
-_ID_PARAM = {"type": "string", "minLength": 1}
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}, "required": True}},
     405: {"Allow": {"description": "the methods the path takes", "schema": {"type": "string"}}},
@@ -108,7 +108,9 @@ def _operation(op: Operation, schemas: Schemas, error_ref: dict[str, Any], secur
     out: dict[str, Any] = {"operationId": _operation_id(op.method, op.path), "summary": doc.summary,
                            "tags": [doc.tag]}
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": dict(_ID_PARAM)} for name in _PARAM.findall(op.path)
+        # Every path parameter is a resource id (a model, shield, provider or stored completion).
+        {"name": name, "in": "path", "required": True, "schema": schemas.schema(ResourceId)}
+        for name in _PARAM.findall(op.path)
     ]
     if doc.query is not None:
         hints = typing.get_type_hints(doc.query, include_extras=True)
@@ -126,11 +128,18 @@ def _operation(op: Operation, schemas: Schemas, error_ref: dict[str, Any], secur
                           "content": {"application/json": answer}}
     if doc.stream is not None:
         ok["description"] = "OK; with \"stream\": true, server-sent events (data: <event JSON>)"
-        ok["content"]["text/event-stream"] = {
-            "schema": {"type": "string"},
-            # OpenAPI 3.1 cannot say what each event holds; this extension does, as 3.2's itemSchema will.
-            "x-event-schema": schemas.schema(doc.stream),
-        }
+        # In OpenAPI 3.1 an event stream's schema describes one event (as schemathesis and 3.2's
+        # itemSchema read it); its data is JSON text, whose shape contentSchema gives.
+        ok["content"]["text/event-stream"] = {"schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "contentSchema": schemas.schema(doc.stream),
+                         "description": "one event as JSON; OpenAI routes end with the text [DONE]"},
+            },
+        }}
     responses: dict[str, Any] = {"200": ok}
     for status in sorted(doc.errors):
         responses[str(status)] = _error(status, error_ref)

@@ -13,7 +13,7 @@ fields are ignored (newer clients add fields; the converter does not forbid them
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import attrs
 import cattrs
@@ -161,6 +161,11 @@ class URL:
 @attrs.frozen
 class ImageSource:
     """``{"url": {"uri": ...}}`` or ``{"data": <base64>}``; exactly one is needed."""
+
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [{"required": ["url"], "not": {"required": ["data"]}},
+                  {"required": ["data"], "not": {"required": ["url"]}}],
+    }
 
     url: URL | None = None
     data: str | None = None
