@@ -29,8 +29,8 @@ __all__ = [
     "NativeCompletionResponse",
     "NativeCompletionStreamChunk",
     "NativeEmbeddingsResponse",
+    "OpenAIAnswer",
     "OpenAIChatCompletion",
-    "OpenAIChatCompletionChunk",
     "OpenAICompletion",
     "OpenAIEmbeddings",
     "ResourcePageQuery",
@@ -295,8 +295,9 @@ class RunShieldResponse:
 
 
 @attrs.frozen
-class OpenAIChatCompletion:
-    """A ``chat.completion`` as the upstream answered it (only ``model`` is stackd's)."""
+class OpenAIAnswer:
+    """A ``chat.completion``, ``chat.completion.chunk`` or ``text_completion`` as the upstream
+    answered it (only ``model`` is stackd's): the fields clients rely on, and any other."""
 
     id: str
     object: str
@@ -306,32 +307,8 @@ class OpenAIChatCompletion:
     usage: dict[str, Any] | None = None
 
 
-@attrs.frozen
-class OpenAIChatCompletionChunk:
-    id: str
-    object: str
-    choices: list[dict[str, Any]]
-    created: int | None = None
-    model: str | None = None
-    usage: dict[str, Any] | None = None
-
-
-OpenAIChatStreamChunk = OpenAIChatCompletionChunk | StreamError
-
-
-@attrs.frozen
-class OpenAICompletion:
-    """A ``text_completion`` as the upstream answered it."""
-
-    id: str
-    object: str
-    choices: list[dict[str, Any]]
-    created: int | None = None
-    model: str | None = None
-    usage: dict[str, Any] | None = None
-
-
-OpenAICompletionStreamChunk = OpenAICompletion | StreamError
+OpenAIChatCompletion = OpenAICompletion = OpenAIAnswer
+OpenAIChatStreamChunk = OpenAICompletionStreamChunk = OpenAIAnswer | StreamError
 
 
 @attrs.frozen
