@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -60,7 +60,7 @@ class Schemas:
             return {"type": "string", "enum": values} if all(isinstance(v, str) for v in values) else {"enum": values}
         if origin in (Union, types.UnionType):
             return self._union(get_args(tp))
-        if origin in (list, tuple, typing.Sequence) or origin is getattr(typing, "List", None):
+        if origin in (list, tuple, Sequence):
             args = get_args(tp)
             item = args[0] if args else Any
             return {"type": "array", "items": self.schema(item)}
