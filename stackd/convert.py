@@ -320,6 +320,9 @@ class Check:
     test: Callable[[Any], bool]
     wanted: str
     hint: str = ""
+    schema: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+    """The JSON Schema keywords ``test`` implies (``{"minimum": 1}``), for the OpenAPI document;
+    tests/test_openapi.py checks that values on either side of each bound get the same verdict."""
 
 
 @attrs.frozen

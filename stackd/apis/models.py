@@ -42,6 +42,9 @@ def is_resource_id(value: str) -> bool:
 ResourceId = Annotated[str, Check(
     is_resource_id,
     f"an id of 1 to {MAX_ID_CHARS} characters without control characters or leading/trailing spaces",
+    schema={"minLength": 1, "maxLength": MAX_ID_CHARS,
+            # The lookahead spans the whole string: "$" alone would let a trailing newline through.
+            "pattern": r"^(?![\s\S]*[\x00-\x1f\x7f-\x9f])\S(?:[\s\S]*\S)?$"},
 )]
 """A model, shield or provider id, as requests and config files give it."""
 

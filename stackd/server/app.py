@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,9 +11,9 @@ from aiohttp import web
 
 from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
-from stackd.errors import NotImplementedByProvider
+from stackd.errors import NotImplementedByProvider, UpstreamUnavailable
 from stackd.loading import LoadedConfig
-from stackd.server import routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
+from stackd.server import openapi, routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
 from stackd.server.client_address import ClientAddresses
 from stackd.server.errors import error_middleware, error_response, http_error, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
@@ -23,6 +24,7 @@ from stackd.server.keys import (
     CLIENT_ADDRESSES,
     CONFIG,
     DISCARD_BODY,
+    DRAINING,
     MAX_BODY,
     MAX_JSON_DEPTH,
     RATE_HEADERS,
@@ -34,7 +36,7 @@ from stackd.server.keys import (
 from stackd.server.live_streams import LiveStreams
 from stackd.stack import open_stack
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "drain_middleware"]
 
 log = logging.getLogger("stackd.server")
 
@@ -84,6 +86,36 @@ def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, H
     return middleware
 
 
+_CUT_BY_SHUTDOWN = ("the server is shutting down and this request did not finish within server.shutdown_grace; "
+                    "retry it")
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request is known while it runs, so a shutdown past its grace can answer it.
+
+    A request still running at the end of ``server.shutdown_grace`` is cancelled
+    (:meth:`LiveStreams.end_all`): a stream ends with its last frame (:mod:`stackd.server.sse`),
+    anything else is answered here with 503 and ``Connection: close`` instead of a dropped
+    connection. Any other cancellation (the client went away) goes on as before.
+    """
+    live = request.app[STREAMS]
+    task = asyncio.current_task()
+    assert task is not None
+    live.requests.add(task)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if not live.ended_by_shutdown(task) or task.cancelling() > 1:
+            raise
+        task.uncancel()
+        response = error_response(UpstreamUnavailable(_CUT_BY_SHUTDOWN))
+        response.force_close()
+        return response
+    finally:
+        live.requests.discard(task)
+
+
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     stack = request.app[STACK]
@@ -119,7 +151,7 @@ def create_app(
     which ``Host`` headers are answered when ``server.allowed_hosts`` is not set.
     """
     quiet_parser_errors()
-    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [drain_middleware, error_middleware]
     hosts = allowed_hosts(loaded.run.server.allowed_hosts, listen_host or loaded.run.server.host)
     if hosts is not None:
         middlewares.append(host_middleware(hosts))
@@ -134,6 +166,7 @@ def create_app(
     app[STALL_TIMEOUT] = float(loaded.run.server.stream_stall_timeout)
     app[BODY_TIMEOUT] = float(loaded.run.server.body_timeout)
     app[STREAMS] = LiveStreams()
+    app[DRAINING] = asyncio.Event()
     app[CLIENT_ADDRESSES] = ClientAddresses.of(loaded.run.server.trusted_proxies)
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -142,9 +175,11 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(stack_ctx)
+    app.on_startup.append(openapi.build_on_startup)
     app.on_response_prepare.append(send_request_id)
     app.on_response_prepare.append(send_rate_headers)
     for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes,
                   routes_moderations.routes):
         _add_routes(app, table)
+    app.router.add_get("/v1/openapi.json", openapi.openapi_json)
     return app

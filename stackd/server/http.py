@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -25,7 +24,7 @@ from stackd.errors import (
 from stackd.json_depth import deeper_than
 from stackd.server.keys import BODY_TIMEOUT, CALLER, DISCARD_BODY, MAX_BODY, MAX_JSON_DEPTH, REQUEST_ID
 
-__all__ = ["body_too_large", "context", "json_response", "provider_data", "read_json", "request_id", "served"]
+__all__ = ["body_too_large", "context", "json_response", "provider_data", "read_json", "request_id"]
 
 _JSON = "application/json"
 
@@ -214,16 +213,3 @@ def request_id(request: web.Request) -> str:
 async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every answer carries the id (JSON, streams and errors alike)."""
     response.headers["X-Request-ID"] = request_id(request)
-
-
-H = TypeVar("H", bound=Callable[..., Any])
-
-
-def served(api: str) -> Callable[[H], H]:
-    """Tag a handler with the API it serves, for /v1/inspect/routes."""
-
-    def mark(handler: H) -> H:
-        handler.stackd_api = api  # type: ignore[attr-defined]
-        return handler
-
-    return mark

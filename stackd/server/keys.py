@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -18,8 +19,10 @@ __all__ = [
     "CLIENT_ADDRESSES",
     "CONFIG",
     "DISCARD_BODY",
+    "DRAINING",
     "MAX_BODY",
     "MAX_JSON_DEPTH",
+    "OPENAPI",
     "RATE_HEADERS",
     "REQUEST_ID",
     "STACK",
@@ -45,3 +48,8 @@ STREAMS = web.AppKey("live_streams", LiveStreams)
 # Set on a request whose body was refused unread: the connection closes soon after the answer
 # instead of reading (and inflating) the rest (stackd.server.runner).
 DISCARD_BODY = web.RequestKey("discard_body", bool)
+# The OpenAPI document, serialised once at startup (stackd.server.openapi).
+OPENAPI = web.AppKey("openapi", bytes)
+# Set at the first SIGTERM/SIGINT, before anything else of the shutdown: readiness answers 503
+# from then on, and new work can tell the server is going away (stackd.server.runner).
+DRAINING = web.AppKey("draining", asyncio.Event)

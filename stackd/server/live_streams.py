@@ -1,4 +1,5 @@
-"""The streams being served, so that a shutdown can end them with a last frame instead of a cut."""
+"""The requests and streams being served, so that a shutdown past its grace ends each with an
+answer (a 503, or a stream's last frame) instead of a cut connection."""
 
 from __future__ import annotations
 
@@ -12,18 +13,22 @@ __all__ = ["LiveStreams"]
 
 @attrs.define
 class LiveStreams:
-    """Tasks serving a stream now. A task joins when its stream starts and leaves when it ends:
-    two set operations per stream, nothing per event."""
+    """Handler tasks in flight (``requests``) and those among them serving a stream (``tasks``).
+    A task joins when it starts and leaves when it ends: two set operations, nothing per event."""
 
     tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    requests: set[asyncio.Task[Any]] = attrs.field(factory=set)
     ending: set[asyncio.Task[Any]] = attrs.field(factory=set)
 
-    def end_all(self) -> int:
-        """Cancel every stream; :func:`stackd.server.sse.stream_sse` turns that into its last frame."""
-        for task in self.tasks - self.ending:
+    def end_all(self) -> tuple[int, int]:
+        """Cancel every request still running; :func:`stackd.server.sse.stream_sse` turns that into
+        a stream's last frame, :func:`stackd.server.app.drain_middleware` into a 503. Returns how
+        many streams and other requests were ended."""
+        for task in (self.tasks | self.requests) - self.ending:
             self.ending.add(task)
             task.cancel()
-        return len(self.ending)
+        streams = sum(1 for task in self.ending if task in self.tasks)
+        return streams, len(self.ending) - streams
 
     def ended_by_shutdown(self, task: asyncio.Task[Any]) -> bool:
         return task in self.ending

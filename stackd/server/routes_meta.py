@@ -9,11 +9,14 @@ from aiohttp import web
 
 import stackd
 from stackd.apis.responses import Health, ProviderInfo, RouteInfo, VersionInfo
+from stackd.apis.shapes import HealthAnswer, ProviderList, RouteList, VersionAnswer
+from stackd.apis.shapes import ProviderInfo as ProviderAnswer
 from stackd.convert import converter
 from stackd.errors import NotFound
 from stackd.routing import not_ready_reason
 from stackd.server.http import json_response
 from stackd.server.keys import CONFIG, STACK
+from stackd.server.route_docs import doc_of, documented
 
 __all__ = ["routes"]
 
@@ -21,6 +24,8 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/v1/health")
+@documented("Health of the server: OK once every provider is ready", answer=HealthAnswer, errors={503},
+            public=True)
 async def health(request: web.Request) -> web.Response:
     stack = request.app.get(STACK)
     if stack is None:
@@ -40,6 +45,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/version")
+@documented("The server's version", answer=VersionAnswer, public=True)
 async def version(request: web.Request) -> web.Response:
     return json_response(converter.unstructure(VersionInfo(stackd.__version__)))
 
@@ -73,6 +79,7 @@ async def _provider_info(request: web.Request, provider_id: str) -> dict[str, An
 
 
 @routes.get("/v1/providers")
+@documented("Every provider with its settings (secrets masked) and health", answer=ProviderList)
 async def list_providers(request: web.Request) -> web.Response:
     ids = list(request.app[CONFIG].providers)
     data = await asyncio.gather(*(_provider_info(request, pid) for pid in ids))
@@ -80,6 +87,7 @@ async def list_providers(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/providers/{provider_id}")
+@documented("One provider with its settings (secrets masked) and health", answer=ProviderAnswer, errors={404})
 async def get_provider(request: web.Request) -> web.Response:
     provider_id = request.match_info["provider_id"]
     if provider_id not in request.app[CONFIG].providers:
@@ -88,6 +96,7 @@ async def get_provider(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/inspect/routes")
+@documented("The routes served, with the provider types behind each", answer=RouteList)
 async def inspect_routes(request: web.Request) -> web.Response:
     loaded = request.app[CONFIG]
     types_by_api: dict[str, list[str]] = {}
@@ -102,7 +111,8 @@ async def inspect_routes(request: web.Request) -> web.Response:
         for route in resource:
             if route.method == "HEAD":
                 continue
-            api = route.handler.__dict__.get("stackd_api") if hasattr(route.handler, "__dict__") else None
+            doc = doc_of(route.handler)
+            api = doc.api if doc is not None else None
             data.append(converter.unstructure(RouteInfo(
                 route=path,
                 method=route.method,

@@ -6,15 +6,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from stackd.apis import moderations
-from stackd.server.http import context, json_response, read_json, served
+from stackd.apis.shapes import ModerationRequest, ModerationResponse
+from stackd.server.http import context, json_response, read_json
 from stackd.server.keys import STACK
+from stackd.server.route_docs import CALL_ERRORS, documented
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
 
-@served("safety")
+@documented("OpenAI moderation, answered by shields", body=ModerationRequest, answer=ModerationResponse,
+            errors=CALL_ERRORS, api="safety", tag="safety")
 async def moderate(request: web.Request) -> web.Response:
     body = await read_json(request)
     stack = request.app[STACK]

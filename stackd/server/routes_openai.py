@@ -12,12 +12,27 @@ from aiohttp import web
 
 from stackd.apis import openai
 from stackd.apis.models import MAX_ID_CHARS, is_resource_id
+from stackd.apis.shapes import (
+    ChatCompletionsPageQuery,
+    MessagesPageQuery,
+    OpenAIChatCompletion,
+    OpenAIChatRequest,
+    OpenAIChatStreamChunk,
+    OpenAICompletion,
+    OpenAICompletionRequest,
+    OpenAICompletionStreamChunk,
+    OpenAIEmbeddings,
+    OpenAIEmbeddingsRequest,
+    StoredCompletionList,
+    StoredMessageList,
+)
 from stackd.auth.policy import owner_from_json
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider
 from stackd.inference_store import InferenceStoreWriter
 from stackd.inference_store.api import DEFAULT_LIMIT, Visible
-from stackd.server.http import context, json_response, read_json, served
+from stackd.server.http import context, json_response, read_json
 from stackd.server.keys import CALLER, STACK
+from stackd.server.route_docs import CALL_ERRORS, ID_ERRORS, documented
 from stackd.server.sse import stream_sse
 
 __all__ = ["routes"]
@@ -37,25 +52,30 @@ async def _answer(request: web.Request, result: Any) -> web.StreamResponse:
     return await stream_sse(request, result, done=_wants_done(request))
 
 
-@served("inference")
+@documented("Chat completion (OpenAI); stored when an inference store is configured", body=OpenAIChatRequest,
+            answer=OpenAIChatCompletion, stream=OpenAIChatStreamChunk, errors=CALL_ERRORS, api="inference",
+            tag="openai")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     return await _answer(request, await openai.chat_completions(request.app[STACK].inference, body, context(request)))
 
 
-@served("inference")
+@documented("Text completion (OpenAI)", body=OpenAICompletionRequest, answer=OpenAICompletion,
+            stream=OpenAICompletionStreamChunk, errors=CALL_ERRORS, api="inference", tag="openai")
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     return await _answer(request, await openai.completions(request.app[STACK].inference, body, context(request)))
 
 
-@served("inference")
+@documented("Embeddings (OpenAI)", body=OpenAIEmbeddingsRequest, answer=OpenAIEmbeddings, errors=CALL_ERRORS,
+            api="inference", tag="openai")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     return json_response(await openai.embeddings(request.app[STACK].inference, body, context(request)))
 
 
-@served("inference")
+@documented("Stored chat completions the caller may read, a page at a time", answer=StoredCompletionList,
+            query=ChatCompletionsPageQuery, errors={400, 501}, api="inference", tag="openai")
 async def list_chat_completions(request: web.Request) -> web.Response:
     q = request.query
     result = await _store(request).list(
@@ -65,12 +85,14 @@ async def list_chat_completions(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@served("inference")
+@documented("One stored chat completion", answer=dict[str, Any], errors=ID_ERRORS | {501}, api="inference",
+            tag="openai")
 async def get_chat_completion(request: web.Request) -> web.Response:
     return json_response(await _store(request).get(_completion_id(request), visible=_visible(request)))
 
 
-@served("inference")
+@documented("The input messages of a stored chat completion, a page at a time", answer=StoredMessageList,
+            query=MessagesPageQuery, errors=ID_ERRORS | {501}, api="inference", tag="openai")
 async def get_chat_completion_messages(request: web.Request) -> web.Response:
     q = request.query
     result = await _store(request).messages(

@@ -8,10 +8,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from stackd.apis.models import Model, RegisterModelRequest, RegisterShieldRequest, Shield
+from stackd.apis.shapes import ModelAnswer, ModelList, ResourcePageQuery, ShieldAnswer, ShieldList
 from stackd.convert import structure
 from stackd.errors import BadRequest, FieldError, quote_id
 from stackd.server.http import json_response, read_json
 from stackd.server.keys import CALLER, STACK, STARTED_AT
+from stackd.server.route_docs import ID_ERRORS, documented
 
 __all__ = ["routes", "model_json"]
 
@@ -65,6 +67,8 @@ def _page(items: Sequence[R], query: Mapping[str, str]) -> tuple[Sequence[R], bo
 
 @routes.get("/v1/models")
 @routes.get("/v1/openai/v1/models")
+@documented("The models the caller may use (OpenAI's list and Llama Stack's in one)", answer=ModelList,
+            query=ResourcePageQuery, errors={400}, tag="models")
 async def list_models(request: web.Request) -> web.Response:
     models = await request.app[STACK].registry.list_models(request[CALLER])
     page, has_more = _page(models, request.query)
@@ -77,12 +81,15 @@ async def list_models(request: web.Request) -> web.Response:
 
 @routes.get("/v1/models/{model_id:.+}")
 @routes.get("/v1/openai/v1/models/{model_id:.+}")
+@documented("One model", answer=ModelAnswer, errors=ID_ERRORS, tag="models")
 async def get_model(request: web.Request) -> web.Response:
     model = await request.app[STACK].registry.get_model(request.match_info["model_id"], request[CALLER])
     return json_response(model_json(model, _created(request)))
 
 
 @routes.post("/v1/models")
+@documented("Register a model with a provider (checked against the upstream)", answer=ModelAnswer,
+            body=RegisterModelRequest, errors={404, 409, 502, 503, 504}, tag="models")
 async def register_model(request: web.Request) -> web.Response:
     body: RegisterModelRequest = structure(await read_json(request), RegisterModelRequest)
     model = await request.app[STACK].registry.register_model(
@@ -99,12 +106,14 @@ async def register_model(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/models/{model_id:.+}")
+@documented("Unregister a model", answer=None, errors=ID_ERRORS | {409}, tag="models")
 async def unregister_model(request: web.Request) -> web.Response:
     await request.app[STACK].registry.unregister_model(request.match_info["model_id"], request[CALLER])
     return json_response(None)
 
 
 @routes.get("/v1/shields")
+@documented("The shields the caller may use", answer=ShieldList, query=ResourcePageQuery, errors={400}, tag="shields")
 async def list_shields(request: web.Request) -> web.Response:
     shields = await request.app[STACK].registry.list_shields(request[CALLER])
     page, has_more = _page(shields, request.query)
@@ -115,12 +124,15 @@ async def list_shields(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/shields/{shield_id:.+}")
+@documented("One shield", answer=ShieldAnswer, errors=ID_ERRORS, tag="shields")
 async def get_shield(request: web.Request) -> web.Response:
     shield = await request.app[STACK].registry.get_shield(request.match_info["shield_id"], request[CALLER])
     return json_response(shield.to_json())
 
 
 @routes.post("/v1/shields")
+@documented("Register a shield with a safety provider", answer=ShieldAnswer, body=RegisterShieldRequest,
+            errors={404, 409, 502, 503, 504}, tag="shields")
 async def register_shield(request: web.Request) -> web.Response:
     body: RegisterShieldRequest = structure(await read_json(request), RegisterShieldRequest)
     shield = await request.app[STACK].registry.register_shield(
@@ -130,6 +142,7 @@ async def register_shield(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/shields/{shield_id:.+}")
+@documented("Unregister a shield", answer=None, errors=ID_ERRORS | {409}, tag="shields")
 async def unregister_shield(request: web.Request) -> web.Response:
     await request.app[STACK].registry.unregister_shield(request.match_info["shield_id"], request[CALLER])
     return json_response(None)

@@ -48,7 +48,7 @@ from aiohttp.web_request import BaseRequest
 from stackd.config.schema import ServerConfig
 from stackd.errors import RequestTimeout, StackdError
 from stackd.server.errors import error_response, http_error, parser_error
-from stackd.server.keys import DISCARD_BODY, STREAMS
+from stackd.server.keys import DISCARD_BODY, DRAINING, STREAMS
 
 __all__ = ["Limits", "StackdRunner", "bind", "fd_limit", "serve"]
 
@@ -355,6 +355,7 @@ async def serve(
     def on_signal() -> None:
         if stop.is_set():
             hurry.set()  # a second signal: no more grace
+        app[DRAINING].set()  # first, so readiness fails before anything else happens
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -381,6 +382,7 @@ async def serve(
 
 
 async def _drain(runner: StackdRunner, app: web.Application, grace: float, hurry: asyncio.Event) -> None:
+    app[DRAINING].set()
     for site in list(runner.sites):
         await site.stop()  # no new connections
     server = runner.server
@@ -391,10 +393,10 @@ async def _drain(runner: StackdRunner, app: web.Application, grace: float, hurry
     if busy:
         log.info("shutting down: waiting up to %g s (server.shutdown_grace) for %d request(s)", grace, busy)
     await _wait_idle(runner, grace, hurry)
-    ended = app[STREAMS].end_all()
-    if ended:
-        log.warning("shutting down: ended %d stream(s) still running after %g s (server.shutdown_grace)",
-                    ended, grace)
+    streams, requests = app[STREAMS].end_all()
+    if streams or requests:
+        log.warning("shutting down: ended %d stream(s) and answered 503 to %d request(s) still running after "
+                    "%g s (server.shutdown_grace)", streams, requests, grace)
         await _wait_idle(runner, _END_STREAMS_WAIT, asyncio.Event())
     left = runner.busy_connections()
     if left:

@@ -13,7 +13,7 @@ fields are ignored (newer clients add fields; the converter does not forbid them
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import attrs
 import cattrs
@@ -54,11 +54,12 @@ __all__ = [
 
 # Value checks live on small NewTypes so the message lands on the field's own path.
 Temperature = Annotated[
-    float, Check(lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output")
+    float, Check(lambda x: x > 0, "a number greater than 0", "; use strategy {type: greedy} for deterministic output",
+                 {"exclusiveMinimum": 0})
 ]
-TopP = Annotated[float, Check(lambda x: 0 < x <= 1, "a number in (0, 1]")]
-TopK = Annotated[int, Check(lambda x: x >= 1, "an integer of at least 1")]
-TokenCount = Annotated[int, Check(lambda x: x >= 0, "an integer of at least 0")]
+TopP = Annotated[float, Check(lambda x: 0 < x <= 1, "a number in (0, 1]", schema={"exclusiveMinimum": 0, "maximum": 1})]
+TopK = Annotated[int, Check(lambda x: x >= 1, "an integer of at least 1", schema={"minimum": 1})]
+TokenCount = Annotated[int, Check(lambda x: x >= 0, "an integer of at least 0", schema={"minimum": 0})]
 
 ToolPromptFormat = Literal["json", "function_tag", "python_list"]
 SystemMessageBehavior = Literal["append", "replace"]
@@ -160,6 +161,11 @@ class URL:
 @attrs.frozen
 class ImageSource:
     """``{"url": {"uri": ...}}`` or ``{"data": <base64>}``; exactly one is needed."""
+
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [{"required": ["url"], "not": {"required": ["data"]}},
+                  {"required": ["data"], "not": {"required": ["url"]}}],
+    }
 
     url: URL | None = None
     data: str | None = None
