@@ -231,7 +231,8 @@ async def test_event_loop_stays_free_during_generation(provider: LlamaCppInferen
     finally:
         ticker.cancel()
     assert len(gaps) > 10
-    assert max(gaps) < 0.1
+    # Blocking on the generation would stall the loop for all 30 tokens (~0.4 s).
+    assert max(gaps) < 0.3
 
 
 # -- cancellation -----------------------------------------------------------------------------
@@ -249,6 +250,10 @@ def _endless(provider: LlamaCppInference, **extra: Any) -> dict[str, Any]:
     }
 
 
+# Uncancelled, the endless request runs 900 tokens: about 11 s at this machine's 83 tokens/s.
+FOLLOWUP_BOUND = 5.0
+
+
 async def _quick_followup_seconds(provider: LlamaCppInference) -> float:
     started = time.monotonic()
     result = await provider.openai_completion({"model": LLM, "prompt": "Hi", "max_tokens": 1}, CTX)
@@ -264,8 +269,9 @@ async def test_closing_a_stream_stops_generation(provider: LlamaCppInference) ->
         if received == 3:
             break
     await stream.aclose()  # type: ignore[union-attr]
-    # The model's single worker is free again almost at once, not after 900 tokens.
-    assert await _quick_followup_seconds(provider) < 1.5
+    # The model's single worker is free again almost at once, not after 900 tokens (~11 s here;
+    # the bound leaves room for a loaded 2-core machine, where the follow-up alone may take 2 s).
+    assert await _quick_followup_seconds(provider) < FOLLOWUP_BOUND
     assert stream.stats.completion_tokens < 20  # type: ignore[union-attr]
 
 
@@ -275,7 +281,7 @@ async def test_cancelling_a_request_stops_generation(provider: LlamaCppInference
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _quick_followup_seconds(provider) < 1.5
+    assert await _quick_followup_seconds(provider) < FOLLOWUP_BOUND
 
 
 # -- embeddings -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -240,29 +241,35 @@ def test_a_worker_never_outlives_its_server(tmp_path: Any) -> None:
 
 async def test_the_event_loop_never_waits_on_a_busy_worker() -> None:
     provider = await _provider()
-    gaps: list[float] = []
-    stop = asyncio.Event()
 
-    async def tick() -> None:
+    async def ticks(until: Callable[[], bool]) -> list[float]:
+        gaps: list[float] = []
         last = time.monotonic()
-        while not stop.is_set():
+        while not until():
             await asyncio.sleep(0.005)
             now = time.monotonic()
             gaps.append(now - last)
             last = now
+        return gaps
 
     try:
-        ticker = asyncio.create_task(tick())
+        stop = asyncio.Event()
+        ticker = asyncio.create_task(ticks(stop.is_set))
+        started = time.monotonic()
         stream = await provider.openai_completion(_endless(provider, stream=True, max_tokens=60), CTX)
         chunks = [c async for c in stream]  # type: ignore[union-attr]
+        busy = time.monotonic() - started
         stop.set()
-        await ticker
+        gaps = await ticker
         assert len(chunks) >= 60
+        # The same ticker with the worker idle, for as long, on the same (possibly loaded) machine.
+        end = time.monotonic() + busy
+        idle = await ticks(lambda: time.monotonic() >= end)
         # A loop that waited on the worker would stall for the whole generation (~1 s), or for each
-        # token; on a shared 2-core machine the worker's threads alone may delay a tick now and
-        # then, so single gaps get more room than the bulk of them.
+        # token (~12 ms of every ~17 ms tick: a third of the idle rate). Single gaps get room for a
+        # shared 2-core machine; the tick rate is compared with the idle one, not with a constant.
         assert max(gaps) < 0.5
-        assert sorted(gaps)[int(len(gaps) * 0.95)] < 0.015
+        assert len(gaps) >= 0.6 * len(idle), (len(gaps), len(idle))
     finally:
         await provider.close()
 
