@@ -108,6 +108,17 @@ class SqliteCounter:
         assert row is not None, "RETURNING gives one row"
         return int(row[0]), float(end)
 
+    async def ping(self) -> None:
+        db = self._db or await self._connect()
+        try:
+            async with db.execute("SELECT count(*) FROM sqlite_master") as cursor:
+                await cursor.fetchone()
+        except sqlite3.Error as exc:
+            if not _transient(exc):
+                self._db = None
+                await _close_quietly(db)
+            raise UpstreamUnavailable(f"the quota store {str(self._path)!r} cannot be read: {exc}") from exc
+
     async def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:

@@ -10,6 +10,7 @@ from stackd.caller import Caller
 from stackd.loading import LoadedConfig
 from stackd.server.client_address import ClientAddresses
 from stackd.server.live_streams import LiveStreams
+from stackd.server.readiness import Lifecycle
 from stackd.stack import Stack
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "CLIENT_ADDRESSES",
     "CONFIG",
     "DISCARD_BODY",
+    "LIFECYCLE",
     "MAX_BODY",
     "MAX_JSON_DEPTH",
     "RATE_HEADERS",
@@ -45,3 +47,5 @@ STREAMS = web.AppKey("live_streams", LiveStreams)
 # Set on a request whose body was refused unread: the connection closes soon after the answer
 # instead of reading (and inflating) the rest (stackd.server.runner).
 DISCARD_BODY = web.RequestKey("discard_body", bool)
+# Whether the server is draining (set when SIGTERM starts the shutdown): readiness fails at once.
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

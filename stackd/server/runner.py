@@ -48,7 +48,7 @@ from aiohttp.web_request import BaseRequest
 from stackd.config.schema import ServerConfig
 from stackd.errors import RequestTimeout, StackdError
 from stackd.server.errors import error_response, http_error, parser_error
-from stackd.server.keys import DISCARD_BODY, STREAMS
+from stackd.server.keys import DISCARD_BODY, LIFECYCLE, STREAMS
 
 __all__ = ["Limits", "StackdRunner", "bind", "fd_limit", "serve"]
 
@@ -381,6 +381,7 @@ async def serve(
 
 
 async def _drain(runner: StackdRunner, app: web.Application, grace: float, hurry: asyncio.Event) -> None:
+    app[LIFECYCLE].draining = True  # /v1/health/ready answers 503 from now on
     for site in list(runner.sites):
         await site.stop()  # no new connections
     server = runner.server
