@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 __all__ = [
     "CONTENT_TYPE",
@@ -45,7 +45,8 @@ __all__ = [
     "worker_restart",
 ]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The text format generate_latest writes; every Prometheus (and most scrapers) reads it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 MAX_MODEL_LABELS = 500
 
