@@ -216,13 +216,17 @@ def _level(text: str) -> str:
     return level
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stackd", description="A fast Llama-Stack-style API server.")
-    parser.add_argument("--log-level", type=_level, default=os.environ.get("STACKD_LOG_LEVEL", "INFO"),
+def _log_options(parser: argparse.ArgumentParser, level: str, fmt: str) -> None:
+    parser.add_argument("--log-level", type=_level, default=level,
                         help="DEBUG, INFO, WARNING or ERROR (default: $STACKD_LOG_LEVEL, else INFO)")
-    parser.add_argument("--log-format", choices=FORMATS, default=os.environ.get("STACKD_LOG_FORMAT", "auto"),
+    parser.add_argument("--log-format", choices=FORMATS, default=fmt,
                         help="json (one object a line), text, or auto: text on a terminal, else json "
                              "(default: $STACKD_LOG_FORMAT, else auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stackd", description="A fast Llama-Stack-style API server.")
+    _log_options(parser, os.environ.get("STACKD_LOG_LEVEL", "INFO"), os.environ.get("STACKD_LOG_FORMAT", "auto"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve a run config (the starter when none is given)")
@@ -234,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start without the APIs whose plugins are not installed (their routes answer 501)")
     serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
                        help="one log line per request (default: server.access_log, which is on)")
+    # Also after the command (`stackd serve --log-format json`); unset there, the global value stands.
+    _log_options(serve, argparse.SUPPRESS, argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a run config without starting anything")
