@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -118,9 +119,16 @@ class OAuth2TokenAuthenticator:
             self._session = None
         self._verified.clear()
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         """For readiness: the JWKS's last fetch. Keys fetched before a failed recheck still
-        verify tokens (stale keys beat no keys), so only "no keys at all" is an error."""
+        verify tokens (stale keys beat no keys), so only "no keys at all" is an error.
+
+        Keys are fetched on first use; a server nobody called yet fetches them here, so that
+        it can become ready before its first request (no more often than min_refetch_interval).
+        """
+        if self._keys is None and time.monotonic() - self._last_fetch >= float(self._jwks.min_refetch_interval):
+            with contextlib.suppress(UpstreamUnavailable):
+                await self._fetch.run(b"jwks", self._load)
         if self._keys is None:
             message = self._last_fetch_error or "the JWKS has not been fetched yet"
             return {"status": "Error", "message": f"{message} ({self._jwks.uri})"}

@@ -9,6 +9,7 @@ import contextlib
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -48,6 +49,7 @@ class SqliteCounter:
         self._db: aiosqlite.Connection | None = None
         self._opening = asyncio.Lock()
         self._next_sweep = 0.0
+        self._pinging: asyncio.Future[Any] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteCounter:
@@ -109,15 +111,29 @@ class SqliteCounter:
         return int(row[0]), float(end)
 
     async def ping(self) -> None:
+        """Take the write lock and give it back, counting nothing: what a hit needs (in WAL mode
+        a read would pass while another process holds the lock). One script, so no hit of this
+        connection can run inside the empty transaction."""
+        if self._pinging is not None:
+            # The last ping still waits on the lock (a probe gave up on it): no second one queued
+            # behind it, so probes of a locked store cannot pile up in the connection's thread.
+            raise UpstreamUnavailable(f"the quota store {str(self._path)!r} is still locked")
         db = self._db or await self._connect()
+        job = asyncio.ensure_future(db.executescript("BEGIN IMMEDIATE; ROLLBACK;"))
+        self._pinging = job
+        job.add_done_callback(self._pinged)
         try:
-            async with db.execute("SELECT count(*) FROM sqlite_master") as cursor:
-                await cursor.fetchone()
+            await asyncio.shield(job)
         except sqlite3.Error as exc:
             if not _transient(exc):
                 self._db = None
                 await _close_quietly(db)
-            raise UpstreamUnavailable(f"the quota store {str(self._path)!r} cannot be read: {exc}") from exc
+            raise UpstreamUnavailable(f"the quota store {str(self._path)!r} cannot be written: {exc}") from exc
+
+    def _pinged(self, job: asyncio.Future[Any]) -> None:
+        self._pinging = None
+        if not job.cancelled():
+            job.exception()  # seen: a ping its prober gave up on may fail unawaited
 
     async def close(self) -> None:
         db, self._db = self._db, None
