@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from stackd import metrics
+from stackd.logs import access_sink
 from stackd.observe import Observation, current
 from stackd.server.http import request_id
 
@@ -39,8 +40,11 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def access_middleware(*, log_lines: bool) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The middleware; ``log_lines=False`` keeps the metrics and drops the access line."""
+def access_middleware(*, log_lines: bool, count: bool = True,
+                      ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The middleware. ``count=False`` (``server.metrics.enabled: false``) records no metrics,
+    ``log_lines=False`` writes no access line; the request's observation (its id on every log
+    line) stays either way."""
     in_flight = metrics.IN_FLIGHT
     # Read per request: the level can change at run time (a test, an operator's debugger).
     wants_line = log.isEnabledFor
@@ -49,7 +53,8 @@ def access_middleware(*, log_lines: bool) -> Callable[[web.Request, Handler], Aw
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         obs = Observation(request_id(request))
         token = current.set(obs)
-        in_flight.inc()
+        if count:
+            in_flight.inc()
         status = 500
         response: web.StreamResponse | None = None
         try:
@@ -63,13 +68,14 @@ def access_middleware(*, log_lines: bool) -> Callable[[web.Request, Handler], Aw
             status = exc.status
             raise
         finally:
-            in_flight.dec()
             elapsed = time.perf_counter() - obs.started
             route = _route(request)
-            method = request.method if request.method in _METHODS else metrics.OTHER
-            metrics.http_requests(route, method, str(status)).inc()
-            metrics.http_duration(route, method).observe(elapsed)
-            _model_metrics(obs)
+            if count:
+                in_flight.dec()
+                method = request.method if request.method in _METHODS else metrics.OTHER
+                metrics.http_requests(route, method, str(status)).inc()
+                metrics.http_duration(route, method).observe(elapsed)
+                _model_metrics(obs)
             if log_lines and wants_line(logging.INFO):
                 _line(request, obs, route, status, response, elapsed)
             current.reset(token)
@@ -97,7 +103,7 @@ def _line(request: web.Request, obs: Observation, route: str, status: int, respo
         size = response.body_length
     else:
         size = response.content_length or 0
-    log.info("%s %s %d", request.method, route, status, extra={"request_id": obs.request_id, "fields": {
+    fields = {
         "method": request.method,
         "route": route,
         "status": status,
@@ -110,7 +116,12 @@ def _line(request: web.Request, obs: Observation, route: str, status: int, respo
         "tokens_out": obs.tokens_out,
         "principal": obs.principal,
         "client": request.remote,
-    }})
+    }
+    sink = access_sink()
+    if sink is not None:
+        sink(obs.request_id, f"{request.method} {route} {status}", fields)
+    else:
+        log.info("%s %s %d", request.method, route, status, extra={"request_id": obs.request_id, "fields": fields})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

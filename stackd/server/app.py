@@ -129,7 +129,7 @@ def create_app(
     # Outermost: it sees the answer the error middleware made of any failure, and every line
     # logged further in carries the request id.
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
-        access_middleware(log_lines=log_lines), error_middleware]
+        access_middleware(log_lines=log_lines, count=server.metrics.enabled), error_middleware]
     hosts = allowed_hosts(loaded.run.server.allowed_hosts, listen_host or loaded.run.server.host)
     if hosts is not None:
         middlewares.append(host_middleware(hosts))
