@@ -177,3 +177,19 @@ def test_log_options_are_checked(run_cli: Any, args: list[str], env: dict[str, s
     result = run_cli(*args, "version", env=env)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_auto_is_text_on_a_terminal_and_json_elsewhere(tmp_path: Path) -> None:
+    import os
+
+    from stackd.logs import resolve_format
+
+    master, replica = os.openpty()
+    try:
+        with open(replica, "w", closefd=False) as tty, open(tmp_path / "log", "w") as file:
+            assert resolve_format("auto", tty) == "text"
+            assert resolve_format("auto", file) == "json"
+            assert resolve_format("json", tty) == "json" and resolve_format("text", file) == "text"
+    finally:
+        os.close(replica)
+        os.close(master)
