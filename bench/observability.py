@@ -99,6 +99,7 @@ async def _micro_run(n: int, repeats: int) -> dict[str, float]:
 
     from stackd import logs
     from stackd.server.access import access_middleware
+    from stackd.server.live_streams import InFlight
 
     answer = web.Response(body=b'{"ok": true}', content_type="application/json")
 
@@ -115,11 +116,12 @@ async def _micro_run(n: int, repeats: int) -> dict[str, float]:
         logs.configure("INFO", "json", out)
         sink = logs.access_sink()
         assert sink is not None
-        logged = _bound(access_middleware(log_lines=True, count=True), handler)
+        logged = _bound(access_middleware(log_lines=True, count=True, in_flight=InFlight()), handler)
         variants: dict[str, tuple[Any, int]] = {
             "bare handler": (handler, 0),
-            "observation only": (_bound(access_middleware(log_lines=False, count=False), handler), 0),
-            "metrics": (_bound(access_middleware(log_lines=False, count=True), handler), 0),
+            "observation only": (_bound(access_middleware(log_lines=False, count=False, in_flight=InFlight()),
+                                        handler), 0),
+            "metrics": (_bound(access_middleware(log_lines=False, count=True, in_flight=InFlight()), handler), 0),
             # Lines are written once per event-loop turn: one a turn when idle, many under load.
             "metrics+log, 1 line per write": (logged, 1),
             "metrics+log, 16 lines per write": (logged, 16),

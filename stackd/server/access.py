@@ -9,9 +9,10 @@ never reach the app: the runner logs those (stackd.server.runner).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,8 +20,10 @@ from stackd import metrics
 from stackd.logs import access_sink
 from stackd.observe import Observation, current
 from stackd.server.http import request_id
+from stackd.server.keys import IN_FLIGHT, STREAMS
+from stackd.server.live_streams import InFlight
 
-__all__ = ["access_middleware", "metrics_handler"]
+__all__ = ["access_middleware", "metrics_handler", "sample", "sample_every_second"]
 
 log = logging.getLogger("stackd.access")
 
@@ -40,12 +43,11 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def access_middleware(*, log_lines: bool, count: bool = True,
+def access_middleware(*, log_lines: bool, in_flight: InFlight, count: bool = True,
                       ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """The middleware. ``count=False`` (``server.metrics.enabled: false``) records no metrics,
     ``log_lines=False`` writes no access line; the request's observation (its id on every log
     line) stays either way."""
-    in_flight = metrics.IN_FLIGHT
     # Read per request: the level can change at run time (a test, an operator's debugger).
     wants_line = log.isEnabledFor
 
@@ -53,8 +55,7 @@ def access_middleware(*, log_lines: bool, count: bool = True,
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         obs = Observation(request_id(request))
         token = current.set(obs)
-        if count:
-            in_flight.inc()
+        in_flight.n += 1
         status = 500
         response: web.StreamResponse | None = None
         try:
@@ -68,10 +69,10 @@ def access_middleware(*, log_lines: bool, count: bool = True,
             status = exc.status
             raise
         finally:
+            in_flight.n -= 1
             elapsed = time.perf_counter() - obs.started
             route = _route(request)
             if count:
-                in_flight.dec()
                 method = request.method if request.method in _METHODS else metrics.OTHER
                 metrics.http_requests(route, method, str(status)).inc()
                 metrics.http_duration(route, method).observe(elapsed)
@@ -124,8 +125,34 @@ def _line(request: web.Request, obs: Observation, route: str, status: int, respo
         log.info("%s %s %d", request.method, route, status, extra={"request_id": obs.request_id, "fields": fields})
 
 
+def sample(app: web.Application) -> None:
+    """Set the in-flight gauges from the app's own counts (requests, live streams)."""
+    metrics.IN_FLIGHT.set(app[IN_FLIGHT].n)
+    metrics.STREAMS.set(len(app[STREAMS].tasks))
+
+
+async def sample_every_second(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx`` in multiprocess mode: the scrape may be answered by another process, which
+    reads this one's gauges from its file, so they are kept fresh (one timer a second)."""
+    if not metrics.multiprocess():
+        yield
+        return
+
+    async def run() -> None:
+        while True:
+            sample(app)
+            await asyncio.sleep(1.0)
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics`` (``server.metrics.path``): every stackd metric, in Prometheus text format."""
+    sample(request.app)
     # Rendering is synchronous (a few hundred series: well under a millisecond; in multiprocess
     # mode a read of small mmapped files).
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})

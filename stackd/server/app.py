@@ -13,7 +13,7 @@ from stackd.apis.known import PROVIDER_APIS
 from stackd.errors import NotImplementedByProvider
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
-from stackd.server.access import access_middleware, metrics_handler
+from stackd.server.access import access_middleware, metrics_handler, sample_every_second
 from stackd.server.client_address import ClientAddresses
 from stackd.server.errors import error_middleware, error_response, http_error, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
@@ -24,6 +24,7 @@ from stackd.server.keys import (
     CLIENT_ADDRESSES,
     CONFIG,
     DISCARD_BODY,
+    IN_FLIGHT,
     LIFECYCLE,
     MAX_BODY,
     MAX_JSON_DEPTH,
@@ -33,7 +34,7 @@ from stackd.server.keys import (
     STARTED_AT,
     STREAMS,
 )
-from stackd.server.live_streams import LiveStreams
+from stackd.server.live_streams import InFlight, LiveStreams
 from stackd.server.readiness import Lifecycle
 from stackd.stack import open_stack
 
@@ -128,8 +129,9 @@ def create_app(
     log_lines = server.access_log if access_log is None else access_log
     # Outermost: it sees the answer the error middleware made of any failure, and every line
     # logged further in carries the request id.
+    in_flight = InFlight()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
-        access_middleware(log_lines=log_lines, count=server.metrics.enabled), error_middleware]
+        access_middleware(log_lines=log_lines, in_flight=in_flight, count=server.metrics.enabled), error_middleware]
     hosts = allowed_hosts(loaded.run.server.allowed_hosts, listen_host or loaded.run.server.host)
     if hosts is not None:
         middlewares.append(host_middleware(hosts))
@@ -146,6 +148,7 @@ def create_app(
     app[STREAMS] = LiveStreams()
     app[CLIENT_ADDRESSES] = ClientAddresses.of(loaded.run.server.trusted_proxies)
     app[LIFECYCLE] = Lifecycle()
+    app[IN_FLIGHT] = in_flight
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_stack(loaded, gate=gate) as stack:
@@ -153,6 +156,8 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(stack_ctx)
+    if server.metrics.enabled:
+        app.cleanup_ctx.append(sample_every_second)
     app.on_response_prepare.append(send_request_id)
     app.on_response_prepare.append(send_rate_headers)
     for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes,

@@ -9,7 +9,7 @@ from aiohttp import web
 from stackd.caller import Caller
 from stackd.loading import LoadedConfig
 from stackd.server.client_address import ClientAddresses
-from stackd.server.live_streams import LiveStreams
+from stackd.server.live_streams import InFlight, LiveStreams
 from stackd.server.readiness import Lifecycle
 from stackd.stack import Stack
 
@@ -19,6 +19,7 @@ __all__ = [
     "CLIENT_ADDRESSES",
     "CONFIG",
     "DISCARD_BODY",
+    "IN_FLIGHT",
     "LIFECYCLE",
     "MAX_BODY",
     "MAX_JSON_DEPTH",
@@ -49,3 +50,5 @@ STREAMS = web.AppKey("live_streams", LiveStreams)
 DISCARD_BODY = web.RequestKey("discard_body", bool)
 # Whether the server is draining (set when SIGTERM starts the shutdown): readiness fails at once.
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+# Requests being served now (the in-flight gauge reads it when scraped).
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

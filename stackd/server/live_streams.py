@@ -1,4 +1,5 @@
-"""The streams being served, so that a shutdown can end them with a last frame instead of a cut."""
+"""What is being served: the streams, so that a shutdown can end them with a last frame instead of
+a cut, and the count of requests, for the in-flight gauge."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ from typing import Any
 
 import attrs
 
-__all__ = ["LiveStreams"]
+__all__ = ["InFlight", "LiveStreams"]
+
+
+class InFlight:
+    """Requests being served: a plain count (two integer operations a request), read into the
+    in-flight gauge when it is scraped (stackd.server.access.sample); a gauge's own inc/dec
+    take a lock each."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
 
 
 @attrs.define

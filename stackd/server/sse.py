@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from stackd import metrics
 from stackd.apis.inference import close_stream
 from stackd.errors import StackdError
 from stackd.server.keys import STALL_TIMEOUT, STREAMS
@@ -52,7 +51,6 @@ async def stream_sse(
     task = asyncio.current_task()
     assert task is not None
     live.tasks.add(task)
-    metrics.STREAMS.inc()
     try:
         await _stream(request, events, encode, write, done)
         await response.write_eof()
@@ -72,7 +70,6 @@ async def stream_sse(
         await _last_frame(response, _SHUTDOWN)
     finally:
         live.tasks.discard(task)
-        metrics.STREAMS.dec()
     return response
 
 
