@@ -20,7 +20,7 @@ from stackd import metrics
 from stackd.logs import access_sink
 from stackd.observe import Observation, current
 from stackd.server.http import request_id
-from stackd.server.keys import IN_FLIGHT, STREAMS
+from stackd.server.keys import CLIENT_ADDRESSES, IN_FLIGHT, STREAMS
 from stackd.server.live_streams import InFlight
 
 __all__ = ["access_middleware", "metrics_handler", "sample", "sample_every_second"]
@@ -116,7 +116,8 @@ def _line(request: web.Request, obs: Observation, route: str, status: int, respo
         "tokens_in": obs.tokens_in,
         "tokens_out": obs.tokens_out,
         "principal": obs.principal,
-        "client": request.remote,
+        # Behind a trusted proxy, the client it names (server.trusted_proxies), as quotas count it.
+        "client": request.app[CLIENT_ADDRESSES].client(request.remote, request.headers),
     }
     sink = access_sink()
     if sink is not None:
