@@ -99,6 +99,8 @@ async def _micro_run(n: int, repeats: int) -> dict[str, float]:
 
     from stackd import logs
     from stackd.server.access import access_middleware
+    from stackd.server.client_address import ClientAddresses
+    from stackd.server.keys import CLIENT_ADDRESSES
     from stackd.server.live_streams import InFlight
 
     answer = web.Response(body=b'{"ok": true}', content_type="application/json")
@@ -108,9 +110,13 @@ async def _micro_run(n: int, repeats: int) -> dict[str, float]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
+    app[CLIENT_ADDRESSES] = ClientAddresses.of([])
     request = make_mocked_request("POST", "/v1/chat/completions", app=app,
                                   headers={"X-Request-ID": "bench-request-id"})
-    request._match_info = await app.router.resolve(request)  # the route template, as in a server
+    info = await app.router.resolve(request)  # the route template and the app, as in a server
+    info.add_app(app)
+    info.freeze()
+    request._match_info = info
 
     with tempfile.NamedTemporaryFile("w", prefix="stackd-access-", suffix=".log") as out:
         logs.configure("INFO", "json", out)
