@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from bench import peers
-from bench.procs import Server, cpu_seconds, free_port, start_server
+from bench.procs import Server, free_port, loadgen_phase, start_server
 
 __all__ = ["main"]
 
@@ -61,27 +60,10 @@ def _measure(server: Server, upstream: Server, token: str | None, args: argparse
             "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
     if token:
         argv += ["--bearer", token]
-    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert gen.stdin is not None and gen.stdout is not None
-    try:
-        warm = json.loads(gen.stdout.readline() or "{}")
-        if not warm.get("ok") or warm.get("errors"):
-            raise RuntimeError(f"{server.name}: the warm-up failed: {warm}\n{server.log_tail()}")
-        srv0, up0 = cpu_seconds(server.pid), cpu_seconds(upstream.pid)
-        gen.stdin.write("go\n")
-        gen.stdin.flush()
-        done = json.loads(gen.stdout.readline() or "{}")
-        srv1, up1 = cpu_seconds(server.pid), cpu_seconds(upstream.pid)
-        gen.wait(timeout=30)
-    finally:
-        if gen.poll() is None:
-            gen.kill()
-            gen.wait()
-    ok = int(done.get("ok") or 0)
-    if not ok or done.get("errors"):
-        raise RuntimeError(f"{server.name}: {done}")
+    done, (srv, up) = loadgen_phase(argv, server, [server.pid, upstream.pid])
+    ok = int(done["ok"])
     return {"target": server.name, "ok": ok, "rps": done["rps"], "p50_ms": done["p50_ms"],
-            "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / ok, "upstream_cpu_ms_per_req": (up1 - up0) * 1000 / ok}
+            "server_cpu_ms_per_req": srv * 1000 / ok, "upstream_cpu_ms_per_req": up * 1000 / ok}
 
 
 def main(argv: list[str] | None = None) -> int:

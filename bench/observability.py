@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.procs import Server, cpu_seconds, free_port, start_server
+from bench.procs import Server, free_port, loadgen_phase, start_server
 
 __all__ = ["main"]
 
@@ -67,27 +66,10 @@ def _measure(server: Server, stream: bool, args: argparse.Namespace) -> dict[str
             "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
     if stream:
         argv.append("--stream")
-    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert gen.stdin is not None and gen.stdout is not None
-    try:
-        warm = json.loads(gen.stdout.readline() or "{}")
-        if not warm.get("ok") or warm.get("errors"):
-            raise RuntimeError(f"{server.name}: the warm-up failed: {warm}\n{server.log_tail()}")
-        srv0 = cpu_seconds(server.pid)
-        gen.stdin.write("go\n")
-        gen.stdin.flush()
-        done = json.loads(gen.stdout.readline() or "{}")
-        srv1 = cpu_seconds(server.pid)
-        gen.wait(timeout=30)
-    finally:
-        if gen.poll() is None:
-            gen.kill()
-            gen.wait()
-    ok = int(done.get("ok") or 0)
-    if not ok or done.get("errors"):
-        raise RuntimeError(f"{server.name}: {done}")
+    done, (srv,) = loadgen_phase(argv, server, [server.pid])
+    ok = int(done["ok"])
     return {"target": server.name, "mode": "stream" if stream else "non-stream", "ok": ok, "rps": done["rps"],
-            "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / ok}
+            "server_cpu_ms_per_req": srv * 1000 / ok}
 
 
 async def _micro_run(n: int, repeats: int) -> dict[str, float]:
