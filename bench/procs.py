@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,10 +11,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
-__all__ = ["Server", "cpu_seconds", "free_port", "rss_mb", "peak_rss_mb", "start_server"]
+__all__ = ["Server", "cpu_seconds", "free_port", "loadgen_phase", "rss_mb", "peak_rss_mb", "start_server"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -116,3 +118,27 @@ def start_server(
         time.sleep(0.01)
     server.stop()
     raise RuntimeError(f"{name} was not healthy at {url}{health_path} after {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def loadgen_phase(argv: Sequence[str], server: Server, pids: Sequence[int]) -> tuple[dict[str, Any], list[float]]:
+    """Run ``bench/loadgen.py`` (``argv``): its warm-up, then the measured phase, with the CPU
+    seconds each of ``pids`` spent exactly around that phase. Fails on a warm-up or phase error."""
+    gen = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert gen.stdin is not None and gen.stdout is not None
+    try:
+        warm = json.loads(gen.stdout.readline() or "{}")
+        if not warm.get("ok") or warm.get("errors"):
+            raise RuntimeError(f"{server.name}: the warm-up failed: {warm}\n{server.log_tail()}")
+        before = [cpu_seconds(pid) for pid in pids]
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        done = json.loads(gen.stdout.readline() or "{}")
+        after = [cpu_seconds(pid) for pid in pids]
+        gen.wait(timeout=30)
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+            gen.wait()
+    if not int(done.get("ok") or 0) or done.get("errors"):
+        raise RuntimeError(f"{server.name}: {done}")
+    return done, [b - a for a, b in zip(before, after, strict=True)]

@@ -12,18 +12,43 @@ may see (404) and change (403). Auth and quota are pluggable: anything with the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
 
+from stackd import metrics
 from stackd.caller import Caller
 from stackd.config.schema import RoutePolicyRule
-from stackd.errors import Forbidden
+from stackd.errors import Forbidden, QuotaExceeded, StackdError, Unauthorized
+from stackd.observe import current
 
-__all__ = ["Admission", "Authenticator", "Gatekeeper", "QuotaCounter", "RequestInfo", "PUBLIC_PATHS"]
+__all__ = ["Admission", "Authenticator", "Gatekeeper", "QuotaCounter", "RequestInfo", "PUBLIC_PATHS", "principal_id"]
 
-PUBLIC_PATHS = frozenset({"/v1/health", "/v1/version"})
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/health/live", "/v1/health/ready", "/v1/version"})
+
+audit = logging.getLogger("stackd.audit")
+
+
+def principal_id(key: bytes, principal: str) -> str:
+    """How a principal appears in logs: a keyed hash, the same across restarts (the key is kept
+    in the metadata store), that cannot be turned back into the name by hashing guesses."""
+    return hmac.new(key, principal.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _failure_reason(exc: StackdError) -> str:
+    """A bounded label for a refused authentication (the message itself may name anything)."""
+    if not isinstance(exc, Unauthorized):
+        return "unavailable"  # the identity provider could not be asked: 503
+    message = exc.message
+    if message.startswith("Authentication required"):
+        return "missing"
+    if message.startswith("invalid token"):
+        return "invalid"
+    return "malformed"  # not the Bearer scheme, empty, too long
 
 
 @attrs.frozen
@@ -66,32 +91,63 @@ class Gatekeeper:
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
     public_paths: frozenset[str] = PUBLIC_PATHS
     """Served without authentication: health and version always, plus ``server.auth.public_paths``."""
+    hash_key: bytes = b""
+    """Keys :func:`principal_id` (the stack's token hash key)."""
 
     async def admit(self, request: RequestInfo) -> Admission:
         if request.path in self.public_paths:
             return Admission(Caller(client_address=request.client_address))
         if self.authenticator is not None:
-            caller = await self.authenticator.authenticate(request)
+            try:
+                caller = await self.authenticator.authenticate(request)
+            except StackdError as exc:
+                reason = _failure_reason(exc)
+                metrics.auth_failure(reason)
+                self._audit("refused", reason, None)
+                raise
         else:
             caller = Caller(client_address=request.client_address)
+        who = principal_id(self.hash_key, caller.principal) if caller.principal is not None else None
+        obs = current.get()
+        if obs is not None:
+            obs.principal = who
         headers: Mapping[str, str] = {}
         if self.quota is not None:
-            headers = await self.quota.count(caller)
+            try:
+                headers = await self.quota.count(caller)
+            except QuotaExceeded:
+                metrics.quota_decision("rejected")
+                raise
+            except StackdError:
+                metrics.quota_decision("unavailable")
+                raise
+            metrics.quota_decision("admitted")
+        rule = "authenticated" if self.authenticator is not None else "no_auth"
         if self.route_policy:
             try:
-                self._check_route(request.path, caller)
+                rule = self._check_route(request.path, caller)
             except Forbidden as exc:
                 exc.headers.update(headers)  # a counted request: its 403 carries the counts too
+                self._audit("forbidden", "route_policy: no rule grants it", who)
                 raise
+        if self.authenticator is not None:
+            self._audit("allowed", rule, who)
         return Admission(caller, headers)
 
-    def _check_route(self, path: str, caller: Caller) -> None:
-        for rule in self.route_policy:
+    @staticmethod
+    def _audit(decision: str, rule: str, who: str | None) -> None:
+        # The request id comes from the log filter; a principal only as its keyed hash.
+        audit.info("auth %s: %s", decision, rule,
+                   extra={"fields": {"decision": decision, "rule": rule, "principal": who}})
+
+    def _check_route(self, path: str, caller: Caller) -> str:
+        """The rule that allows ``path`` (``route_policy[i]``), or Forbidden."""
+        for index, rule in enumerate(self.route_policy):
             if any(path == route or (route.endswith("/") and path.startswith(route)) for route in rule.routes):
                 for category, allowed in rule.allow.items():
                     if set(allowed) & set(caller.attributes.get(category, ())):
-                        return
+                        return f"route_policy[{index}]"
                 if not rule.allow:
-                    return
+                    return f"route_policy[{index}]"
                 break
         raise Forbidden(f"not allowed to call {path}: no rule of server.route_policy grants it to this caller")

@@ -17,6 +17,7 @@ import attrs
 import stackd
 from stackd.config.tls import TLSFileError, server_ssl_context
 from stackd.loading import ConfigError, LoadedConfig, Problem, load_config
+from stackd.logs import FORMATS, configure
 from stackd.providers.discovery import Catalog, PluginLoadError
 
 __all__ = ["main"]
@@ -122,13 +123,9 @@ def _serve(args: argparse.Namespace) -> int:
             )
 
     try:
-        app = create_app(loaded, listen_host=host)
-        main = serve(
-            app, socks, limits=limits, ssl_context=ssl_ctx, announce=announce,
-            # The access log costs more CPU per request than the rest of the proxy path: opt-in.
-            access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
-            access_log_format='%a "%r" %s %b %Tfs',
-        )
+        app = create_app(loaded, listen_host=host, access_log=args.access_log)
+        # aiohttp's access log is replaced by stackd's (stackd.server.access).
+        main = serve(app, socks, limits=limits, ssl_context=ssl_ctx, announce=announce, access_log=None)
         try:
             import uvloop
         except ImportError:
@@ -209,9 +206,27 @@ def _version(_: argparse.Namespace) -> int:
     return 0
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in _LEVELS:
+        raise argparse.ArgumentTypeError(f"log level must be one of {', '.join(_LEVELS)} (got {text[:32]!r})")
+    return level
+
+
+def _log_options(parser: argparse.ArgumentParser, level: str, fmt: str) -> None:
+    parser.add_argument("--log-level", type=_level, default=level,
+                        help="DEBUG, INFO, WARNING or ERROR (default: $STACKD_LOG_LEVEL, else INFO)")
+    parser.add_argument("--log-format", choices=FORMATS, default=fmt,
+                        help="json (one object a line), text, or auto: text on a terminal, else json "
+                             "(default: $STACKD_LOG_FORMAT, else auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stackd", description="A fast Llama-Stack-style API server.")
-    parser.add_argument("--log-level", default=os.environ.get("STACKD_LOG_LEVEL", "INFO"))
+    _log_options(parser, os.environ.get("STACKD_LOG_LEVEL", "INFO"), os.environ.get("STACKD_LOG_FORMAT", "auto"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve a run config (the starter when none is given)")
@@ -221,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an environment variable first")
     serve.add_argument("--skip-missing-apis", action="store_true",
                        help="start without the APIs whose plugins are not installed (their routes answer 501)")
-    serve.add_argument("--access-log", action="store_true", help="log one line per request (off: it costs CPU)")
+    serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
+                       help="one log line per request (default: server.access_log, which is on)")
+    # Also after the command (`stackd serve --log-format json`); unset there, the global value stands.
+    _log_options(serve, argparse.SUPPRESS, argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a run config without starting anything")
@@ -239,10 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    access = getattr(args, "access_log", False)
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO if access else logging.WARNING)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_format not in FORMATS:  # from STACKD_LOG_FORMAT, which argparse does not check
+        parser.error(f"STACKD_LOG_FORMAT must be one of {', '.join(FORMATS)} (got {args.log_format[:32]!r})")
+    try:
+        level = _level(args.log_level)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"STACKD_LOG_LEVEL: {exc}")
+    configure(level, args.log_format)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

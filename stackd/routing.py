@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from stackd import metrics
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
@@ -18,6 +19,7 @@ from stackd.errors import BadRequest, FieldError, NotFound, UpstreamUnavailable,
 from stackd.guardrails import Guardrails, single, violation_answer, violation_chunk
 from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
+from stackd.observe import current
 from stackd.registry import Registry
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook", "not_ready_reason"]
@@ -78,6 +80,9 @@ class InferenceRouter:
             )
         impl = self.providers[model.provider_id]
         _ready(model.provider_id, impl)
+        obs = current.get()
+        if obs is not None:
+            obs.served_model(model.identifier)
         return model, impl
 
     async def _call(self, method: str, want: str, params: dict[str, Any], ctx: CallContext, loc: str,
@@ -93,6 +98,9 @@ class InferenceRouter:
         result = await call(upstream, ctx)
         if isinstance(result, dict):
             result["model"] = model.identifier
+            obs = current.get()
+            if obs is not None and obs.model == model.identifier:
+                obs.usage(result.get("usage"))
         return model, result
 
     async def openai_chat_completion(
@@ -197,15 +205,26 @@ class InferenceRouter:
         """
         keep = ChatStreamAssembler(self.max_stored_bytes) if store_with is not None else None
         seen = False
+        obs = current.get()
+        if obs is not None and obs.model != identifier:
+            obs = None  # a shield's own model call: the request's metrics are its client's model's
+        usage = None
         try:
             async for chunk in chunks:
                 chunk["model"] = identifier
-                seen = True
+                if not seen:
+                    seen = True
+                    if obs is not None:
+                        obs.first_chunk()
+                if chunk.get("usage"):  # one dict lookup per chunk: the last usage is the total
+                    usage = chunk["usage"]
                 if keep is not None and not self._fold(keep, chunk, identifier):
                     keep = None
                 yield chunk
         finally:
             await close_stream(chunks)
+            if obs is not None and usage is not None:
+                obs.usage(usage)
         if keep is not None and seen and store_with is not None:
             try:
                 body = keep.body()
@@ -284,7 +303,15 @@ class SafetyRouter:
         *, guardrail: bool = False,
     ) -> dict[str, Any]:
         shield, impl = await self.resolve(shield_id, ctx, guardrail=guardrail)
-        result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
+        try:
+            result: dict[str, Any] = await impl.run_shield(shield, messages, params, ctx)
+        except Exception:
+            metrics.shield_verdict(shield.identifier, "error")
+            raise
+        violation = result.get("violation") if isinstance(result, dict) else None
+        # The verdict as guardrails read it: only warn and error levels stop an answer.
+        flagged = isinstance(violation, dict) and violation.get("violation_level") in ("warn", "error")
+        metrics.shield_verdict(shield.identifier, "violation" if flagged else "pass")
         return result
 
     async def shield_for(self, name: str, ctx: CallContext) -> str:

@@ -135,10 +135,14 @@ async def _open_gate(server: ServerConfig, metadata: KVStore, exits: contextlib.
     if server.quota is not None:
         quota = await open_quota(server.quota)
         exits.push_async_callback(quota.close)
+    public = PUBLIC_PATHS
+    if server.metrics.enabled and server.metrics.access == "public":
+        public |= {server.metrics.path}
     auth = server.auth
     if auth is None:
-        return Gatekeeper(quota=quota, route_policy=list(server.route_policy))
-    authenticator = build_authenticator(auth, await _token_hash_key(metadata))
+        return Gatekeeper(quota=quota, route_policy=list(server.route_policy), public_paths=public)
+    hash_key = await _token_hash_key(metadata)
+    authenticator = build_authenticator(auth, hash_key)
     await authenticator.open()
     exits.push_async_callback(authenticator.close)
     # server.route_policy is the alias of server.auth.route_policy (the loader refuses both at once).
@@ -146,7 +150,8 @@ async def _open_gate(server: ServerConfig, metadata: KVStore, exits: contextlib.
         authenticator=authenticator,
         quota=quota,
         route_policy=list(auth.route_policy or server.route_policy),
-        public_paths=PUBLIC_PATHS | frozenset(auth.public_paths),
+        public_paths=public | frozenset(auth.public_paths),
+        hash_key=hash_key,
     )
 
 

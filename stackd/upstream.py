@@ -10,6 +10,11 @@ What an upstream sends is bounded while it is read, never after: a body over
 :attr:`UpstreamLimits.max_line_bytes` is 502 (an error frame once a stream began), and a
 stream that sends no event for its idle timeout is 504. The core builds the limits from
 ``server.*`` and hands them to each provider factory as ``deps["__upstream_limits__"]``.
+
+Every session carries the request's ``X-Request-ID`` to the upstream (when a request is being
+served), and a session made with ``provider_id`` times each upstream answer's head into
+``stackd_upstream_request_duration_seconds``; each failure mapped here is counted once, where
+it is raised, in ``stackd_upstream_errors_total`` by kind (:mod:`stackd.metrics`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,9 @@ from typing import Any
 import aiohttp
 import attrs
 import orjson
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
+from stackd import metrics
 from stackd.errors import (
     BadRequest,
     FieldError,
@@ -35,6 +43,7 @@ from stackd.errors import (
     UpstreamUnavailable,
 )
 from stackd.json_depth import ANSWER_MAX_DEPTH, deeper_than
+from stackd.observe import current
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -80,8 +89,12 @@ def make_session(
     tls_verify: bool | str | Path = True,
     headers: dict[str, str] | None = None,
     limit: int = 0,
+    provider_id: str | None = None,
 ) -> aiohttp.ClientSession:
     """The provider's one session: pooled keep-alive connections, no per-request set-up.
+
+    Requests made while a request is served carry its ``X-Request-ID``; with ``provider_id``
+    (the metrics label), the wait for each answer's head is timed.
 
     ``tls_verify`` is True (system CAs), False (no verification) or a CA bundle path.
     ``timeout`` bounds each wait for a byte; ``total_timeout`` the whole exchange, body
@@ -106,7 +119,30 @@ def make_session(
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
         raise_for_status=False,
         auto_decompress=True,
+        middlewares=(_observed(provider_id),),
     )
+
+
+def _observed(provider_id: str | None) -> ClientMiddlewareType:
+    """The session's one client middleware: the request id out, the time to the answer's head in."""
+    duration = metrics.upstream_duration(provider_id) if provider_id is not None else None
+    clock = time.perf_counter
+
+    async def middleware(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
+        obs = current.get()
+        if obs is None:
+            return await handler(request)
+        request.headers["X-Request-ID"] = obs.request_id
+        started = clock()
+        try:
+            return await handler(request)
+        finally:
+            waited = clock() - started
+            obs.upstream += waited
+            if duration is not None:
+                duration.observe(waited)
+
+    return middleware
 
 
 def stream_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
@@ -121,21 +157,26 @@ def upstream_errors(provider_id: str, url: str) -> Iterator[None]:
     try:
         yield
     except StackdError:
-        raise
+        raise  # counted where it was raised
     except aiohttp.ConnectionTimeoutError as exc:
         # Not even a connection: the upstream is down or unreachable (503), not slow (504).
+        metrics.upstream_error(provider_id, "refused")
         raise UpstreamUnavailable(f"provider {provider_id!r}: cannot connect to {url} (connection timed out)") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        metrics.upstream_error(provider_id, "timeout")
         raise UpstreamTimeout(f"provider {provider_id!r}: {url} did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:
+        metrics.upstream_error(provider_id, "refused")
         raise UpstreamUnavailable(
             f"provider {provider_id!r}: cannot connect to {url} ({exc.os_error.strerror or exc.os_error})"
         ) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        metrics.upstream_error(provider_id, "bad_answer")
         raise UpstreamBadResponse(
             f"provider {provider_id!r}: {url} closed the connection mid-answer"
         ) from exc
     except aiohttp.ClientError as exc:
+        metrics.upstream_error(provider_id, "bad_answer")
         raise UpstreamBadResponse(f"provider {provider_id!r}: {url}: {exc}") from exc
     except ValueError as exc:
         # aiohttp refuses to send a header value holding CR, LF, NUL or another control
@@ -160,10 +201,17 @@ def _too_deep(data: Any, provider_id: str, what: str, raw: bytes | None = None) 
         return
     loc = deeper_than(data, ANSWER_MAX_DEPTH)
     if loc is not None:
-        raise UpstreamBadResponse(
+        raise _bad_answer(
+            provider_id,
             f"provider {provider_id!r} answered {what} nested deeper than {ANSWER_MAX_DEPTH} levels "
             f"(at {loc}); stackd does not pass on such answers"
         )
+
+
+def _bad_answer(provider_id: str, message: str) -> UpstreamBadResponse:
+    """A 502 for an answer stackd cannot pass on, counted as ``bad_answer``."""
+    metrics.upstream_error(provider_id, "bad_answer")
+    return UpstreamBadResponse(message)
 
 
 def _message_of(body: bytes) -> str:
@@ -192,6 +240,7 @@ async def check_status(resp: aiohttp.ClientResponse, provider_id: str, *, own_cr
     """
     if resp.status < 400:
         return
+    metrics.upstream_error(provider_id, "4xx" if resp.status < 500 else "5xx")
     # Only the message is wanted: a huge error body must not be held whole.
     body = await resp.content.read(_MAX_ERROR_BODY)
     message = _message_of(body)
@@ -220,9 +269,8 @@ async def read_json(
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamBadResponse(
-            f"provider {provider_id!r} answered HTTP {resp.status} with a body that is not JSON"
-        ) from None
+        raise _bad_answer(provider_id, f"provider {provider_id!r} answered HTTP {resp.status} with a body that "
+                          "is not JSON") from None
     _too_deep(data, provider_id, "JSON")
     return data
 
@@ -237,7 +285,8 @@ def _too_large(
 ) -> UpstreamBadResponse:
     # The rest of the answer is not read: drop the connection instead of draining it.
     resp.close()
-    return UpstreamBadResponse(
+    return _bad_answer(
+        provider_id,
         f"provider {provider_id!r}: {_where(resp)} sent {what} over the limit of {limit} bytes; "
         f"raise server.{setting} to allow more"
     )
@@ -346,6 +395,7 @@ class _Watchdog:
             else f"sent no stream event for {self.idle:g} s (stream_idle_timeout)"
         )
         message = f"provider {self._provider_id!r}: {_where(self._resp)} {what}"
+        metrics.upstream_error(self._provider_id, "timeout")
         self._resp.content.set_exception(UpstreamTimeout(message))
         self._resp.close()
 
@@ -384,9 +434,10 @@ async def iter_sse(
             try:
                 data = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream event that is not JSON") from None
+                raise _bad_answer(provider_id,
+                                  f"provider {provider_id!r} sent a stream event that is not JSON") from None
             if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
-                raise UpstreamBadResponse(f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
+                raise _bad_answer(provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
             _too_deep(data, provider_id, "a stream event", payload)
             watchdog.deadline = None  # the consumer's time with the event is not the upstream's
             yield data
@@ -397,7 +448,7 @@ async def iter_sse(
     finally:
         watchdog.cancel()
     if not done:
-        raise UpstreamBadResponse(f"provider {provider_id!r}: the stream ended before it was complete")
+        raise _bad_answer(provider_id, f"provider {provider_id!r}: the stream ended before it was complete")
 
 
 async def iter_ndjson(
@@ -420,7 +471,8 @@ async def iter_ndjson(
             try:
                 data = orjson.loads(line)
             except orjson.JSONDecodeError:
-                raise UpstreamBadResponse(f"provider {provider_id!r} sent a stream line that is not JSON") from None
+                raise _bad_answer(provider_id,
+                                  f"provider {provider_id!r} sent a stream line that is not JSON") from None
             _too_deep(data, provider_id, "a stream line", line)
             watchdog.deadline = None  # the consumer's time with the event is not the upstream's
             yield data

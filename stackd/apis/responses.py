@@ -83,6 +83,8 @@ class Health:
 
     status: str
     message: str | None = None
+    checked_at: float | None = None
+    """A provider's: when its health was checked (Unix time; the last readiness run's while fresh)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status} if self.message is None else {"status": self.status, "message": self.message}

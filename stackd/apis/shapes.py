@@ -30,6 +30,7 @@ __all__ = [
     "NativeCompletionStreamChunk",
     "NativeEmbeddingsResponse",
     "OpenAIAnswer",
+    "ReadinessAnswer",
     "OpenAIChatCompletion",
     "OpenAICompletion",
     "OpenAIEmbeddings",
@@ -106,6 +107,15 @@ class HealthAnswer:
 
 
 @attrs.frozen
+class ReadinessAnswer:
+    status: Literal["OK", "Error"]
+    checks: dict[str, dict[str, Any]] | None = attrs.field(
+        default=None, metadata={"doc": "each dependency (metadata_store, quota_store, inference_store, "
+                                       "provider:<id>, jwks): its status, message and latency"})
+    message: str | None = None
+
+
+@attrs.frozen
 class VersionAnswer:
     version: str
 
@@ -114,6 +124,7 @@ class VersionAnswer:
 class ProviderHealth:
     status: str
     message: str | None = None
+    checked_at: float | None = attrs.field(default=None, metadata={"doc": "when it was checked (Unix time)"})
 
 
 @attrs.frozen

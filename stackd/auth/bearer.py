@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 import attrs
 
+from stackd import metrics
 from stackd.errors import Unauthorized
 
 __all__ = ["AuthRequest", "DecisionCache", "SingleFlight", "bearer_token", "keyed_hash", "token_hash"]
@@ -70,15 +71,20 @@ class DecisionCache(Generic[T]):
     """Decisions by token hash, each until its own deadline; bounded, oldest dropped first."""
 
     max_entries: int
+    name: str = "auth"
+    """The ``cache`` label of stackd_auth_cache_lookups_total."""
     _entries: dict[bytes, tuple[float, T]] = attrs.field(factory=dict)
 
     def get(self, key: bytes) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
+            metrics.auth_cache(self.name, hit=False)
             return None
         if entry[0] <= time.monotonic():
             del self._entries[key]
+            metrics.auth_cache(self.name, hit=False)
             return None
+        metrics.auth_cache(self.name, hit=True)
         return entry[1]
 
     def put(self, key: bytes, value: T, ttl: float) -> None:

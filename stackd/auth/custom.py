@@ -26,6 +26,7 @@ import aiohttp
 import attrs
 import orjson
 
+from stackd import metrics
 from stackd.auth.bearer import AuthRequest, DecisionCache, SingleFlight, bearer_token, keyed_hash, token_hash
 from stackd.caller import Caller
 from stackd.config.auth import CustomAuthConfig
@@ -87,7 +88,7 @@ class CustomAuthenticator:
     _decisions: DecisionCache[Caller | _Refused] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._decisions = DecisionCache(self.config.max_cached_tokens)
+        self._decisions = DecisionCache(self.config.max_cached_tokens, "custom")
 
     async def open(self) -> None:
         cfg = self.config
@@ -96,7 +97,8 @@ class CustomAuthenticator:
                         "certificate; anyone on the path can answer for it", cfg.endpoint)
         tls: bool | Any = cfg.tls_cafile if cfg.tls_cafile is not None else cfg.verify_tls
         self._session = make_session(timeout=float(cfg.timeout), total_timeout=float(cfg.timeout),
-                                     tls_verify=tls, headers={"Accept": "application/json"})
+                                     tls_verify=tls, headers={"Accept": "application/json"},
+                                     provider_id="server.auth")
 
     async def close(self) -> None:
         await self._flight.close()
@@ -150,7 +152,9 @@ class CustomAuthenticator:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("server.auth: the auth endpoint %s cannot be reached: %s", endpoint, type(exc).__name__)
+            metrics.auth_fetch("custom", ok=False)
             raise UpstreamUnavailable("the authentication service is unavailable; try again later") from None
+        metrics.auth_fetch("custom", ok=True)
         if status != 200:
             return _Refused(f"invalid token: the authentication service refused it (HTTP {status})")
         caller = self._parse(raw, token)

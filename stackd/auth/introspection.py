@@ -18,6 +18,7 @@ import aiohttp
 import attrs
 import orjson
 
+from stackd import metrics
 from stackd.auth.bearer import AuthRequest, DecisionCache, SingleFlight, bearer_token, token_hash
 from stackd.auth.claims import caller_from_claims
 from stackd.caller import Caller
@@ -45,7 +46,7 @@ class IntrospectionAuthenticator:
     _cache: DecisionCache[Caller | _Inactive] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._cache = DecisionCache(self.config.max_cached_tokens)
+        self._cache = DecisionCache(self.config.max_cached_tokens, "introspection")
 
     @property
     def _endpoint(self) -> IntrospectionConfig:
@@ -56,7 +57,8 @@ class IntrospectionAuthenticator:
         cfg = self.config
         tls: bool | Any = cfg.tls_cafile if cfg.tls_cafile is not None else cfg.verify_tls
         self._session = make_session(timeout=float(cfg.timeout), total_timeout=float(cfg.timeout),
-                                     tls_verify=tls, headers={"Accept": "application/json"}, limit=16)
+                                     tls_verify=tls, headers={"Accept": "application/json"}, limit=16,
+                                     provider_id="server.auth")
 
     async def close(self) -> None:
         await self._flight.close()
@@ -96,6 +98,7 @@ class IntrospectionAuthenticator:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("server.auth: the introspection endpoint %s cannot be reached: %s", endpoint.url,
                         type(exc).__name__)
+            metrics.auth_fetch("introspection", ok=False)
             raise UpstreamUnavailable("the identity provider is unavailable; try again later") from None
         try:
             data = orjson.loads(raw) if status == 200 and len(raw) <= _MAX_ANSWER_BYTES else None
@@ -104,7 +107,9 @@ class IntrospectionAuthenticator:
         if not isinstance(data, dict) or not isinstance(data.get("active"), bool):
             log.error("server.auth: the introspection endpoint %s answered HTTP %d without an RFC 7662 answer "
                       "(check introspection.client_id / client_secret)", endpoint.url, status)
+            metrics.auth_fetch("introspection", ok=False)
             raise UpstreamUnavailable("the identity provider is unavailable; try again later")
+        metrics.auth_fetch("introspection", ok=True)
         # Refusals are remembered briefly: a client retrying a dead token must not flood the IdP.
         if not data["active"]:
             return _Inactive("invalid token: the identity provider says it is not active"), 1.0

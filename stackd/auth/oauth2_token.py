@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
+from stackd import metrics
 from stackd.auth.bearer import AuthRequest, DecisionCache, SingleFlight, bearer_token, token_hash
 from stackd.auth.claims import caller_from_claims
 from stackd.caller import Caller
@@ -81,12 +83,13 @@ class OAuth2TokenAuthenticator:
     _session: aiohttp.ClientSession | None = None
     _keys: _Keys | None = None
     _last_fetch: float = float("-inf")
+    _last_fetch_error: str | None = None
     _fetch: SingleFlight[_Keys] = attrs.field(factory=SingleFlight)
     _recheck: asyncio.Task[None] | None = None
     _verified: DecisionCache[Caller] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._verified = DecisionCache(self.config.max_cached_tokens)
+        self._verified = DecisionCache(self.config.max_cached_tokens, "jwt")
 
     @property
     def _jwks(self) -> JwksConfig:
@@ -103,7 +106,8 @@ class OAuth2TokenAuthenticator:
         if self._jwks.token:
             headers["Authorization"] = f"Bearer {self._jwks.token.reveal()}"
         self._session = make_session(timeout=float(cfg.timeout), total_timeout=float(cfg.timeout) * 2,
-                                     tls_verify=tls, headers=headers, limit=4)
+                                     tls_verify=tls, headers=headers, limit=4,
+                                     provider_id="server.auth")
 
     async def close(self) -> None:
         if self._recheck is not None:
@@ -114,6 +118,24 @@ class OAuth2TokenAuthenticator:
             await self._session.close()
             self._session = None
         self._verified.clear()
+
+    async def health(self) -> dict[str, Any]:
+        """For readiness: the JWKS's last fetch. Keys fetched before a failed recheck still
+        verify tokens (stale keys beat no keys), so only "no keys at all" is an error.
+
+        Keys are fetched on first use; a server nobody called yet fetches them here, so that
+        it can become ready before its first request (no more often than min_refetch_interval).
+        """
+        if self._keys is None and time.monotonic() - self._last_fetch >= float(self._jwks.min_refetch_interval):
+            with contextlib.suppress(UpstreamUnavailable):
+                await self._fetch.run(b"jwks", self._load)
+        if self._keys is None:
+            message = self._last_fetch_error or "the JWKS has not been fetched yet"
+            return {"status": "Error", "message": f"{message} ({self._jwks.uri})"}
+        out: dict[str, Any] = {"status": "OK", "keys_age_s": round(time.monotonic() - self._keys.fetched_at, 1)}
+        if self._last_fetch_error is not None:
+            out["last_fetch_error"] = self._last_fetch_error
+        return out
 
     async def authenticate(self, request: AuthRequest) -> Caller:
         token = bearer_token(request.headers)
@@ -222,7 +244,14 @@ class OAuth2TokenAuthenticator:
 
     async def _load(self) -> _Keys:
         self._last_fetch = time.monotonic()
-        keys = await self._download()
+        try:
+            keys = await self._download()
+        except UpstreamUnavailable as exc:
+            self._last_fetch_error = exc.message
+            metrics.auth_fetch("jwks", ok=False)
+            raise
+        self._last_fetch_error = None
+        metrics.auth_fetch("jwks", ok=True)
         changed = self._keys is None or set(self._keys.by_kid) != set(keys.by_kid)
         self._keys = keys
         if changed:

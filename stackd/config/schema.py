@@ -35,6 +35,7 @@ __all__ = [
     "IGNORED_TOP_LEVEL_KEYS",
     "AllowedHost",
     "JsonDepth",
+    "MetricsConfig",
     "ResourceCount",
 ]
 
@@ -128,6 +129,24 @@ class QuotaConfig:
     period: Literal["day", "hour", "minute"] = "day"
 
 
+# Where /metrics is served: an absolute path outside the API's /v1/ (a route there would shadow one).
+MetricsPath = Annotated[str, Check(
+    lambda p: re.fullmatch(r"/[A-Za-z0-9._~/-]{0,127}", p) is not None and not p.startswith("/v1/") and p != "/v1",
+    "an absolute URL path outside /v1/ of up to 128 letters, digits, '.', '_', '~', '-' or '/' (e.g. /metrics)",
+)]
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``server.metrics``: Prometheus text at ``path``. ``protected`` (the default) passes the
+    admission gate like every API route (a token when ``server.auth`` is set, quota, route
+    policy); ``public`` is served to anyone who can reach the port, like /v1/health."""
+
+    enabled: bool = True
+    path: MetricsPath = "/metrics"
+    access: Literal["protected", "public"] = "protected"
+
+
 @attrs.frozen
 class ServerConfig:
     host: Host = "127.0.0.1"
@@ -165,6 +184,9 @@ class ServerConfig:
     # Completions waiting for the database (an outage) are dropped oldest first past this.
     max_store_queue_bytes: int = 256 * 1024 * 1024
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
+    # One line per request on the log (logger stackd.access); `stackd serve --no-access-log` wins.
+    access_log: bool = True
 
 
 @attrs.frozen

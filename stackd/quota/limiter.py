@@ -49,6 +49,9 @@ class QuotaLimiter:
             raise QuotaExceeded("Quota exceeded", headers={**headers, "Retry-After": str(reset)})
         return headers
 
+    async def ping(self) -> None:
+        await self.counter.ping()
+
     async def close(self) -> None:
         await self.counter.close()
 

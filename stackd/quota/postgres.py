@@ -53,5 +53,9 @@ class PostgresCounter:
                 await conn.execute(self._sweep)
         return int(count), float(reset)
 
+    async def ping(self) -> None:
+        async with self._db.use("cannot be reached") as conn:
+            await conn.execute("SELECT 1")
+
     async def close(self) -> None:
         await self._db.close()

@@ -48,5 +48,9 @@ class RedisCounter:
             count, reset = await self._hit(keys=[f"{self._prefix}{period}:{key}"], args=[size], client=r)
         return int(count), float(reset)
 
+    async def ping(self) -> None:
+        async with self._db.use("cannot be reached") as client:
+            await client.ping()
+
     async def close(self) -> None:
         await self._db.close()

@@ -5,9 +5,11 @@ quota store. One host, so the window comes from the local clock."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from stackd.db.sqlite import SqliteDb
 from stackd.errors import UpstreamUnavailable
@@ -35,6 +37,7 @@ class SqliteCounter:
     def __init__(self, db: SqliteDb) -> None:
         self._db = db
         self._next_sweep = 0.0
+        self._pinging: asyncio.Future[Any] | None = None
 
     def __repr__(self) -> str:
         return f"SqliteCounter({str(self._db.path)!r})"
@@ -59,6 +62,25 @@ class SqliteCounter:
                 await db.execute(_SWEEP, (int(now),))
         (row,) = rows  # RETURNING gives one row
         return int(row[0]), float(end)
+
+    async def ping(self) -> None:
+        """Take the write lock and give it back, counting nothing: what a hit needs (in WAL mode
+        a read would pass while another process holds the lock). One script, so no hit of this
+        connection can run inside the empty transaction."""
+        if self._pinging is not None:
+            # The last ping still waits on the lock (a probe gave up on it): no second one queued
+            # behind it, so probes of a locked store cannot pile up in the connection's thread.
+            raise self._db.failed(TimeoutError("still locked"), "cannot be written")
+        async with self._db.use("cannot be written") as db:
+            job = asyncio.ensure_future(db.executescript("BEGIN IMMEDIATE; ROLLBACK;"))
+            self._pinging = job
+            job.add_done_callback(self._pinged)
+            await asyncio.shield(job)
+
+    def _pinged(self, job: asyncio.Future[Any]) -> None:
+        self._pinging = None
+        if not job.cancelled():
+            job.exception()  # seen: a ping its prober gave up on may fail unawaited
 
     async def close(self) -> None:
         await self._db.close()

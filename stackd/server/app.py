@@ -14,6 +14,7 @@ from stackd.apis.known import PROVIDER_APIS
 from stackd.errors import NotImplementedByProvider, UpstreamUnavailable
 from stackd.loading import LoadedConfig
 from stackd.server import openapi, routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
+from stackd.server.access import access_middleware, metrics_handler, sample_every_second
 from stackd.server.client_address import ClientAddresses
 from stackd.server.errors import error_middleware, error_response, http_error, quiet_parser_errors
 from stackd.server.hosts import allowed_hosts, host_middleware
@@ -25,6 +26,7 @@ from stackd.server.keys import (
     CONFIG,
     DISCARD_BODY,
     DRAINING,
+    LIFECYCLE,
     MAX_BODY,
     MAX_JSON_DEPTH,
     RATE_HEADERS,
@@ -34,6 +36,7 @@ from stackd.server.keys import (
     STREAMS,
 )
 from stackd.server.live_streams import LiveStreams
+from stackd.server.readiness import Lifecycle
 from stackd.stack import open_stack
 
 __all__ = ["create_app", "drain_middleware"]
@@ -143,15 +146,22 @@ async def send_rate_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def create_app(
-    loaded: LoadedConfig, *, gate: Gatekeeper | None = None, listen_host: str | None = None
+    loaded: LoadedConfig, *, gate: Gatekeeper | None = None, listen_host: str | None = None,
+    access_log: bool | None = None,
 ) -> web.Application:
     """The application for ``loaded``. The stack opens when the app starts and closes when it stops.
 
     ``listen_host`` is the address served (``--host`` wins over ``server.host``): it decides
     which ``Host`` headers are answered when ``server.allowed_hosts`` is not set.
+    ``access_log`` overrides ``server.access_log`` (``stackd serve --[no-]access-log``).
     """
     quiet_parser_errors()
-    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [drain_middleware, error_middleware]
+    server = loaded.run.server
+    log_lines = server.access_log if access_log is None else access_log
+    # The access middleware is outermost: it sees the answer the others made of any failure (the
+    # drain's 503 included), and every line logged further in carries the request id.
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
+        access_middleware(log_lines=log_lines, count=server.metrics.enabled), drain_middleware, error_middleware]
     hosts = allowed_hosts(loaded.run.server.allowed_hosts, listen_host or loaded.run.server.host)
     if hosts is not None:
         middlewares.append(host_middleware(hosts))
@@ -168,6 +178,7 @@ def create_app(
     app[STREAMS] = LiveStreams()
     app[DRAINING] = asyncio.Event()
     app[CLIENT_ADDRESSES] = ClientAddresses.of(loaded.run.server.trusted_proxies)
+    app[LIFECYCLE] = Lifecycle()
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_stack(loaded, gate=gate) as stack:
@@ -176,10 +187,14 @@ def create_app(
 
     app.cleanup_ctx.append(stack_ctx)
     app.on_startup.append(openapi.build_on_startup)
+    if server.metrics.enabled:
+        app.cleanup_ctx.append(sample_every_second)
     app.on_response_prepare.append(send_request_id)
     app.on_response_prepare.append(send_rate_headers)
     for table in (routes_meta.routes, routes_resources.routes, routes_openai.routes, routes_native.routes,
                   routes_moderations.routes):
         _add_routes(app, table)
     app.router.add_get("/v1/openapi.json", openapi.openapi_json)
+    if server.metrics.enabled:
+        app.router.add_get(server.metrics.path, metrics_handler)
     return app

@@ -11,6 +11,7 @@ from stackd.caller import Caller
 from stackd.loading import LoadedConfig
 from stackd.server.client_address import ClientAddresses
 from stackd.server.live_streams import LiveStreams
+from stackd.server.readiness import Lifecycle
 from stackd.stack import Stack
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CONFIG",
     "DISCARD_BODY",
     "DRAINING",
+    "LIFECYCLE",
     "MAX_BODY",
     "MAX_JSON_DEPTH",
     "OPENAPI",
@@ -53,3 +55,5 @@ OPENAPI = web.AppKey("openapi", bytes)
 # Set at the first SIGTERM/SIGINT, before anything else of the shutdown: readiness answers 503
 # from then on, and new work can tell the server is going away (stackd.server.runner).
 DRAINING = web.AppKey("draining", asyncio.Event)
+# The last readiness run, cached for the probes (stackd.server.readiness).
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -22,7 +22,7 @@ from stackd.apis.models import ResourceId
 from stackd.apis.shapes import ErrorBody
 from stackd.schema import Schemas
 from stackd.server.keys import CONFIG, OPENAPI
-from stackd.server.route_docs import RouteDoc, doc_of, documented
+from stackd.server.route_docs import RouteDoc, doc_of, documented, is_outside_api
 
 __all__ = ["UndocumentedRoute", "build_document", "openapi_json", "operations"]
 
@@ -75,7 +75,7 @@ def operations(app: web.Application) -> list[Operation]:
             continue
         path = _PARAM.sub(r"{\1}", raw)
         for route in resource:
-            if route.method in ("HEAD", "*"):
+            if route.method in ("HEAD", "*") or is_outside_api(route.handler):
                 continue
             doc = doc_of(route.handler)
             if doc is None:

@@ -19,6 +19,8 @@ __all__ = [
     "RouteDoc",
     "doc_of",
     "documented",
+    "is_outside_api",
+    "outside_api",
 ]
 
 # Statuses any counted route may answer: auth on and no valid token (401), a route policy that
@@ -69,6 +71,21 @@ def documented(summary: str, *, answer: Any, body: Any = None, stream: Any = Non
         return handler
 
     return mark
+
+
+def outside_api(why: str) -> Callable[[H], H]:
+    """Mark a route that is not part of the API on purpose (``/metrics``: Prometheus' text format,
+    at a path the config chooses), so the document leaves it out instead of failing the start."""
+
+    def mark(handler: H) -> H:
+        handler.stackd_outside_api = why  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def is_outside_api(handler: Any) -> bool:
+    return bool(getattr(handler, "stackd_outside_api", None))
 
 
 def doc_of(handler: Any) -> RouteDoc | None:

@@ -1,21 +1,23 @@
-"""Health, version, providers and inspect."""
+"""Health (Llama Stack's, liveness, readiness), version, providers and inspect."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
 
 import stackd
 from stackd.apis.responses import Health, ProviderInfo, RouteInfo, VersionInfo
-from stackd.apis.shapes import HealthAnswer, ProviderList, RouteList, VersionAnswer
+from stackd.apis.shapes import HealthAnswer, ProviderList, ReadinessAnswer, RouteList, VersionAnswer
 from stackd.apis.shapes import ProviderInfo as ProviderAnswer
 from stackd.convert import converter
 from stackd.errors import NotFound
 from stackd.routing import not_ready_reason
 from stackd.server.http import json_response
-from stackd.server.keys import CONFIG, STACK
+from stackd.server.keys import CONFIG, DRAINING, LIFECYCLE, STACK
+from stackd.server.readiness import health_of
 from stackd.server.route_docs import doc_of, documented
 
 __all__ = ["routes"]
@@ -44,29 +46,49 @@ async def health(request: web.Request) -> web.Response:
     return json_response(Health("OK").to_json())
 
 
+@routes.get("/v1/health/live")
+@documented("Liveness: the process answers (nothing else is checked)", answer=HealthAnswer, public=True)
+async def live(request: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP. Nothing is checked, so a slow dependency never gets
+    a healthy process restarted; it stays 200 while the server drains."""
+    return json_response({"status": "OK"})
+
+
+@routes.get("/v1/health/ready")
+@documented("Readiness: every store, provider and the JWKS answer (cached 1.5 s); 503 when draining",
+            answer=ReadinessAnswer, errors={503}, public=True)
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: every dependency answers (stackd.server.readiness); 503 at once when draining."""
+    if request.app[DRAINING].is_set():
+        return json_response({"status": "Error", "message": "shutting down"}, status=503)
+    stack = request.app.get(STACK)
+    if stack is None:
+        return json_response({"status": "Error", "message": "starting"}, status=503)
+    report = await request.app[LIFECYCLE].readiness(stack)
+    if request.app[DRAINING].is_set():  # SIGTERM came while the checks ran
+        return json_response({"status": "Error", "message": "shutting down"}, status=503)
+    body: dict[str, Any] = {"status": "OK" if report.ready else "Error", "checks": report.checks}
+    if not report.ready:
+        failed = sorted(name for name, r in report.checks.items() if r.get("status") == "Error")
+        body["message"] = "not ready: " + ", ".join(failed)
+    return json_response(body, status=200 if report.ready else 503, headers={"Cache-Control": "no-store"})
+
+
 @routes.get("/v1/version")
 @documented("The server's version", answer=VersionAnswer, public=True)
 async def version(request: web.Request) -> web.Response:
     return json_response(converter.unstructure(VersionInfo(stackd.__version__)))
 
 
-async def _health_of(impl: Any) -> dict[str, Any]:
-    check = getattr(impl, "health", None)
-    if check is None:
-        return Health("Not Implemented", "the provider has no health check").to_json()
-    try:
-        result = await asyncio.wait_for(check(), timeout=2.0)
-    except TimeoutError:
-        return Health("Error", "health check timed out after 2 s").to_json()
-    except Exception as exc:  # noqa: BLE001 - a failing check is a health status, not a 500
-        return Health("Error", str(getattr(exc, "message", exc))).to_json()
-    # A provider's own dict, passed on whole (it may say more than status and message).
-    return dict(result)
-
-
 async def _provider_info(request: web.Request, provider_id: str) -> dict[str, Any]:
     loaded = request.app[CONFIG]
     p = loaded.providers[provider_id]
+    # The last readiness run's result while it is fresh (probes and listings share the checks).
+    last = request.app[LIFECYCLE].provider_health(provider_id)
+    if last is None:
+        health, checked_at = await health_of(request.app[STACK].providers[provider_id]), time.time()
+    else:
+        health, checked_at = last
     body = ProviderInfo(
         api=p.api,
         provider_id=p.provider_id,
@@ -74,7 +96,7 @@ async def _provider_info(request: web.Request, provider_id: str) -> dict[str, An
         # Unstructuring masks every Secret field, so keys never leave the server.
         config=converter.unstructure(p.config),
     ).to_json()
-    body["health"] = await _health_of(request.app[STACK].providers[provider_id])
+    body["health"] = {**health, "checked_at": round(checked_at, 3)}
     return body
 
 
@@ -106,8 +128,8 @@ async def inspect_routes(request: web.Request) -> web.Response:
     for resource in request.app.router.resources():
         info = resource.get_info()
         path = info.get("path") or info.get("formatter")
-        if not path:
-            continue
+        if not path or not path.startswith("/v1/"):
+            continue  # /metrics (server.metrics) is the operator's, not an API route
         for route in resource:
             if route.method == "HEAD":
                 continue

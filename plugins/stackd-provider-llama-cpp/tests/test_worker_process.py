@@ -21,7 +21,7 @@ from stackd_provider_llama_cpp.inference import LlamaCppInference
 from stackd_provider_llama_cpp.runner import CRASH_ENV
 from stackd_provider_llama_cpp.supervisor import START_ATTEMPTS
 
-from stackd import CallContext
+from stackd import CallContext, metrics
 from stackd.errors import UpstreamBadResponse, UpstreamUnavailable
 
 from .conftest import _start, wait_loaded, wait_ready
@@ -60,8 +60,14 @@ async def _provider(n_ctx: int = 512) -> LlamaCppInference:
     return provider
 
 
+def _restarts_counted() -> float:
+    value = metrics.REGISTRY.get_sample_value("stackd_provider_worker_restarts_total", {"provider": "llama"})
+    return value or 0.0
+
+
 async def test_a_worker_killed_during_a_non_streamed_generation(caplog: pytest.LogCaptureFixture) -> None:
     provider = await _provider()
+    counted = _restarts_counted()
     try:
         worker = provider._supervisors[LLM].worker
         assert worker is not None
@@ -82,6 +88,7 @@ async def test_a_worker_killed_during_a_non_streamed_generation(caplog: pytest.L
         assert isinstance(result, dict) and result["usage"]["completion_tokens"] > 0
         health = (await provider.health())["models"][LLM]
         assert health["restarts"] == 1 and health["last_exit"] == "SIGSEGV"
+        assert _restarts_counted() == counted + 1  # stackd_provider_worker_restarts_total (docs/operations.md)
         assert health["pid"] != worker.pid
         assert provider.is_ready()
         # One log line for the death, without a traceback.

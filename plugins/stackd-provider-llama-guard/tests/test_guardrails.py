@@ -218,3 +218,33 @@ async def test_guardrails_run_for_callers_the_policy_hides_shields_from(connect:
         assert (await resp.json())["violation"]["stage"] == "input"
         resp = await client.post("/v1/chat/completions", json=_chat("bake bread"), headers=headers)
         assert resp.status == 200 and "violation" not in await resp.json()
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_shield_verdicts_are_counted(connect: Any, guard_upstream: FakeOpenAI) -> None:
+    client = await connect(chat=GUARDED)
+
+    async def verdicts() -> dict[str, float]:
+        samples = _samples(await (await client.get("/metrics")).text())
+        return {v: samples.get(("stackd_shield_verdicts_total", frozenset({("shield", GUARD), ("verdict", v)})), 0.0)
+                for v in ("pass", "violation", "error")}
+
+    def guard_tokens(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+        return sum(v for k, v in samples.items() if k[0] == "stackd_tokens_total" and ("model", GUARD) in k[1])
+
+    tokens_before = guard_tokens(_samples(await (await client.get("/metrics")).text()))
+    before = await verdicts()
+    assert (await client.post("/v1/chat/completions", json=_chat("bake bread"))).status == 200  # in and out
+    assert (await client.post("/v1/chat/completions", json=_chat("how to build a bomb"))).status == 200
+    await guard_upstream.stop()
+    assert (await client.post("/v1/chat/completions", json=_chat("bread"))).status == 503
+    after = await verdicts()
+    assert {v: after[v] - before[v] for v in after} == {"pass": 2, "violation": 1, "error": 1}
+    # The guard model's own calls are not the client's model: no tokens counted under its name.
+    assert guard_tokens(_samples(await (await client.get("/metrics")).text())) == tokens_before

@@ -58,7 +58,8 @@ class BedrockSafetyProvider:
         base = config.endpoint_url.rstrip("/") if config.endpoint_url else None
         self.runtime_url = base or f"https://bedrock-runtime.{region}.amazonaws.com"
         self.control_url = base or f"https://bedrock.{region}.amazonaws.com"
-        self.session = make_session(total_timeout=float(config.timeout), timeout=float(config.timeout))
+        self.session = make_session(total_timeout=float(config.timeout), timeout=float(config.timeout),
+                                    provider_id=provider_id)
 
     @classmethod
     async def open(cls, config: BedrockConfig, provider_id: str, limits: UpstreamLimits) -> BedrockSafetyProvider:

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any
 
+from stackd import metrics
 from stackd_provider_llama_cpp.config import ModelConfig
 from stackd_provider_llama_cpp.process import LoadFailed, WorkerDied, WorkerProcess, exit_name
 
@@ -152,6 +153,7 @@ class ModelSupervisor:
             returncode = await asyncio.shield(worker.exited)
             # Deaths that were asked for (close()) cancel this task before it gets here.
             self.restarts += 1
+            metrics.worker_restart(self.provider_id)
             self.last_exit = exit_name(returncode)
             streak = streak + 1 if time.monotonic() - started < STABLE_SECONDS else 1
             delay = 0.0 if streak == 1 else min(MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (streak - 2))

@@ -47,7 +47,8 @@ class OllamaInferenceProvider:
         self.provider_id = provider_id
         self.limits = limits
         self._url = str(config.url)
-        self._session = make_session(timeout=float(config.timeout), total_timeout=float(config.total_timeout))
+        self._session = make_session(timeout=float(config.timeout), total_timeout=float(config.total_timeout),
+                                     provider_id=provider_id)
         self._stream_timeout = stream_timeout(float(config.timeout))
 
     def __repr__(self) -> str:

@@ -251,6 +251,7 @@ async def create(config: VLLMConfig, deps: Mapping[str, Any]) -> VLLMInferencePr
             tls_verify=config.tls_verify,
             headers=headers,
             limit=config.max_connections,
+            provider_id=provider_id,
         )
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(
