@@ -6,18 +6,26 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 import stackd
+from stackd.config.schema import MAX_WORKERS
 from stackd.config.tls import TLSFileError, server_ssl_context
 from stackd.loading import ConfigError, LoadedConfig, Problem, load_config
 from stackd.providers.discovery import Catalog, PluginLoadError
+
+if TYPE_CHECKING:
+    from stackd.kvstore.lock import StoreClaim
+    from stackd.server.runner import Limits
+    from stackd.server.workers import WorkerLink
 
 __all__ = ["main"]
 
@@ -61,6 +69,16 @@ def _print_problems(kind: str, problems: Sequence[Problem]) -> None:
         print(f"{kind}: {problem}", file=sys.stderr)
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to {MAX_WORKERS}, got {text!r}")
+    return count
+
+
 def _port(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if args.port is not None:
         return int(args.port)
@@ -82,8 +100,8 @@ def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from stackd.server import create_app
-    from stackd.server.runner import Limits, bind, fd_limit, serve
+    from stackd.server.runner import Limits, bind, fd_limit
+    from stackd.server.workers import socket_mode, workers_unsupported
 
     loaded = _load(args)
     if loaded.missing_apis:
@@ -91,6 +109,17 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"stackd: NOT SERVING the {api} API: {why}; its routes answer 501", file=sys.stderr)
     host = args.host if args.host is not None else loaded.run.server.host
     port = _port(args, loaded)
+    workers = args.workers if args.workers is not None else loaded.run.server.workers
+    mode = "shared"
+    if workers > 1:
+        problem = workers_unsupported()
+        try:
+            mode = socket_mode()
+        except ValueError as exc:
+            problem = problem or str(exc)
+        if problem:
+            print(f"stackd: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         ssl_ctx = _ssl_context(loaded)
     except (OSError, ssl.SSLError) as exc:
@@ -98,6 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Bind before the app starts: the app's start opens the stores and reconciles the
     # registry, which a second server on a busy port must not do to the running one's.
+    # Bound without SO_REUSEPORT even for workers that bind their own: an unrelated server
+    # already on the port (with SO_REUSEPORT or not) is refused here, not joined.
     try:
         socks = bind(host, port)
     except OSError as exc:
@@ -110,9 +141,10 @@ def _serve(args: argparse.Namespace) -> int:
                     "get empty replies; raise the limit (ulimit -n) or lower server.max_connections",
                     limits.max_connections, fd_limit())
     url, where = _announced(host, port, "https" if ssl_ctx else "http")
+    served = f"{loaded.run.name} with {workers} workers" if workers > 1 else loaded.run.name
 
     def announce() -> None:
-        print(f"stackd {stackd.__version__} serving {loaded.run.name} on {where}{url}", flush=True)
+        print(f"stackd {stackd.__version__} serving {served} on {where}{url}", flush=True)
         model = next((m.model_id for m in loaded.models if m.model_type == "llm"), None)
         if model:
             print(
@@ -121,30 +153,92 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    server = _Server(loaded, host, limits, ssl_ctx, access_log=bool(args.access_log))
     try:
-        app = create_app(loaded, listen_host=host)
-        main = serve(
-            app, socks, limits=limits, ssl_context=ssl_ctx, announce=announce,
-            # The access log costs more CPU per request than the rest of the proxy path: opt-in.
-            access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
-            access_log_format='%a "%r" %s %b %Tfs',
-        )
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(main)
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(main)
-    except Exception as exc:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        log.debug("start-up failed", exc_info=True)
-        print(f"stackd: could not start: {message}", file=sys.stderr)
-        return EXIT_START
+        if workers == 1:
+            return server.run(socks, announce)
+        return _supervise(server, socks, port, mode, workers, announce)
     finally:
         for sock in socks:
             sock.close()
-    return 0
+
+
+def _supervise(server: _Server, socks: list[socket.socket], port: int, mode: str, workers: int,
+               announce: Callable[[], None]) -> int:
+    from stackd.errors import StackdError
+    from stackd.kvstore.lock import StoreClaim
+    from stackd.server.runner import bind
+    from stackd.server.workers import Supervisor
+    from stackd.stack import lock_metadata_store
+
+    # The supervisor holds the store's lock for its workers (they inherit it): an unrelated
+    # server on the same store is refused once, here, before any worker starts.
+    try:
+        lock = lock_metadata_store(server.loaded)
+    except StackdError as exc:
+        print(f"stackd: could not start: {exc.message}", file=sys.stderr)
+        return EXIT_START
+    if mode == "reuseport":
+        for sock in socks:
+            sock.close()  # each worker binds its own; this one only proved the port free
+
+    def run(link: WorkerLink, first: bool) -> int:
+        own = bind(server.host, port, reuse_port=True) if mode == "reuseport" else socks
+        return server.run(own, link.ready, link=link, claim=StoreClaim.worker(first=first))
+
+    try:
+        return Supervisor(workers, run, announce, float(server.loaded.run.server.shutdown_grace)).serve()
+    finally:
+        if lock is not None:
+            lock.release_now()
+
+
+@attrs.frozen
+class _Server:
+    """One serving process: the app on its sockets until a signal (or its supervisor's end)."""
+
+    loaded: LoadedConfig
+    host: str
+    limits: Limits
+    ssl_ctx: ssl.SSLContext | None
+    access_log: bool
+
+    def run(self, socks: list[socket.socket], announce: Callable[[], None], *,
+            link: WorkerLink | None = None, claim: StoreClaim | None = None) -> int:
+        from stackd.kvstore.lock import StoreClaim
+        from stackd.server import create_app
+        from stackd.server.runner import serve
+        from stackd.server.workers import watch_supervisor
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            if link is not None:
+                watch_supervisor(link, stop)
+            await serve(
+                create_app(self.loaded, listen_host=self.host, claim=claim or StoreClaim()), socks,
+                limits=self.limits, ssl_context=self.ssl_ctx, announce=announce, stop=stop,
+                # The access log costs more CPU per request than the rest of the proxy path: opt-in.
+                access_log=logging.getLogger("aiohttp.access") if self.access_log else None,
+                access_log_format='%a "%r" %s %b %Tfs',
+            )
+
+        try:
+            try:
+                import uvloop
+            except ImportError:
+                asyncio.run(main())
+            else:
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(main())
+        except Exception as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.debug("start-up failed", exc_info=True)
+            if link is not None:
+                link.failed(message)  # the supervisor says it, once for all workers
+            else:
+                print(f"stackd: could not start: {message}", file=sys.stderr)
+            return EXIT_START
+        return 0
 
 
 def _host_port(host: str, port: int) -> str:
@@ -218,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", nargs="?", help="run config YAML (default: the embedded llama.cpp starter)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int, help="overrides STACKD_PORT and server.port")
+    serve.add_argument("--workers", type=_worker_count, metavar="N",
+                       help=f"processes serving the port, 1 to {MAX_WORKERS} (overrides server.workers)")
     serve.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an environment variable first")
     serve.add_argument("--skip-missing-apis", action="store_true",
                        help="start without the APIs whose plugins are not installed (their routes answer 501)")
