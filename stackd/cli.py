@@ -183,7 +183,13 @@ def _supervise(server: _Server, socks: list[socket.socket], port: int, mode: str
             sock.close()  # each worker binds its own; this one only proved the port free
 
     def run(link: WorkerLink, first: bool) -> int:
-        own = bind(server.host, port, reuse_port=True) if mode == "reuseport" else socks
+        own = socks
+        if mode == "reuseport":
+            try:
+                own = bind(server.host, port, reuse_port=True)
+            except OSError as exc:
+                link.failed(f"cannot listen on {_host_port(server.host, port)}: {exc.strerror or exc}")
+                return EXIT_START
         return server.run(own, link.ready, link=link, claim=StoreClaim.worker(first=first))
 
     try:

@@ -152,7 +152,8 @@ async def pinned_pair(url: str, parent: int, server_port: int) -> tuple[Conn, Co
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
+    """A new connection per request: each is handed to a worker afresh."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
         yield s
 
 
@@ -277,15 +278,24 @@ async def test_a_registration_through_one_worker_is_served_by_the_other_within_t
 
 # -- failures and restarts -----------------------------------------------------------------------
 
+async def _dead(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while _state(pid) not in ("Z", "gone"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
 async def test_a_killed_worker_is_restarted_and_the_server_keeps_answering(
     stackd_serve: Any, write_config: Callable[..., Path], session: aiohttp.ClientSession,
 ) -> None:
+    """What the killed worker held is lost with it (its connections are cut); every new connection
+    from then on is answered, by the surviving worker and then by both."""
     proc = stackd_serve(str(write_config(server="  port: 0\n  workers: 2\n")))
     url = await asyncio.to_thread(proc.wait_serving, 60)
     before = await asyncio.to_thread(wait_for_workers, proc.proc.pid, 2)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    # Every request during the restart is answered (by the surviving worker, then by both).
+    await _dead(victim)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         async with session.post(url + "/v1/chat/completions", json=CHAT) as r:
@@ -298,8 +308,39 @@ async def test_a_killed_worker_is_restarted_and_the_server_keeps_answering(
     assert len(after) == 2 and victim not in after, after
     await asyncio.to_thread(_wait_output, proc, "is serving again")
     assert f"(pid {victim}) was killed by SIGKILL" in proc.output() and "restarting it in 0.5 s" in proc.output()
+    # Killed again at once: the next restart waits longer (backoff), the server still answers.
+    again = next(iter(after - before))
+    os.kill(again, signal.SIGKILL)
+    await _dead(again)
+    await asyncio.to_thread(_wait_output, proc, f"(pid {again}) was killed by SIGKILL")
+    assert "restarting it in 1.0 s" in proc.output()
+    for _ in range(5):
+        async with session.post(url + "/v1/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+    await asyncio.to_thread(wait_for_workers, proc.proc.pid, 2)
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(stackd_serve: Any, write_config: Callable[..., Path]) -> None:
+    proc = stackd_serve(str(write_config(server="  port: 0\n  workers: 2\n")))
+    proc.wait_serving(60)
+    workers = wait_for_workers(proc.proc.pid, 2)
+    proc.proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in workers):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        time.sleep(0.05)
+    assert "the supervisor process is gone; shutting down" in proc.output()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def _wait_output(proc: Any, text: str, timeout: float = 30) -> None:

@@ -154,10 +154,11 @@ class Supervisor:
     _exit_code: int = 0
     _kill_at: float | None = None
     _signals: list[int] = attrs.field(factory=list)
+    _wake: tuple[int, int] = (-1, -1)
 
     def serve(self) -> int:
         """Run the server; the exit status once every worker has exited."""
-        wake_r, wake_w = os.pipe()
+        wake_r, wake_w = self._wake = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
@@ -201,6 +202,8 @@ class Supervisor:
                     other.link.close()  # so a sibling's pair closes when the supervisor dies
                 selector.close()
                 signal.set_wakeup_fd(-1)
+                for fd in self._wake:
+                    os.close(fd)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which forwards it
