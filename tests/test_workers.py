@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ import pytest
 from stackd.registry import CACHE_SECONDS
 from stackd.testing.fake_openai import FakeOpenAI
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux (/proc)")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="server.workers > 1 runs on Linux only")
 
 CHAT = {"model": "echo-1", "messages": [{"role": "user", "content": "hi"}]}
 # A loaded 2-core machine may be slow to answer the probe that sees the change.
@@ -350,34 +351,13 @@ def _wait_output(proc: Any, text: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def _vllm_yaml(url: str, state: Path, *, grace: float) -> str:
-    return f"""\
-apis: [inference]
-providers:
-  inference:
-  - provider_id: vllm
-    provider_type: remote::vllm
-    config: {{url: "{url}/v1", timeout: 5}}
-metadata_store: {{type: sqlite, db_path: {state}/registry.db}}
-inference_store: {{type: sqlite, db_path: {state}/store.db}}
-models:
-- model_id: chat
-  provider_model_id: fake-model
-server:
-  port: 0
-  workers: 2
-  shutdown_grace: {grace}
-"""
-
-
 @pytest.mark.parametrize(("signals", "grace"), [(1, 1.5), (2, 30.0)])
 async def test_sigterm_under_two_workers_ends_streams_with_a_frame_and_the_supervisor_exits(
-    stackd_serve: Any, tmp_path: Path, signals: int, grace: float,
+    stackd_serve: Any, vllm_file: Callable[..., Path], signals: int, grace: float,
 ) -> None:
     pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")
     async with FakeOpenAI(chunks=1_000_000, chunk_delay=0.02) as upstream:
-        config = tmp_path / "vllm.yaml"
-        config.write_text(_vllm_yaml(upstream.url, tmp_path, grace=grace))
+        config = vllm_file(upstream.url, server=f"  port: 0\n  workers: 2\n  shutdown_grace: {grace}\n")
         proc = stackd_serve(str(config))
         url = await asyncio.to_thread(proc.wait_serving, 60)
         pids = await asyncio.to_thread(wait_for_workers, proc.proc.pid, 2)
@@ -486,3 +466,13 @@ def test_an_unknown_socket_mode_is_refused(run_cli: Any, write_config: Callable[
     result = run_cli("serve", str(write_config(server="  port: 0\n")), "--workers", "2",
                      env={"STACKD_WORKER_SOCKETS": "round-robin"})
     assert result.returncode == 2 and "STACKD_WORKER_SOCKETS must be" in result.stderr
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch, platform: str) -> None:
+    from stackd.server.workers import workers_unsupported
+
+    assert workers_unsupported() is None  # these tests run on Linux
+    monkeypatch.setattr("sys.platform", platform)
+    message = workers_unsupported()
+    assert message is not None and f"this is {platform}" in message and "server.workers: 1" in message
