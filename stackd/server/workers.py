@@ -273,6 +273,8 @@ class Supervisor:
             if worker is None:
                 continue
             if _registered(selector, worker.link):
+                self._read(worker, selector)  # what it said before it exited comes first
+            if _registered(selector, worker.link):
                 selector.unregister(worker.link)
             worker.link.close()
             self._exited(worker, _describe(status))
