@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from stackd import Caller
-from stackd.apis.models import Model
-from stackd.errors import NotFound
+from stackd.apis.models import Model, Shield
+from stackd.errors import BadRequest, NotFound
 from stackd.kvstore import ChangeFeed, KVStore, Unwatch
 from stackd.kvstore.sqlite import SqliteKVStore
 from stackd.registry import CACHE_SECONDS, Registry
@@ -74,8 +74,13 @@ class _Echo:
         return model
 
 
+class _Guard:
+    async def register_shield(self, shield: Shield) -> Shield:
+        return shield
+
+
 def _registry(kv: KVStore) -> Registry:
-    return Registry(kv, {"echo": _Echo()}, {"echo": "inference"})
+    return Registry(kv, {"echo": _Echo(), "guard": _Guard()}, {"echo": "inference", "guard": "safety"})
 
 
 async def _pair(tmp_path: Path, bus: _Bus | None) -> tuple[Registry, Registry]:
@@ -121,6 +126,14 @@ async def test_without_a_feed_a_removal_is_seen_when_the_cache_time_runs_out(tmp
         await a.unregister_model("n", Caller())
         with pytest.raises(NotFound):
             await b.unregister_model("n", Caller())
+        b.shields.ttl = 60.0
+        await a.register_shield(Caller(), "s")
+        await b.get_shield("s", Caller())  # cached by B for a minute
+        await a.unregister_shield("s", Caller())
+        with pytest.raises(NotFound):
+            await b.unregister_shield("s", Caller())  # decided on the store
+        with pytest.raises(BadRequest, match="shield 's' does not exist"):  # nor can it guard a model
+            await b.register_model(Caller(), "g", "echo-1", input_shields=["s"])
     finally:
         await a.kv.close()
         await b.kv.close()
@@ -140,6 +153,12 @@ async def test_with_a_feed_a_removal_is_seen_at_once(tmp_path: Path) -> None:
             await b.get_model("m", Caller())  # no wait for the cache time
         await a.register_model(Caller(), "m", "echo-2")
         assert (await b.get_model("m", Caller())).provider_resource_id == "echo-2"
+        # shields the same way
+        await a.register_shield(Caller(), "s")
+        assert (await b.get_shield("s", Caller())).identifier == "s"
+        await a.unregister_shield("s", Caller())
+        with pytest.raises(NotFound):
+            await b.get_shield("s", Caller())
     finally:
         for stop in stops:
             await stop()

@@ -268,8 +268,6 @@ async def test_a_registration_through_one_worker_is_served_by_the_other_within_t
         assert (await b.request("GET", "/v1/models/echo-2"))[0] == 200
         assert (await a.request("DELETE", "/v1/models/echo-2"))[0] == 200
         assert (await b.request("DELETE", "/v1/models/echo-2"))[0] == 404
-
-        # Shields the same way: one registered through B guards a model registered through A.
     finally:
         await a.close()
         await b.close()
