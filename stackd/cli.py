@@ -6,19 +6,29 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
+import socket
 import ssl
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 import stackd
+from stackd.config.schema import MAX_WORKERS
 from stackd.config.tls import TLSFileError, server_ssl_context
 from stackd.loading import ConfigError, LoadedConfig, Problem, load_config
 from stackd.logs import FORMATS, configure
 from stackd.providers.discovery import Catalog, PluginLoadError
+
+if TYPE_CHECKING:
+    from stackd.kvstore.lock import StoreClaim
+    from stackd.server.runner import Limits
+    from stackd.server.workers import WorkerLink
 
 __all__ = ["main"]
 
@@ -62,6 +72,16 @@ def _print_problems(kind: str, problems: Sequence[Problem]) -> None:
         print(f"{kind}: {problem}", file=sys.stderr)
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to {MAX_WORKERS}, got {text!r}")
+    return count
+
+
 def _port(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if args.port is not None:
         return int(args.port)
@@ -83,8 +103,8 @@ def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from stackd.server import create_app
-    from stackd.server.runner import Limits, bind, fd_limit, serve
+    from stackd.server.runner import Limits, bind, fd_limit
+    from stackd.server.workers import socket_mode, workers_unsupported
 
     loaded = _load(args)
     if loaded.missing_apis:
@@ -92,6 +112,17 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"stackd: NOT SERVING the {api} API: {why}; its routes answer 501", file=sys.stderr)
     host = args.host if args.host is not None else loaded.run.server.host
     port = _port(args, loaded)
+    workers = args.workers if args.workers is not None else loaded.run.server.workers
+    mode = "shared"
+    if workers > 1:
+        problem = workers_unsupported()
+        try:
+            mode = socket_mode()
+        except ValueError as exc:
+            problem = problem or str(exc)
+        if problem:
+            print(f"stackd: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         ssl_ctx = _ssl_context(loaded)
     except (OSError, ssl.SSLError) as exc:
@@ -99,6 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Bind before the app starts: the app's start opens the stores and reconciles the
     # registry, which a second server on a busy port must not do to the running one's.
+    # Bound without SO_REUSEPORT even for workers that bind their own: an unrelated server
+    # already on the port (with SO_REUSEPORT or not) is refused here, not joined.
     try:
         socks = bind(host, port)
     except OSError as exc:
@@ -111,9 +144,10 @@ def _serve(args: argparse.Namespace) -> int:
                     "get empty replies; raise the limit (ulimit -n) or lower server.max_connections",
                     limits.max_connections, fd_limit())
     url, where = _announced(host, port, "https" if ssl_ctx else "http")
+    served = f"{loaded.run.name} with {workers} workers" if workers > 1 else loaded.run.name
 
     def announce() -> None:
-        print(f"stackd {stackd.__version__} serving {loaded.run.name} on {where}{url}", flush=True)
+        print(f"stackd {stackd.__version__} serving {served} on {where}{url}", flush=True)
         model = next((m.model_id for m in loaded.models if m.model_type == "llm"), None)
         if model:
             print(
@@ -122,26 +156,106 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    server = _Server(loaded, host, limits, ssl_ctx, access_log=args.access_log)
     try:
-        app = create_app(loaded, listen_host=host, access_log=args.access_log)
-        # aiohttp's access log is replaced by stackd's (stackd.server.access).
-        main = serve(app, socks, limits=limits, ssl_context=ssl_ctx, announce=announce, access_log=None)
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(main)
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(main)
-    except Exception as exc:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        log.debug("start-up failed", exc_info=True)
-        print(f"stackd: could not start: {message}", file=sys.stderr)
-        return EXIT_START
+        if workers == 1:
+            return server.run(socks, announce)
+        return _supervise(server, socks, port, mode, workers, announce)
     finally:
         for sock in socks:
             sock.close()
-    return 0
+
+
+def _supervise(server: _Server, socks: list[socket.socket], port: int, mode: str, workers: int,
+               announce: Callable[[], None]) -> int:
+    from stackd.errors import StackdError
+    from stackd.kvstore.lock import StoreClaim
+    from stackd.server.runner import bind
+    from stackd.server.workers import Supervisor
+    from stackd.stack import lock_metadata_store
+
+    # The supervisor holds the store's lock for its workers (they inherit it): an unrelated
+    # server on the same store is refused once, here, before any worker starts.
+    try:
+        lock = lock_metadata_store(server.loaded)
+    except StackdError as exc:
+        print(f"stackd: could not start: {exc.message}", file=sys.stderr)
+        return EXIT_START
+    if mode == "reuseport":
+        for sock in socks:
+            sock.close()  # each worker binds its own; this one only proved the port free
+
+    def run(link: WorkerLink, first: bool) -> int:
+        own = socks
+        if mode == "reuseport":
+            try:
+                own = bind(server.host, port, reuse_port=True)
+            except OSError as exc:
+                link.failed(f"cannot listen on {_host_port(server.host, port)}: {exc.strerror or exc}")
+                return EXIT_START
+        return server.run(own, link.ready, link=link, claim=StoreClaim.worker(first=first))
+
+    # Metrics of every worker, summed on each scrape (prometheus-client's multiprocess mode): the
+    # directory must be set before any process imports stackd.metrics, so here, before forking.
+    own_metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.mkdtemp(prefix="stackd-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    try:
+        return Supervisor(workers, run, announce, float(server.loaded.run.server.shutdown_grace)).serve()
+    finally:
+        if lock is not None:
+            lock.release_now()
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+@attrs.frozen
+class _Server:
+    """One serving process: the app on its sockets until a signal (or its supervisor's end)."""
+
+    loaded: LoadedConfig
+    host: str
+    limits: Limits
+    ssl_ctx: ssl.SSLContext | None
+    access_log: bool | None
+    """``--[no-]access-log``; None: ``server.access_log`` decides."""
+
+    def run(self, socks: list[socket.socket], announce: Callable[[], None], *,
+            link: WorkerLink | None = None, claim: StoreClaim | None = None) -> int:
+        from stackd.kvstore.lock import StoreClaim
+        from stackd.server import create_app
+        from stackd.server.runner import serve
+        from stackd.server.workers import watch_supervisor
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            if link is not None:
+                watch_supervisor(link, stop)
+            await serve(
+                create_app(self.loaded, listen_host=self.host, access_log=self.access_log,
+                           claim=claim or StoreClaim()), socks,
+                limits=self.limits, ssl_context=self.ssl_ctx, announce=announce, stop=stop,
+                access_log=None,  # aiohttp's access log is replaced by stackd's (stackd.server.access)
+            )
+
+        try:
+            try:
+                import uvloop
+            except ImportError:
+                asyncio.run(main())
+            else:
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(main())
+        except Exception as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.debug("start-up failed", exc_info=True)
+            if link is not None:
+                link.failed(message)  # the supervisor says it, once for all workers
+            else:
+                print(f"stackd: could not start: {message}", file=sys.stderr)
+            return EXIT_START
+        return 0
 
 
 def _host_port(host: str, port: int) -> str:
@@ -233,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", nargs="?", help="run config YAML (default: the embedded llama.cpp starter)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int, help="overrides STACKD_PORT and server.port")
+    serve.add_argument("--workers", type=_worker_count, metavar="N",
+                       help=f"processes serving the port, 1 to {MAX_WORKERS} (overrides server.workers)")
     serve.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an environment variable first")
     serve.add_argument("--skip-missing-apis", action="store_true",
                        help="start without the APIs whose plugins are not installed (their routes answer 501)")

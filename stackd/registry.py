@@ -3,6 +3,12 @@
 Config resources are reconciled at every start (one removed from the file is gone); those
 registered through the API persist across restarts. A lookup that misses the in-memory cache
 reads the store, so a resource registered by another replica sharing the store is found.
+
+Several processes on one store (workers, replicas) agree within :data:`CACHE_SECONDS`: a
+new resource is found at once (a miss reads the store), lists read the store, and a removed
+or changed one is dropped from another process's cache when its entry ages out, or at once
+when the store has a change feed (:class:`stackd.kvstore.ChangeFeed`). Registering and
+unregistering always decide on the store's record, never on a cached one.
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ from stackd.errors import (
     quote_id,
 )
 from stackd.json_depth import STORED_MAX_DEPTH, deeper_than
-from stackd.kvstore import KVStore
+from stackd.kvstore import KVStore, Unwatch, watch_changes
 
-__all__ = ["Registry", "can_access", "owner_of"]
+__all__ = ["CACHE_SECONDS", "Registry", "can_access", "owner_of"]
+
+CACHE_SECONDS = 2.0
+"""How long a process trusts its cached copy of a model or shield (docs/deployment.md)."""
 
 log = logging.getLogger("stackd.registry")
 
@@ -72,7 +81,7 @@ class _Table(Generic[R]):
     lists slow and delayed everyone else's calls.
     """
 
-    def __init__(self, kind: str, cls: type[R], kv: KVStore, ttl: float = 2.0) -> None:
+    def __init__(self, kind: str, cls: type[R], kv: KVStore, ttl: float = CACHE_SECONDS) -> None:
         self.kind = kind
         self.cls: type[R] = cls
         self.kv = kv
@@ -140,9 +149,16 @@ class _Table(Generic[R]):
         self.cache.pop(identifier, None)
         self._fresh_until.pop(identifier, None)
 
-    async def find(self, identifier: str) -> R | None:
+    def changed(self, key: str) -> None:
+        """A change notice from the store (another process wrote ``key``): read it next time."""
+        identifier = key[len(self.kind) + 1:]
+        self.cache.pop(identifier, None)
+        self._fresh_until.pop(identifier, None)
+
+    async def find(self, identifier: str, *, fresh: bool = False) -> R | None:
+        """The item, from the cache if it is younger than ``ttl``; ``fresh``: from the store."""
         item = self.cache.get(identifier)
-        if item is not None and self._fresh_until.get(identifier, 0.0) > time.monotonic():
+        if not fresh and item is not None and self._fresh_until.get(identifier, 0.0) > time.monotonic():
             return item
         raw = await self.kv.get(self._key(identifier))
         if raw is None:
@@ -181,6 +197,15 @@ class Registry:
     def __attrs_post_init__(self) -> None:
         self.models = _Table("model", Model, self.kv)
         self.shields = _Table("shield", Shield, self.kv)
+
+    async def watch(self) -> list[Unwatch]:
+        """Follow the store's change feed, if it has one (else the cache time alone bounds staleness)."""
+        stops = []
+        for table in (self.models, self.shields):
+            stop = await watch_changes(self.kv, f"{table.kind}:", table.changed)
+            if stop is not None:
+                stops.append(stop)
+        return stops
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -275,8 +300,8 @@ class Registry:
     async def list_models(self, caller: Caller) -> list[Model]:
         return [m for m in await self.models.load() if self._visible(m, caller)]
 
-    async def get_model(self, identifier: str, caller: Caller) -> Model:
-        model = await self.models.find(identifier)
+    async def get_model(self, identifier: str, caller: Caller, *, fresh: bool = False) -> Model:
+        model = await self.models.find(identifier, fresh=fresh)
         if model is None or not self._visible(model, caller):
             raise NotFound(f"model {quote_id(identifier)} not found; GET /v1/models lists the available ones")
         return model
@@ -324,7 +349,7 @@ class Registry:
     async def unregister_model(self, identifier: str, caller: Caller) -> None:
         # One the caller may not see is a 404 (get_model), so a stranger learns nothing of it.
         if not await self.models.forget_unreadable(identifier):
-            model = await self.get_model(identifier, caller)
+            model = await self.get_model(identifier, caller, fresh=True)
             self._may_delete(model, caller)
             await self.models.remove(model.identifier)
 
@@ -336,7 +361,7 @@ class Registry:
                              [FieldError(f"$.{field}", "only for llm models")])
         for i, shield_id in enumerate(shields):
             try:
-                await self.get_shield(shield_id, caller)
+                await self.get_shield(shield_id, caller, fresh=True)
             except NotFound:
                 raise BadRequest(f"{field}[{i}]: shield {quote_id(shield_id)} does not exist; register it first "
                                  "(GET /v1/shields lists them)", [FieldError(f"$.{field}[{i}]", "unknown shield")]
@@ -347,10 +372,10 @@ class Registry:
     async def list_shields(self, caller: Caller) -> list[Shield]:
         return [s for s in await self.shields.load() if self._visible(s, caller)]
 
-    async def get_shield(self, identifier: str, caller: Caller | None) -> Shield:
+    async def get_shield(self, identifier: str, caller: Caller | None, *, fresh: bool = False) -> Shield:
         """``caller`` None: the server's own use (a model's guardrails, which the operator
-        attached), never the access policy's to hide."""
-        shield = await self.shields.find(identifier)
+        attached), never the access policy's to hide. ``fresh``: decide on the store's record."""
+        shield = await self.shields.find(identifier, fresh=fresh)
         if shield is None or shield.provider_id not in self.providers or (
                 caller is not None and not self._visible(shield, caller)):
             raise NotFound(f"shield {quote_id(identifier)} not found; GET /v1/shields lists the available ones")
@@ -383,7 +408,7 @@ class Registry:
 
     async def unregister_shield(self, identifier: str, caller: Caller) -> None:
         if not await self.shields.forget_unreadable(identifier):
-            shield = await self.get_shield(identifier, caller)
+            shield = await self.get_shield(identifier, caller, fresh=True)
             self._may_delete(shield, caller)
             guarded = [m.identifier for m in await self.models.load()
                        if identifier in m.input_shields or identifier in m.output_shields]
@@ -400,8 +425,9 @@ class Registry:
     ) -> Owner:
         """Registering again with the same provider updates; anything else is refused. The
         owner of the registration: the caller for a new one, the first owner for an update
-        (ownership never changes hands by registering again)."""
-        existing = await table.find(identifier)
+        (ownership never changes hands by registering again). Decided on the store's record:
+        a cached one may be another process's removed registration."""
+        existing = await table.find(identifier, fresh=True)
         kind = table.kind
         if existing is None:
             # A bound on what a server holds is what keeps its list answerable in one page

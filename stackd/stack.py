@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
 from stackd.guardrails import Guardrails, check_and_list
 from stackd.inference_store import InferenceStoreWriter, open_inference_store
-from stackd.kvstore import KVStore, lock_store, open_kvstore
+from stackd.kvstore import KVStore, StoreClaim, StoreLock, lock_store, lock_store_now, open_kvstore
 from stackd.loading import LoadedConfig
 from stackd.providers.build import build_providers
 from stackd.quota import QuotaLimiter, open_quota
@@ -28,7 +28,7 @@ from stackd.registry import Registry
 from stackd.routing import InferenceRouter, SafetyRouter
 from stackd.upstream import UpstreamLimits
 
-__all__ = ["Stack", "open_stack", "state_dir"]
+__all__ = ["Stack", "lock_metadata_store", "open_stack", "state_dir"]
 
 log = logging.getLogger("stackd")
 
@@ -65,8 +65,8 @@ def _default_store(config: StoreConfig | None, name: str, filename: str) -> Stor
     return SqliteStoreConfig(db_path=state_dir() / name / filename)
 
 
-@contextlib.asynccontextmanager
-async def _in_state_dir(default: bool) -> AsyncIterator[None]:
+@contextlib.contextmanager
+def _in_state_dir(default: bool) -> Iterator[None]:
     """A store that failed in the state directory names the directory and STACKD_HOME, the
     setting an operator changes (the file itself was never named in their config)."""
     try:
@@ -79,23 +79,35 @@ async def _in_state_dir(default: bool) -> AsyncIterator[None]:
         raise
 
 
+def lock_metadata_store(loaded: LoadedConfig) -> StoreLock | None:
+    """The metadata store's lock, taken by a supervisor for all its workers (blocking, no loop)."""
+    run = loaded.run
+    with _in_state_dir(run.metadata_store is None):
+        return lock_store_now(_default_store(run.metadata_store, run.name, "registry.db"))
+
+
 @contextlib.asynccontextmanager
-async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) -> AsyncIterator[Stack]:
+async def open_stack(
+    loaded: LoadedConfig, *, gate: Gatekeeper | None = None, claim: StoreClaim = StoreClaim()  # noqa: B008 - frozen
+) -> AsyncIterator[Stack]:
+    """The stack of ``loaded``; ``claim``: whether this process locks and reconciles the metadata
+    store, or is a worker whose supervisor holds the lock (:class:`stackd.kvstore.StoreClaim`)."""
     run = loaded.run
     async with contextlib.AsyncExitStack() as exits:
         metadata_config = _default_store(run.metadata_store, run.name, "registry.db")
-        async with _in_state_dir(run.metadata_store is None):
+        with _in_state_dir(run.metadata_store is None):
             # Before anything is written: reconciling below rewrites the config's models, which
             # must never happen under another live server (see stackd.kvstore.lock).
-            lock = await lock_store(metadata_config)
-            if lock is not None:
-                exits.push_async_callback(lock.release)
+            if claim.lock:
+                lock = await lock_store(metadata_config)
+                if lock is not None:
+                    exits.push_async_callback(lock.release)
             metadata = await open_kvstore(metadata_config)
         exits.push_async_callback(metadata.close)
 
         inference_store = None
         if "inference" in loaded.served_apis():
-            async with _in_state_dir(run.inference_store is None):
+            with _in_state_dir(run.inference_store is None):
                 inference_store = await _open_inference_store(loaded, exits)
 
         providers: dict[str, Any] = {}
@@ -109,10 +121,14 @@ async def open_stack(loaded: LoadedConfig, *, gate: Gatekeeper | None = None) ->
         routers = {"inference": inference, "safety": safety}
         limits = UpstreamLimits(run.server.max_upstream_body_bytes, run.server.max_upstream_line_bytes)
         providers.update(await build_providers(loaded.providers, routers, exits, limits))
-        await registry.reconcile(loaded.models, loaded.shields)
+        for unwatch in await registry.watch():
+            exits.push_async_callback(unwatch)
+        if claim.reconcile:
+            await registry.reconcile(loaded.models, loaded.shields)
         window = run.server.guardrail_window_chars
         for line in await check_and_list(registry, window):
-            log.info("%s", line)
+            if claim.reconcile:  # once per server, not once per worker
+                log.info("%s", line)
         inference.guardrails = Guardrails(registry, safety, window)
 
         if gate is None:

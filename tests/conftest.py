@@ -291,6 +291,18 @@ models:
 
 
 @pytest.fixture
+def vllm_file(tmp_path: Path) -> Callable[..., Path]:
+    """``vllm_file(url, server="  key: value\\n")``: :func:`vllm_yaml` written to a file, for ``stackd serve``."""
+
+    def write(url: str, **kw: Any) -> Path:
+        path = tmp_path / "vllm.yaml"
+        path.write_text(vllm_yaml(url, tmp_path, **kw), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
 def vllm_config(tmp_path: Path) -> Callable[..., LoadedConfig]:
     """``vllm_config(url, timeout=..., server="  key: value\\n")``: :func:`vllm_yaml`, loaded."""
     pytest.importorskip("stackd_provider_vllm", reason="the remote::vllm plugin is installed by tox and .ci/run")

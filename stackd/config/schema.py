@@ -36,6 +36,8 @@ __all__ = [
     "AllowedHost",
     "JsonDepth",
     "MetricsConfig",
+    "MAX_WORKERS",
+    "WorkerCount",
     "ResourceCount",
 ]
 
@@ -59,6 +61,9 @@ def _is_network(text: str) -> bool:
 
 ProxyNetwork = Annotated[str, Check(_is_network, "an IP address or CIDR network (10.0.0.1, 10.0.0.0/8, ::1)")]
 PositiveInt = Annotated[int, Check(lambda n: n > 0, "a positive whole number")]
+MAX_WORKERS = 64
+# More processes than that is more memory than cores on any machine stackd is sized for.
+WorkerCount = Annotated[int, Check(lambda n: 1 <= n <= MAX_WORKERS, f"a number of processes from 1 to {MAX_WORKERS}")]
 QuotaLimit = Annotated[int, Check(lambda n: n >= 0, "a whole number of 0 or more")]
 
 # An empty host binds every interface, which nobody writes on purpose: 0.0.0.0 and :: say it.
@@ -175,6 +180,8 @@ class ServerConfig:
     max_header_bytes: PositiveInt = 8190
     max_connections: PositiveInt | None = None  # None: half the process's open-file limit
     shutdown_grace: Seconds = Seconds(10.0)  # noqa: RUF009
+    # Processes serving the port (docs/deployment.md); `stackd serve --workers N` overrides it.
+    workers: WorkerCount = 1
     stream_stall_timeout: Seconds = Seconds(60.0)  # noqa: RUF009 - NewType: no call at run time
     # What an upstream may send: bigger answers or stream lines are 502, not memory.
     max_upstream_body_bytes: int = 64 * 1024 * 1024

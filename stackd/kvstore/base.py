@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 from stackd.config.stores import RedisStoreConfig, SqliteStoreConfig, StoreConfig
 from stackd.db.drivers import require_driver
 
-__all__ = ["KVStore", "open_kvstore"]
+__all__ = ["ChangeFeed", "KVStore", "Unwatch", "open_kvstore", "watch_changes"]
+
+Unwatch = Callable[[], Awaitable[None]]
 
 
 class KVStore(Protocol):
@@ -28,6 +31,31 @@ class KVStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """The optional change notification of a kvstore shared by several processes.
+
+    A store that can tell every process on it which keys changed (Redis pub/sub, PostgreSQL
+    LISTEN/NOTIFY) implements ``watch``; its own ``set``/``delete`` announce the key. Readers
+    that cache (the registry) then drop an entry as soon as the notice arrives instead of
+    when their cache time runs out. Stores without it (SQLite) are read on the cache's time
+    alone. Notices may be lost (a reconnect), so a cache keeps its time limit either way.
+    """
+
+    async def watch(self, prefix: str, on_change: Callable[[str], None]) -> Unwatch:
+        """From now on, call ``on_change(key)`` (on the event loop, never blocking) for every key
+        under ``prefix`` set or deleted by any process of this store; awaiting the returned
+        function stops it."""
+        ...
+
+
+async def watch_changes(kv: KVStore, prefix: str, on_change: Callable[[str], None]) -> Unwatch | None:
+    """Watch ``prefix`` when ``kv`` has a change feed; None when it has not (cache time only)."""
+    if isinstance(kv, ChangeFeed):
+        return await kv.watch(prefix, on_change)
+    return None
 
 
 async def open_kvstore(config: StoreConfig, namespace: str = "", *, section: str = "$.metadata_store") -> KVStore:

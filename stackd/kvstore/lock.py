@@ -5,9 +5,14 @@ are unregistered), so a second server on the same store would rewrite what the f
 serves. ``flock`` is held for the life of the stack and released by the kernel when the
 process dies, so a crashed server never leaves a stale lock behind.
 
+The workers of one server (``server.workers``) are one server: their supervisor takes the
+lock before it forks them, they inherit its descriptor (a flock belongs to the open file, so
+it stays held while any of them lives), the first worker reconciles and the others only read
+(:class:`StoreClaim`). An unrelated server on the same file is still refused.
+
 Stores shared on purpose by several replicas (Redis, PostgreSQL: issue #12) cannot use a
-file lock; they will need reconciling scoped to the config that owns the records (or done
-under a lease in the store), which is why :func:`lock_store` returns ``None`` for them.
+file lock; they will reconcile under a lease kept in the store itself (docs/deployment.md),
+which is why :func:`lock_store` returns ``None`` for them.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import fcntl
 import os
 from pathlib import Path
 
+import attrs
+
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.db.sqlite import store_failed
 from stackd.errors import UpstreamUnavailable
 
-__all__ = ["StoreInUse", "StoreLock", "lock_store"]
+__all__ = ["StoreClaim", "StoreInUse", "StoreLock", "lock_store", "lock_store_now"]
 
 
 class StoreInUse(UpstreamUnavailable):
@@ -39,9 +46,12 @@ class StoreLock:
         return f"StoreLock({str(self.path)!r})"
 
     async def release(self) -> None:
+        await asyncio.to_thread(self.release_now)
+
+    def release_now(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
-            await asyncio.to_thread(os.close, fd)  # closing the descriptor drops the flock
+            os.close(fd)  # closing the descriptor drops the flock (once no forked worker holds it)
 
 
 def _holder(fd: int) -> str:
@@ -77,11 +87,37 @@ def _acquire(db_path: Path) -> StoreLock:
     return StoreLock(path, fd)
 
 
-async def lock_store(config: StoreConfig) -> StoreLock | None:
-    """The lock of a SQLite store (raises :class:`StoreInUse` when another process holds it)."""
+def lock_store_now(config: StoreConfig) -> StoreLock | None:
+    """The lock of a SQLite store (raises :class:`StoreInUse` when another process holds it).
+
+    Blocking (a few system calls): for a supervisor before it has an event loop."""
     if not isinstance(config, SqliteStoreConfig):
         return None
     try:
-        return await asyncio.to_thread(_acquire, config.db_path)
+        return _acquire(config.db_path)
     except OSError as exc:
         raise store_failed(config.db_path, exc, "cannot be locked") from exc
+
+
+async def lock_store(config: StoreConfig) -> StoreLock | None:
+    """:func:`lock_store_now` off the event loop."""
+    return await asyncio.to_thread(lock_store_now, config)
+
+
+@attrs.frozen
+class StoreClaim:
+    """What one process of a server does with the metadata store at start.
+
+    A lone server locks the store and reconciles it with its config. A worker of a supervised
+    server (``server.workers`` > 1) finds the lock held for it by its supervisor; only the
+    first worker reconciles (once per start of the server, before the others are forked), so
+    N workers do not rewrite the same records N times, and a restarted worker never undoes
+    what the API registered meanwhile.
+    """
+
+    lock: bool = True
+    reconcile: bool = True
+
+    @classmethod
+    def worker(cls, *, first: bool) -> StoreClaim:
+        return cls(lock=False, reconcile=first)

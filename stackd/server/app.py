@@ -12,6 +12,7 @@ from aiohttp import web
 from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
 from stackd.errors import NotImplementedByProvider, UpstreamUnavailable
+from stackd.kvstore import StoreClaim
 from stackd.loading import LoadedConfig
 from stackd.server import openapi, routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
 from stackd.server.access import access_middleware, metrics_handler, sample_every_second
@@ -148,12 +149,14 @@ async def send_rate_headers(request: web.Request, response: web.StreamResponse) 
 def create_app(
     loaded: LoadedConfig, *, gate: Gatekeeper | None = None, listen_host: str | None = None,
     access_log: bool | None = None,
+    claim: StoreClaim = StoreClaim(),  # noqa: B008 - frozen
 ) -> web.Application:
     """The application for ``loaded``. The stack opens when the app starts and closes when it stops.
 
     ``listen_host`` is the address served (``--host`` wins over ``server.host``): it decides
     which ``Host`` headers are answered when ``server.allowed_hosts`` is not set.
-    ``access_log`` overrides ``server.access_log`` (``stackd serve --[no-]access-log``).
+    ``access_log`` overrides ``server.access_log`` (``stackd serve --[no-]access-log``). ``claim``: a
+    worker's share of the metadata store (:class:`stackd.kvstore.StoreClaim`).
     """
     quiet_parser_errors()
     server = loaded.run.server
@@ -181,7 +184,7 @@ def create_app(
     app[LIFECYCLE] = Lifecycle()
 
     async def stack_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_stack(loaded, gate=gate) as stack:
+        async with open_stack(loaded, gate=gate, claim=claim) as stack:
             app[STACK] = stack
             yield
 

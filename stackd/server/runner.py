@@ -304,11 +304,12 @@ class _Site(web.SockSite):
 _BACKLOG = 1024
 
 
-def bind(host: str, port: int, backlog: int = _BACKLOG) -> list[socket.socket]:
+def bind(host: str, port: int, backlog: int = _BACKLOG, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for ``host`` (every address it resolves to; ``""``: all interfaces).
 
     Bound before the app starts, so a second server on a busy port fails here, before it
-    opens (and reconciles) the stores of the running one.
+    opens (and reconciles) the stores of the running one. ``reuse_port``: a worker's own
+    socket beside its siblings' (``SO_REUSEPORT``, stackd.server.workers).
     """
     infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     socks: list[socket.socket] = []
@@ -324,6 +325,8 @@ def bind(host: str, port: int, backlog: int = _BACKLOG) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 # As asyncio does: "::" means IPv6 only, so 0.0.0.0 can be bound beside it.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
