@@ -31,10 +31,11 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     session = request.app[_SESSION]
     async with session.request(request.method, request.app[_UPSTREAM] + request.path_qs, data=body,
                                headers=headers) as upstream:
-        response = web.StreamResponse(status=upstream.status,
-                                      headers={k: upstream.headers[k] for k in _PASSED if k in upstream.headers})
+        passed = {k: upstream.headers[k] for k in _PASSED if k in upstream.headers}
         if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+            # A whole answer of known size leaves in one write, headers and body together.
+            return web.Response(status=upstream.status, body=await upstream.read(), headers=passed)
+        response = web.StreamResponse(status=upstream.status, headers=passed)
         await response.prepare(request)
         async for block in upstream.content.iter_any():
             await response.write(block)

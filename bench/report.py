@@ -38,7 +38,7 @@ def _div(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def evaluate(results: list[dict[str, Any]], variant: str = "default") -> list[dict[str, Any]]:
+def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Adds comparisons to each proxied result (in place) and returns one verdict per target check."""
     verdicts: list[dict[str, Any]] = []
     for i, r in enumerate(results):
@@ -54,8 +54,9 @@ def evaluate(results: list[dict[str, Any]], variant: str = "default") -> list[di
         r["cpu_ratio"] = _div(r.get("server_cpu_ms_per_req"), r["upstream_cpu_ms_per_req"])
         # The same against the direct phase: the upstream serving the load generator itself.
         r["cpu_ratio_vs_direct_phase"] = _div(r.get("server_cpu_ms_per_req"), direct["upstream_cpu_ms_per_req"])
-        if r["target"] != "stackd":
+        if not r["target"].startswith("stackd"):
             continue
+        variant = r["target"].removeprefix("stackd").removeprefix("-") or "default"
         for ref in ("passthrough", "nginx"):
             other = _find(results, ref, r["mode"], r["concurrency"], i)
             if other is not None:
@@ -64,12 +65,13 @@ def evaluate(results: list[dict[str, Any]], variant: str = "default") -> list[di
         if "cpu_vs_passthrough" in r:
             limit = PASSTHROUGH_TARGET.get(variant, 1.3)
             verdicts.append({
-                "check": f"stackd CPU/request <= {limit}x the aiohttp pass-through ({r['mode']}, c={r['concurrency']})",
+                "check": f"{r['target']} CPU/request <= {limit}x the aiohttp pass-through "
+                         f"({r['mode']}, c={r['concurrency']})",
                 "value": r["cpu_vs_passthrough"],
                 "met": r["cpu_vs_passthrough"] is not None and r["cpu_vs_passthrough"] <= limit,
             })
             verdicts.append({
-                "check": f"stackd p50 <= pass-through p50 + {ADDED_P50_TARGET_MS:g} ms ({r['mode']}, "
+                "check": f"{r['target']} p50 <= pass-through p50 + {ADDED_P50_TARGET_MS:g} ms ({r['mode']}, "
                          f"c={r['concurrency']})",
                 "value": r["added_p50_ms_vs_passthrough"],
                 "met": r["added_p50_ms_vs_passthrough"] is not None
@@ -77,14 +79,14 @@ def evaluate(results: list[dict[str, Any]], variant: str = "default") -> list[di
             })
         limit = CPU_TARGET[r["mode"]]
         verdicts.append({
-            "check": f"stackd CPU/request <= {limit}x upstream ({r['mode']}, c={r['concurrency']})",
+            "check": f"{r['target']} CPU/request <= {limit}x upstream ({r['mode']}, c={r['concurrency']})",
             "value": r["cpu_ratio"],
             "met": r["cpu_ratio"] is not None and r["cpu_ratio"] <= limit,
         })
         c, floor = THROUGHPUT_TARGET
         if r["concurrency"] == c:
             verdicts.append({
-                "check": f"throughput through stackd >= {floor:.0%} of direct ({r['mode']}, c={c})",
+                "check": f"throughput through {r['target']} >= {floor:.0%} of direct ({r['mode']}, c={c})",
                 "value": r["rps_vs_direct"],
                 "met": r["rps_vs_direct"] is not None and r["rps_vs_direct"] >= floor,
             })

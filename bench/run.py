@@ -89,7 +89,7 @@ def measure(
             "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
     if phase.stream:
         argv.append("--stream")
-    if target.name == "stackd" and args.stackd_config == "auth-quota":
+    if target.name == _stackd_name("auth-quota"):
         argv += ["--bearer", peers.BEARER]
     if target.name == "llama-stack":
         # It never sends [DONE], and at ~50 ms of CPU per stream one round is warm-up enough.
@@ -102,7 +102,7 @@ def measure(
         if warm.get("phase") != "warm" or not warm.get("ok"):
             raise RuntimeError(f"{target.name} {phase.key}: the warm-up failed: {warm or 'no output'}")
         profiler = None
-        if profile_dir is not None and target.name == "stackd":
+        if profile_dir is not None and target.name.startswith("stackd"):
             profiler = _profile_start(target.server.pid, profile_dir / f"{target.name}-{phase.key}.txt")
             time.sleep(0.5)  # py-spy attaches before the measured phase begins
         server_pid = target.server.pid if target.server else None
@@ -156,7 +156,7 @@ def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, 
         if "nginx" in args.references:
             servers.update(_start_nginx(work, upstream))
         idp_url = None
-        if args.stackd_config == "auth-quota":
+        if "auth-quota" in args.stackd_config:
             idp_port = free_port()
             (work / "jwks.json").write_text('{"keys": []}')
             idp_url = f"http://127.0.0.1:{idp_port}"
@@ -165,13 +165,17 @@ def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, 
                 "idp", [sys.executable, "-m", "bench.idp", "--port", str(idp_port), "--jwks", str(work / "jwks.json")],
                 idp_url, "/health", work / "idp.log", env={**os.environ, "PYTHONPATH": str(_ROOT)},
             )
-        port = free_port()
-        config = peers.write_stackd_config(work, upstream.url, args.stackd_config, idp_url)
-        env = {**os.environ, "STACKD_HOME": str(work / "stackd-home")}
-        servers["stackd"] = start_server(
-            "stackd", peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
-            work / "stackd.log", env=env,
-        )
+        for variant in args.stackd_config:
+            name = _stackd_name(variant)
+            directory = work / name
+            directory.mkdir()
+            port = free_port()
+            config = peers.write_stackd_config(directory, upstream.url, variant, idp_url)
+            env = {**os.environ, "STACKD_HOME": str(directory / "stackd-home")}
+            servers[name] = start_server(
+                name, peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
+                directory / "stackd.log", env=env,
+            )
         if args.with_llama_stack:
             servers.update(_start_llama_stack(args, work, upstream))
     except BaseException:
@@ -180,6 +184,10 @@ def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, 
         upstream.stop()
         raise
     return upstream, servers
+
+
+def _stackd_name(variant: str) -> str:
+    return "stackd" if variant == "default" else f"stackd-{variant}"
 
 
 def _start_nginx(work: Path, upstream: Server) -> dict[str, Server]:
@@ -219,9 +227,9 @@ def _targets(upstream: Server, servers: dict[str, Server]) -> list[Target]:
     for name in ("passthrough", "nginx"):
         if name in servers:
             targets.append(Target(name, f"{servers[name].url}/v1/chat/completions", peers.FAKE_MODEL, servers[name]))
-    if "stackd" in servers:
-        targets.append(Target("stackd", f"{servers['stackd'].url}/v1/chat/completions", peers.MODEL_ID,
-                              servers["stackd"]))
+    for name, server in servers.items():
+        if name.startswith("stackd"):
+            targets.append(Target(name, f"{server.url}/v1/chat/completions", peers.MODEL_ID, server))
     if "llama-stack" in servers:
         targets.append(Target("llama-stack", f"{servers['llama-stack'].url}/v1/openai/v1/chat/completions",
                               peers.MODEL_ID, servers["llama-stack"]))
@@ -285,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the upstream spaces stream events this many ms apart (3: each on its own read)")
     parser.add_argument("--references", default="passthrough,nginx",
                         help="reference proxies beside stackd: passthrough, nginx, both or none")
-    parser.add_argument("--stackd-config", choices=sorted(peers.STACKD_VARIANTS), default="default",
-                        help="default: inference store on; no-store: inference_store none; "
-                             "auth-quota: bearer auth (custom endpoint) and quota on")
+    parser.add_argument("--stackd-config", default="default",
+                        help="comma-separated stackd variants, each its own target: default (inference store "
+                             "on), no-store (inference_store: {type: none}), auth-quota (bearer auth through a "
+                             "custom endpoint, cached, and a quota)")
     parser.add_argument("--repeat", type=int, default=1, help="measure every phase this many times, in turn")
     parser.add_argument("--quick", action="store_true", help="few requests: checks that everything runs")
     parser.add_argument("--with-llama-stack", metavar="VENV", help="a venv with llama-stack==0.2.12 installed")
@@ -297,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.requests_nonstream, args.requests_stream, args.warmup, args.max_seconds = 600, 150, 100, 5.0
+    args.stackd_config = [v.strip() for v in args.stackd_config.split(",") if v.strip()]
+    unknown = set(args.stackd_config) - set(peers.STACKD_VARIANTS)
+    if unknown or not args.stackd_config:
+        parser.error(f"--stackd-config: unknown variant(s) {sorted(unknown)}; use {', '.join(peers.STACKD_VARIANTS)}")
     args.references = {r.strip() for r in args.references.split(",") if r.strip() and r.strip() != "none"}
     levels = [int(c) for c in args.concurrency.split(",") if c]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -339,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
             upstream.stop()
 
-    verdicts = evaluate(results, args.stackd_config)
+    verdicts = evaluate(results)
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(),

@@ -388,9 +388,9 @@ class ParsedConfig:
             self.report.error("$.metadata_store.type", f"metadata_store type {run.metadata_store.type!r} is not "
                               "available in this build of stackd yet; use type: sqlite")
         store = run.inference_store
-        if store is not None and store.type not in ("sqlite", "postgres"):
+        if store is not None and store.type not in ("sqlite", "postgres", "none"):
             self.report.error("$.inference_store.type", f"inference_store type {store.type!r} cannot hold chat "
-                              "completions; use sqlite or postgres")
+                              "completions; use sqlite or postgres (or none to store nothing)")
         if store is not None and store.type == "postgres" and importlib.util.find_spec("asyncpg") is None:
             self.report.error("$.inference_store.type", "a postgres inference store needs asyncpg: "
                               "pip install 'stackd[postgres]'")

@@ -9,7 +9,8 @@ import attrs
 
 from stackd.convert import Secret, Tagged
 
-__all__ = ["PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig", "StoreConfig"]
+__all__ = ["InferenceStoreConfig", "NoStoreConfig", "PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig",
+           "StoreConfig"]
 
 
 @attrs.frozen
@@ -40,3 +41,16 @@ class RedisStoreConfig:
 
 
 StoreConfig = Annotated[SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig, Tagged("type", "store")]
+
+
+@attrs.frozen
+class NoStoreConfig:
+    """``inference_store: {type: none}``: completions are not recorded (a pure proxy)."""
+
+    type: Literal["none"] = "none"
+
+
+# Redis stays in the union so that choosing it is told why it cannot hold completions.
+InferenceStoreConfig = Annotated[
+    SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig | NoStoreConfig, Tagged("type", "store")
+]
