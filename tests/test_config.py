@@ -341,7 +341,7 @@ server:
          "metadata_store type 'redis' is not available in this build of stackd yet; use type: sqlite "
          "@ $.metadata_store.type (run.yaml:1:24)"),
         ("inference_store: {type: redis}\n",
-         "inference_store type 'redis' cannot hold chat completions; use sqlite or postgres "
+         "inference_store type 'redis' cannot hold chat completions; use sqlite or postgres (or none to store nothing) "
          "@ $.inference_store.type (run.yaml:1:25)"),
     ],
 )
