@@ -10,6 +10,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import orjson
+
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
@@ -19,6 +21,7 @@ from stackd.guardrails import Guardrails, single, violation_answer, violation_ch
 from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
 from stackd.registry import Registry
+from stackd.upstream import SSEEvent, relabel_bytes
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook", "not_ready_reason"]
 
@@ -197,8 +200,20 @@ class InferenceRouter:
         """
         keep = ChatStreamAssembler(self.max_stored_bytes) if store_with is not None else None
         seen = False
+        # The upstream's bytes of an event go out as they came, relabelled on the bytes
+        # (stackd.upstream.relabel_bytes); the dict is relabelled too, for the store and hooks.
+        new = b'"model":' + orjson.dumps(identifier)
+        upstream_name: Any = None
+        old = b""
         try:
             async for chunk in chunks:
+                if chunk.__class__ is SSEEvent and chunk.raw is not None:
+                    name = chunk.get("model")
+                    if name != identifier:
+                        if name != upstream_name:
+                            upstream_name = name
+                            old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
+                        chunk.raw = relabel_bytes(chunk.raw, old, new) if old else None
                 chunk["model"] = identifier
                 seen = True
                 if keep is not None and not self._fold(keep, chunk, identifier):
