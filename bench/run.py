@@ -176,6 +176,8 @@ def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, 
                 name, peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
                 directory / "stackd.log", env=env,
             )
+        if args.baseline:
+            servers["stackd-baseline"] = _start_baseline(Path(args.baseline), work, upstream)
         if args.with_llama_stack:
             servers.update(_start_llama_stack(args, work, upstream))
     except BaseException:
@@ -184,6 +186,24 @@ def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, 
         upstream.stop()
         raise
     return upstream, servers
+
+
+def _start_baseline(tree: Path, work: Path, upstream: Server) -> Server:
+    """stackd (default config) imported from another source tree, e.g. ``git worktree add /tmp/base main``:
+    before and after a change measured in one run."""
+    tree = tree.resolve()
+    if not (tree / "stackd" / "__init__.py").exists():
+        raise SystemExit(f"--baseline {tree}: not a stackd source tree (no stackd/__init__.py)")
+    # The tree's own core and plugins come first on the path; the installed entry points name
+    # the same modules, so they load from there.
+    paths = [str(tree), *(str(src) for src in sorted((tree / "plugins").glob("*/src")))]
+    directory = work / "stackd-baseline"
+    directory.mkdir()
+    config = peers.write_stackd_config(directory, upstream.url)
+    port = free_port()
+    env = {**os.environ, "STACKD_HOME": str(directory / "stackd-home"), "PYTHONPATH": os.pathsep.join(paths)}
+    return start_server("stackd-baseline", peers.stackd_argv(config, port), f"http://127.0.0.1:{port}",
+                        "/v1/health", directory / "stackd.log", env=env)
 
 
 def _stackd_name(variant: str) -> str:
@@ -297,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated stackd variants, each its own target: default (inference store "
                              "on), no-store (inference_store: {type: none}), auth-quota (bearer auth through a "
                              "custom endpoint, cached, and a quota)")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="also measure stackd imported from this source tree (default config), as "
+                             "stackd-baseline: before/after in the same run")
     parser.add_argument("--repeat", type=int, default=1, help="measure every phase this many times, in turn")
     parser.add_argument("--quick", action="store_true", help="few requests: checks that everything runs")
     parser.add_argument("--with-llama-stack", metavar="VENV", help="a venv with llama-stack==0.2.12 installed")
