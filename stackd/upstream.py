@@ -259,7 +259,7 @@ async def read_json(
         raise UpstreamBadResponse(
             f"provider {provider_id!r} answered HTTP {resp.status} with a body that is not JSON"
         ) from None
-    _too_deep(data, provider_id, "JSON")
+    _too_deep(data, provider_id, "JSON", body)
     return data
 
 
