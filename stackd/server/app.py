@@ -10,6 +10,7 @@ from aiohttp import web
 
 from stackd.admission import Gatekeeper, RequestInfo
 from stackd.apis.known import PROVIDER_APIS
+from stackd.caller import Caller
 from stackd.errors import NotImplementedByProvider
 from stackd.loading import LoadedConfig
 from stackd.server import routes_meta, routes_moderations, routes_native, routes_openai, routes_resources
@@ -86,8 +87,11 @@ def _missing_api_middleware(missing: dict[str, str]) -> Callable[[web.Request, H
 
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    stack = request.app[STACK]
-    admission = await stack.gate.admit(
+    gate = request.app[STACK].gate
+    if gate.admits_everyone():
+        request[CALLER] = Caller(client_address=request.app[CLIENT_ADDRESSES].client(request.remote, request.headers))
+        return await handler(request)
+    admission = await gate.admit(
         RequestInfo(
             method=request.method,
             path=request.path,
