@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-nonstream", type=int, default=400)
     parser.add_argument("--requests-stream", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--token-interval", type=float, default=0.0, metavar="MS",
+                        help="the upstream spaces stream events this many ms apart")
+    parser.add_argument("--modes", default="non-stream,stream", help="non-stream, stream or both")
     parser.add_argument("--stackd-config", default="default", help="comma-separated: default, no-store, auth-quota")
     parser.add_argument("--baseline", metavar="TREE", help="also stackd imported from this source tree")
     parser.add_argument("--out", type=Path, default=_ROOT / "bench" / "results" / "instructions.json")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="stackd-instr-") as tmp:
         work = Path(tmp)
         up_port = free_port()
-        upstream = start_server("upstream", peers.upstream_argv(up_port, args.chunks), f"http://127.0.0.1:{up_port}",
+        upstream = start_server("upstream", peers.upstream_argv(up_port, args.chunks, args.token_interval), f"http://127.0.0.1:{up_port}",
                                 "/health", work / "upstream.log")
         servers: list[tuple[str, Server, Path, str, str | None]] = []
         try:
@@ -145,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                 server = start_server(name, _valgrind(out, peers.stackd_argv(config, port)), f"http://127.0.0.1:{port}",
                                       "/v1/health", directory / "stackd.log", env=env, timeout=300)
                 servers.append((name, server, out, peers.MODEL_ID, peers.BEARER if variant == "auth-quota" else None))
-            for stream, n in ((False, args.requests_nonstream), (True, args.requests_stream)):
+            modes = [m.strip() for m in args.modes.split(",")]
+            phases = [(False, args.requests_nonstream)] if "non-stream" in modes else []
+            phases += [(True, args.requests_stream)] if "stream" in modes else []
+            for stream, n in phases:
                 for name, server, out, model, bearer in servers:
                     if name == "idp":
                         continue
