@@ -10,20 +10,93 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["FAKE_MODEL", "MODEL_ID", "llama_stack_argv", "stackd_argv", "upstream_argv", "write_llama_stack_config",
+__all__ = ["BEARER", "FAKE_MODEL", "MODEL_ID", "NGINX", "STACKD_VARIANTS", "llama_stack_argv", "nginx_argv",
+           "passthrough_argv", "stackd_argv", "upstream_argv", "write_llama_stack_config", "write_nginx_config",
            "write_stackd_config"]
 
 FAKE_MODEL = "fake-model"  # what the upstream serves
 MODEL_ID = "bench-llm"  # what clients of stackd / Llama Stack ask for (resolved to FAKE_MODEL)
 
 
-def upstream_argv(port: int, chunks: int) -> list[str]:
-    return [sys.executable, "-m", "stackd.testing.fake_openai", "--host", "127.0.0.1", "--port", str(port),
+NGINX = Path("/usr/sbin/nginx")  # Debian's package (apt-get install -y nginx)
+
+
+def upstream_argv(port: int, chunks: int, token_interval_ms: float = 0.0) -> list[str]:
+    argv = [sys.executable, "-m", "stackd.testing.fake_openai", "--host", "127.0.0.1", "--port", str(port),
             "--chunks", str(chunks), "--models", FAKE_MODEL, "--unique-ids"]
+    if token_interval_ms:
+        argv += ["--token-interval", f"{token_interval_ms:g}ms"]
+    return argv
 
 
-def write_stackd_config(directory: Path, upstream_url: str) -> Path:
+def passthrough_argv(port: int, upstream_url: str) -> list[str]:
+    return [sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", upstream_url]
+
+
+def write_nginx_config(directory: Path, upstream_url: str, port: int) -> Path:
+    """One worker, keep-alive to the upstream, nothing buffered: nginx as a streaming LLM proxy."""
+    prefix = directory / "nginx"
+    prefix.mkdir(exist_ok=True)
+    upstream = upstream_url.removeprefix("http://")
+    path = prefix / "nginx.conf"
+    path.write_text(
+        f"""worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream fake {{
+        server {upstream};
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+    )
+    return path
+
+
+def nginx_argv(config: Path) -> list[str]:
+    return [str(NGINX), "-p", str(config.parent), "-c", str(config)]
+
+
+# --stackd-config of bench/run.py: what is switched on beside the proxy path.
+STACKD_VARIANTS = ("default", "no-store", "auth-quota")
+BEARER = "bench-token"  # what the load generator sends to the auth-quota variant
+
+
+def write_stackd_config(
+    directory: Path, upstream_url: str, variant: str = "default", idp_url: str | None = None
+) -> Path:
+    """stackd's config for the benchmark: ``default`` has the inference store on (as every
+    config does unless it says otherwise), ``no-store`` says ``inference_store: {type: none}``,
+    ``auth-quota`` adds custom bearer auth (decisions cached, the IdP is ``idp_url``) and a quota."""
     path = directory / "stackd-bench.yaml"
+    store = ("{type: none}" if variant == "no-store"
+             else f"\n  type: sqlite\n  db_path: {directory}/stackd/inference_store.db")
+    extra = ""
+    if variant == "auth-quota":
+        extra = (f"  auth:\n    provider_type: custom\n    config:\n      endpoint: {idp_url}/auth\n"
+                 f"      cache_ttl: 3600\n"
+                 f"  quota:\n    kvstore: {{type: sqlite, db_path: {directory}/stackd/quota.db}}\n"
+                 "    anonymous_max_requests: 1000000000\n    authenticated_max_requests: 1000000000\n"
+                 "    period: day\n")
     path.write_text(
         f"""version: 2
 image_name: bench
@@ -37,9 +110,7 @@ providers:
 metadata_store:
   type: sqlite
   db_path: {directory}/stackd/registry.db
-inference_store:
-  type: sqlite
-  db_path: {directory}/stackd/inference_store.db
+inference_store: {store}
 models:
 - model_id: {MODEL_ID}
   provider_id: vllm
@@ -47,7 +118,7 @@ models:
   model_type: llm
 server:
   host: 127.0.0.1
-"""
+{extra}"""
     )
     return path
 

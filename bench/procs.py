@@ -15,7 +15,8 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Server", "cpu_seconds", "free_port", "loadgen_phase", "rss_mb", "peak_rss_mb", "start_server"]
+__all__ = ["Server", "cpu_seconds", "free_port", "loadgen_phase", "peak_rss_mb", "rss_mb", "start_server",
+           "tree_cpu_seconds"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -33,6 +34,30 @@ def cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass  # gone meanwhile
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and its live descendants (nginx's worker, stackd's llama.cpp workers)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except OSError:
+            continue
+        todo += _children(current)
+    return total
 
 
 def _status_kb(pid: int, key: str) -> int:

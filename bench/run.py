@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from bench import peers
-from bench.procs import Server, cpu_seconds, free_port, peak_rss_mb, rss_mb, start_server
+from bench.procs import Server, free_port, peak_rss_mb, rss_mb, start_server, tree_cpu_seconds
 from bench.report import evaluate, format_table
 
 __all__ = ["main"]
@@ -89,6 +89,8 @@ def measure(
             "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
     if phase.stream:
         argv.append("--stream")
+    if target.name == _stackd_name("auth-quota"):
+        argv += ["--bearer", peers.BEARER]
     if target.name == "llama-stack":
         # It never sends [DONE], and at ~50 ms of CPU per stream one round is warm-up enough.
         argv[argv.index("--warmup") + 1] = str(phase.concurrency)
@@ -100,17 +102,17 @@ def measure(
         if warm.get("phase") != "warm" or not warm.get("ok"):
             raise RuntimeError(f"{target.name} {phase.key}: the warm-up failed: {warm or 'no output'}")
         profiler = None
-        if profile_dir is not None and target.server is not None:
+        if profile_dir is not None and target.name.startswith("stackd"):
             profiler = _profile_start(target.server.pid, profile_dir / f"{target.name}-{phase.key}.txt")
             time.sleep(0.5)  # py-spy attaches before the measured phase begins
         server_pid = target.server.pid if target.server else None
-        up0 = cpu_seconds(upstream.pid)
-        srv0 = cpu_seconds(server_pid) if server_pid else 0.0
+        up0 = tree_cpu_seconds(upstream.pid)
+        srv0 = tree_cpu_seconds(server_pid) if server_pid else 0.0
         gen.stdin.write("go\n")
         gen.stdin.flush()
         done = json.loads(gen.stdout.readline() or "{}")
-        up1 = cpu_seconds(upstream.pid)
-        srv1 = cpu_seconds(server_pid) if server_pid else 0.0
+        up1 = tree_cpu_seconds(upstream.pid)
+        srv1 = tree_cpu_seconds(server_pid) if server_pid else 0.0
         if profiler is not None:
             _profile_stop(profiler)
         gen.wait(timeout=30)
@@ -140,18 +142,42 @@ def measure(
 def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, Server]]:
     up_port = free_port()
     upstream = start_server(
-        "upstream", peers.upstream_argv(up_port, args.chunks), f"http://127.0.0.1:{up_port}", "/health",
-        work / "upstream.log",
+        "upstream", peers.upstream_argv(up_port, args.chunks, args.token_interval),
+        f"http://127.0.0.1:{up_port}", "/health", work / "upstream.log",
     )
     servers: dict[str, Server] = {}
     try:
-        port = free_port()
-        config = peers.write_stackd_config(work, upstream.url)
-        env = {**os.environ, "STACKD_HOME": str(work / "stackd-home")}
-        servers["stackd"] = start_server(
-            "stackd", peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
-            work / "stackd.log", env=env,
-        )
+        if "passthrough" in args.references:
+            port = free_port()
+            servers["passthrough"] = start_server(
+                "passthrough", peers.passthrough_argv(port, upstream.url), f"http://127.0.0.1:{port}", "/health",
+                work / "passthrough.log", env={**os.environ, "PYTHONPATH": str(_ROOT)},
+            )
+        if "nginx" in args.references:
+            servers.update(_start_nginx(work, upstream))
+        idp_url = None
+        if "auth-quota" in args.stackd_config:
+            idp_port = free_port()
+            (work / "jwks.json").write_text('{"keys": []}')
+            idp_url = f"http://127.0.0.1:{idp_port}"
+            # The IdP is asked once (decisions are cached): it is not part of the measured tree.
+            servers["idp"] = start_server(
+                "idp", [sys.executable, "-m", "bench.idp", "--port", str(idp_port), "--jwks", str(work / "jwks.json")],
+                idp_url, "/health", work / "idp.log", env={**os.environ, "PYTHONPATH": str(_ROOT)},
+            )
+        for variant in args.stackd_config:
+            name = _stackd_name(variant)
+            directory = work / name
+            directory.mkdir()
+            port = free_port()
+            config = peers.write_stackd_config(directory, upstream.url, variant, idp_url)
+            env = {**os.environ, "STACKD_HOME": str(directory / "stackd-home")}
+            servers[name] = start_server(
+                name, peers.stackd_argv(config, port), f"http://127.0.0.1:{port}", "/v1/health",
+                directory / "stackd.log", env=env,
+            )
+        if args.baseline:
+            servers["stackd-baseline"] = _start_baseline(Path(args.baseline), work, upstream)
         if args.with_llama_stack:
             servers.update(_start_llama_stack(args, work, upstream))
     except BaseException:
@@ -160,6 +186,38 @@ def _start_all(args: argparse.Namespace, work: Path) -> tuple[Server, dict[str, 
         upstream.stop()
         raise
     return upstream, servers
+
+
+def _start_baseline(tree: Path, work: Path, upstream: Server) -> Server:
+    """stackd (default config) imported from another source tree, e.g. ``git worktree add /tmp/base main``:
+    before and after a change measured in one run."""
+    tree = tree.resolve()
+    if not (tree / "stackd" / "__init__.py").exists():
+        raise SystemExit(f"--baseline {tree}: not a stackd source tree (no stackd/__init__.py)")
+    # The tree's own core and plugins come first on the path; the installed entry points name
+    # the same modules, so they load from there.
+    paths = [str(tree), *(str(src) for src in sorted((tree / "plugins").glob("*/src")))]
+    directory = work / "stackd-baseline"
+    directory.mkdir()
+    config = peers.write_stackd_config(directory, upstream.url)
+    port = free_port()
+    env = {**os.environ, "STACKD_HOME": str(directory / "stackd-home"), "PYTHONPATH": os.pathsep.join(paths)}
+    return start_server("stackd-baseline", peers.stackd_argv(config, port), f"http://127.0.0.1:{port}",
+                        "/v1/health", directory / "stackd.log", env=env)
+
+
+def _stackd_name(variant: str) -> str:
+    return "stackd" if variant == "default" else f"stackd-{variant}"
+
+
+def _start_nginx(work: Path, upstream: Server) -> dict[str, Server]:
+    if not peers.NGINX.exists():
+        print(f"nginx: skipped: no {peers.NGINX} (apt-get install -y nginx)", file=sys.stderr)
+        return {}
+    port = free_port()
+    config = peers.write_nginx_config(work, upstream.url, port)
+    return {"nginx": start_server("nginx", peers.nginx_argv(config), f"http://127.0.0.1:{port}", "/health",
+                                  work / "nginx.log")}
 
 
 def _start_llama_stack(args: argparse.Namespace, work: Path, upstream: Server) -> dict[str, Server]:
@@ -185,9 +243,13 @@ def _start_llama_stack(args: argparse.Namespace, work: Path, upstream: Server) -
 
 def _targets(upstream: Server, servers: dict[str, Server]) -> list[Target]:
     targets = [Target("direct", f"{upstream.url}/v1/chat/completions", peers.FAKE_MODEL, None)]
-    if "stackd" in servers:
-        targets.append(Target("stackd", f"{servers['stackd'].url}/v1/chat/completions", peers.MODEL_ID,
-                              servers["stackd"]))
+    # The references ask for the upstream's own model name: they rewrite nothing.
+    for name in ("passthrough", "nginx"):
+        if name in servers:
+            targets.append(Target(name, f"{servers[name].url}/v1/chat/completions", peers.FAKE_MODEL, servers[name]))
+    for name, server in servers.items():
+        if name.startswith("stackd"):
+            targets.append(Target(name, f"{server.url}/v1/chat/completions", peers.MODEL_ID, server))
     if "llama-stack" in servers:
         targets.append(Target("llama-stack", f"{servers['llama-stack'].url}/v1/openai/v1/chat/completions",
                               peers.MODEL_ID, servers["llama-stack"]))
@@ -247,6 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-stream", type=int, default=3000, help="measured requests per phase")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time bound of each phase")
     parser.add_argument("--warmup", type=int, default=300, help="warm-up requests per phase (>= 2x c)")
+    parser.add_argument("--token-interval", type=float, default=0.0, metavar="MS",
+                        help="the upstream spaces stream events this many ms apart (3: each on its own read)")
+    parser.add_argument("--references", default="passthrough,nginx",
+                        help="reference proxies beside stackd: passthrough, nginx, both or none")
+    parser.add_argument("--stackd-config", default="default",
+                        help="comma-separated stackd variants, each its own target: default (inference store "
+                             "on), no-store (inference_store: {type: none}), auth-quota (bearer auth through a "
+                             "custom endpoint, cached, and a quota)")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="also measure stackd imported from this source tree (default config), as "
+                             "stackd-baseline: before/after in the same run")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every phase this many times, in turn")
     parser.add_argument("--quick", action="store_true", help="few requests: checks that everything runs")
     parser.add_argument("--with-llama-stack", metavar="VENV", help="a venv with llama-stack==0.2.12 installed")
     parser.add_argument("--profile", action="store_true",
@@ -255,11 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.requests_nonstream, args.requests_stream, args.warmup, args.max_seconds = 600, 150, 100, 5.0
+    args.stackd_config = [v.strip() for v in args.stackd_config.split(",") if v.strip()]
+    unknown = set(args.stackd_config) - set(peers.STACKD_VARIANTS)
+    if unknown or not args.stackd_config:
+        parser.error(f"--stackd-config: unknown variant(s) {sorted(unknown)}; use {', '.join(peers.STACKD_VARIANTS)}")
+    args.references = {r.strip() for r in args.references.split(",") if r.strip() and r.strip() != "none"}
     levels = [int(c) for c in args.concurrency.split(",") if c]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     phases = [
         Phase(mode == "stream", c, args.requests_stream if mode == "stream" else args.requests_nonstream)
-        for mode in modes for c in levels
+        for mode in modes for c in levels for _ in range(args.repeat)
     ]
 
     with tempfile.TemporaryDirectory(prefix="stackd-bench-") as tmp:
@@ -300,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(),
-        "settings": {"chunks": args.chunks, "requests_nonstream": args.requests_nonstream,
+        "settings": {"chunks": args.chunks, "token_interval_ms": args.token_interval,
+                     "stackd_config": args.stackd_config, "repeat": args.repeat,
+                     "requests_nonstream": args.requests_nonstream,
                      "requests_stream": args.requests_stream, "max_seconds": args.max_seconds,
                      "warmup": args.warmup, "profiled": args.profile},
         "startup": startup,

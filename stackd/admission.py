@@ -94,6 +94,11 @@ class Gatekeeper:
     hash_key: bytes = b""
     """Keys :func:`principal_id` (the stack's token hash key)."""
 
+    def admits_everyone(self) -> bool:
+        """No authentication, quota or route policy: every caller is let in as it is, so the
+        server can skip building a :class:`RequestInfo` for the gate."""
+        return self.authenticator is None and self.quota is None and not self.route_policy
+
     async def admit(self, request: RequestInfo) -> Admission:
         if request.path in self.public_paths:
             return Admission(Caller(client_address=request.client_address))

@@ -10,6 +10,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import orjson
+
 from stackd import metrics
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
@@ -21,6 +23,7 @@ from stackd.inference_store.assemble import ChatStreamAssembler, weight
 from stackd.inference_store.normalise import storable
 from stackd.observe import current
 from stackd.registry import Registry
+from stackd.upstream import SSEEvent, relabel_bytes
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook", "not_ready_reason"]
 
@@ -209,8 +212,20 @@ class InferenceRouter:
         if obs is not None and obs.model != identifier:
             obs = None  # a shield's own model call: the request's metrics are its client's model's
         usage = None
+        # The upstream's bytes of an event go out as they came, relabelled on the bytes
+        # (stackd.upstream.relabel_bytes); the dict is relabelled too, for the store and hooks.
+        new = b'"model":' + orjson.dumps(identifier)
+        upstream_name: Any = None
+        old = b""
         try:
             async for chunk in chunks:
+                if chunk.__class__ is SSEEvent and chunk.raw is not None:
+                    name = chunk.get("model")
+                    if name != identifier:
+                        if name != upstream_name:
+                            upstream_name = name
+                            old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
+                        chunk.raw = relabel_bytes(chunk.raw, old, new) if old else None
                 chunk["model"] = identifier
                 if not seen:
                     seen = True

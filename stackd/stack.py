@@ -16,7 +16,7 @@ from stackd.admission import PUBLIC_PATHS, Gatekeeper
 from stackd.auth import build_authenticator
 from stackd.auth.policy import AccessPolicy
 from stackd.config.schema import ServerConfig
-from stackd.config.stores import SqliteStoreConfig, StoreConfig
+from stackd.config.stores import NoStoreConfig, SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
 from stackd.guardrails import Guardrails, check_and_list
 from stackd.inference_store import InferenceStoreWriter, open_inference_store
@@ -106,7 +106,7 @@ async def open_stack(
         exits.push_async_callback(metadata.close)
 
         inference_store = None
-        if "inference" in loaded.served_apis():
+        if "inference" in loaded.served_apis() and not isinstance(run.inference_store, NoStoreConfig):
             with _in_state_dir(run.inference_store is None):
                 inference_store = await _open_inference_store(loaded, exits)
 
@@ -174,7 +174,9 @@ async def _open_gate(server: ServerConfig, metadata: KVStore, exits: contextlib.
 async def _open_inference_store(loaded: LoadedConfig, exits: contextlib.AsyncExitStack) -> InferenceStoreWriter:
     """The store behind its writer: writes never delay an answer, and reads wait for queued
     writes, so a client that reads a completion right after creating it finds it."""
-    config = _default_store(loaded.run.inference_store, loaded.run.name, "inference_store.db")
+    configured = loaded.run.inference_store
+    assert not isinstance(configured, NoStoreConfig)  # no writer is opened for {type: none}
+    config = _default_store(configured, loaded.run.name, "inference_store.db")
     store = await open_inference_store(config)
     exits.push_async_callback(store.close)
     writer = InferenceStoreWriter(store, max_queue_bytes=loaded.run.server.max_store_queue_bytes)

@@ -47,11 +47,13 @@ from stackd.observe import current
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "SSEEvent",
     "UpstreamLimits",
     "check_status",
     "iter_ndjson",
     "iter_sse",
     "limits_of",
+    "relabel_bytes",
     "make_session",
     "read_json",
     "stream_timeout",
@@ -71,6 +73,40 @@ class UpstreamLimits:
 
 
 DEFAULT_LIMITS = UpstreamLimits()
+
+
+class SSEEvent(dict[str, Any]):
+    """A stream event as parsed, with ``raw``: the upstream's own bytes of it (the ``data:``
+    payload), so a frame that nothing changed goes out as it came instead of serialised again.
+
+    Whoever changes the dict must set ``raw`` to the bytes of the changed event, or to None
+    (the event is then serialised from the dict). Only the router's relabel changes it.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, data: dict[str, Any], raw: bytes | None) -> None:
+        super().__init__(data)
+        self.raw = raw
+
+
+def relabel_bytes(raw: bytes, old: bytes, new: bytes) -> bytes | None:
+    """``raw`` (a JSON object's bytes) with its top-level ``old`` member (``"model":"name"``,
+    as compact JSON writes it) replaced by ``new``; None when that cannot be told safely.
+
+    In valid JSON, ``"model":"`` with bare quotes is never inside a string (a string escapes
+    its quotes), so a match is a ``model`` member. It is the top-level one when no other
+    object or array opens before it, and the only one when no other ``"model"`` follows.
+    Anything else (other spacing, members before it nested, a second one) returns None and the
+    event is serialised from its dict, so the answer is the same either way, only slower.
+    """
+    i = raw.find(old)
+    if i < 0 or raw.find(b"{", 1, i) >= 0 or raw.find(b"[", 0, i) >= 0:
+        return None
+    end = i + len(old)
+    if raw.find(b'"model"', end) >= 0:
+        return None
+    return b"".join((raw[:i], new, raw[end:]))
 
 # An error body is read only for its message (500 characters of it are kept).
 _MAX_ERROR_BODY = 64 * 1024
@@ -269,9 +305,10 @@ async def read_json(
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise _bad_answer(provider_id, f"provider {provider_id!r} answered HTTP {resp.status} with a body that "
-                          "is not JSON") from None
-    _too_deep(data, provider_id, "JSON")
+        raise _bad_answer(provider_id,
+                          f"provider {provider_id!r} answered HTTP {resp.status} with a body that is not JSON"
+        ) from None
+    _too_deep(data, provider_id, "JSON", body)
     return data
 
 
@@ -311,31 +348,53 @@ async def _read_body(resp: aiohttp.ClientResponse, provider_id: str, limit: int)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def _lines(resp: aiohttp.ClientResponse, provider_id: str, limit: int) -> AsyncIterator[bytes]:
-    """The body's lines, each at most ``limit`` bytes (aiohttp's readline would cap them at its
-    buffer size with an error that says nothing, so lines are split here)."""
-    head: list[bytes] = []  # the pieces of a line that has not ended yet
-    size = 0
-    async for block in resp.content.iter_any():
+class _Lines:
+    """Splits the body's blocks into lines, each at most ``limit`` bytes (aiohttp's readline
+    would cap them at its buffer size with an error that says nothing). A plain object, not an
+    async generator: the readers loop over blocks and lines themselves, one layer per event less.
+
+    The lines before one over the limit are still handed out; the 502 comes on the next call.
+    """
+
+    __slots__ = ("_head", "_limit", "_provider_id", "_resp", "_size", "over")
+
+    def __init__(self, resp: aiohttp.ClientResponse, provider_id: str, limit: int) -> None:
+        self._resp = resp
+        self._provider_id = provider_id
+        self._limit = limit
+        self._head: list[bytes] = []  # the pieces of a line that has not ended yet
+        self._size = 0
+        self.over = False
+
+    def error(self) -> UpstreamBadResponse:
+        return _line_too_long(self._resp, self._provider_id, self._limit)
+
+    def feed(self, block: bytes) -> list[bytes]:
+        """The lines this block ends."""
         lines = block.split(b"\n")
         tail = lines.pop()
+        limit = self._limit
         if lines:
-            if head:
-                head.append(lines[0])
-                lines[0] = b"".join(head)
-                head = []
-            for line in lines:
+            if self._head:
+                self._head.append(lines[0])
+                lines[0] = b"".join(self._head)
+                self._head = []
+            for i, line in enumerate(lines):
                 if len(line) > limit:
-                    raise _line_too_long(resp, provider_id, limit)
-                yield line
-            size = 0
+                    self.over = True
+                    return lines[:i]
+            self._size = 0
         if tail:
-            head.append(tail)
-            size += len(tail)
-            if size > limit:
-                raise _line_too_long(resp, provider_id, limit)
-    if head:
-        yield b"".join(head)
+            self._head.append(tail)
+            self._size += len(tail)
+            if self._size > limit:
+                self.over = True
+        return lines
+
+    def end(self) -> list[bytes]:
+        """The last line, when the body does not end with a newline (given once)."""
+        head, self._head = self._head, []
+        return [b"".join(head)] if head else []
 
 
 def _line_too_long(resp: aiohttp.ClientResponse, provider_id: str, limit: int) -> UpstreamBadResponse:
@@ -405,6 +464,18 @@ class _Watchdog:
             self.handle = None
 
 
+async def _next_lines(blocks: AsyncIterator[bytes], lines: _Lines) -> list[bytes] | None:
+    """The lines the next block ends; at the end of the body its unterminated last line
+    (once), then None."""
+    if lines.over:
+        raise lines.error()
+    try:
+        block = await blocks.__anext__()
+    except StopAsyncIteration:
+        return lines.end() or None
+    return lines.feed(block)
+
+
 async def iter_sse(
     resp: aiohttp.ClientResponse,
     provider_id: str,
@@ -419,36 +490,43 @@ async def iter_sse(
     into one error frame. ``first_event_by`` (a ``loop.time()`` deadline, usually set when
     the request was sent) bounds the wait for the first event, ``idle_timeout`` (seconds) each
     wait for the next one: past either, 504. Comments and keep-alives are not events.
+
+    An object event is an :class:`SSEEvent`: its ``raw`` bytes are the payload as the upstream
+    sent it, so the server can forward them instead of serialising the dict again.
     """
-    done = False
     watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
     clock = watchdog.clock
+    lines = _Lines(resp, provider_id, limits.max_line_bytes)
+    blocks = resp.content.iter_any().__aiter__()
     try:
-        async for raw in _lines(resp, provider_id, limits.max_line_bytes):
-            if not raw.startswith(b"data:"):
-                continue  # blank separators, comments, event:/id: fields, keep-alives
-            payload = raw[5:].strip()
-            if payload == b"[DONE]":
-                done = True
-                break
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise _bad_answer(provider_id,
-                                  f"provider {provider_id!r} sent a stream event that is not JSON") from None
-            if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
-                raise _bad_answer(provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-            _too_deep(data, provider_id, "a stream event", payload)
-            watchdog.deadline = None  # the consumer's time with the event is not the upstream's
-            yield data
-            if idle_timeout is not None:
-                watchdog.deadline = clock() + idle_timeout
-                if watchdog.handle is None:
-                    watchdog.arm()
+        while (batch := await _next_lines(blocks, lines)) is not None:
+            for raw in batch:
+                if not raw.startswith(b"data:"):
+                    continue  # blank separators, comments, event:/id: fields, keep-alives
+                payload = raw[5:].strip()
+                if payload == b"[DONE]":
+                    return
+                try:
+                    data = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise _bad_answer(provider_id,
+                                      f"provider {provider_id!r} sent a stream event that is not JSON") from None
+                if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
+                    raise _bad_answer(provider_id,
+                                      f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
+                _too_deep(data, provider_id, "a stream event", payload)
+                if type(data) is dict:
+                    # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
+                    data = SSEEvent(data, None if b"\r" in payload else payload)
+                watchdog.deadline = None  # the consumer's time with the event is not the upstream's
+                yield data
+                if idle_timeout is not None:
+                    watchdog.deadline = clock() + idle_timeout
+                    if watchdog.handle is None:
+                        watchdog.arm()
     finally:
         watchdog.cancel()
-    if not done:
-        raise _bad_answer(provider_id, f"provider {provider_id!r}: the stream ended before it was complete")
+    raise _bad_answer(provider_id, f"provider {provider_id!r}: the stream ended before it was complete")
 
 
 async def iter_ndjson(
@@ -463,22 +541,25 @@ async def iter_ndjson(
     timeouts as for :func:`iter_sse`, each object counting as an event."""
     watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
     clock = watchdog.clock
+    lines = _Lines(resp, provider_id, limits.max_line_bytes)
+    blocks = resp.content.iter_any().__aiter__()
     try:
-        async for raw in _lines(resp, provider_id, limits.max_line_bytes):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise _bad_answer(provider_id,
-                                  f"provider {provider_id!r} sent a stream line that is not JSON") from None
-            _too_deep(data, provider_id, "a stream line", line)
-            watchdog.deadline = None  # the consumer's time with the event is not the upstream's
-            yield data
-            if idle_timeout is not None:
-                watchdog.deadline = clock() + idle_timeout
-                if watchdog.handle is None:
-                    watchdog.arm()
+        while (batch := await _next_lines(blocks, lines)) is not None:
+            for raw in batch:
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    data = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise _bad_answer(provider_id,
+                                      f"provider {provider_id!r} sent a stream line that is not JSON") from None
+                _too_deep(data, provider_id, "a stream line", line)
+                watchdog.deadline = None  # the consumer's time with the event is not the upstream's
+                yield data
+                if idle_timeout is not None:
+                    watchdog.deadline = clock() + idle_timeout
+                    if watchdog.handle is None:
+                        watchdog.arm()
     finally:
         watchdog.cancel()

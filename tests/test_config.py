@@ -341,7 +341,7 @@ server:
          "$.metadata_store uses the table 'stackd_kvstore' of the same database: give each store its own "
          "table_name @ $.inference_store.table_name (run.yaml:2:47)"),
         ("inference_store: {type: redis}\n",
-         "inference_store type 'redis' cannot hold chat completions; use sqlite or postgres "
+         "inference_store type 'redis' cannot hold chat completions; use sqlite or postgres (or none to store nothing) "
          "@ $.inference_store.type (run.yaml:1:25)"),
     ],
 )

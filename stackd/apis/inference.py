@@ -13,7 +13,9 @@ Calling convention for the three ``openai_*`` methods:
 - Without ``"stream": true`` the method returns the response body as a dict
   (``chat.completion``, ``text_completion`` or the embeddings ``list``).
 - With ``"stream": true`` it returns an async iterator of chunk dicts
-  (``chat.completion.chunk`` / ``text_completion``). The method itself must do everything
+  (``chat.completion.chunk`` / ``text_completion``); events of :func:`stackd.upstream.iter_sse`
+  are passed on as they are (their ``raw`` bytes are forwarded; a provider that changes one sets
+  ``raw`` to None). The method itself must do everything
   that can fail before the first byte (connect, send, read the status), so such failures
   become a proper HTTP status rather than an error frame. The iterator is closed with
   ``aclose()`` when the client goes away: release the upstream connection in ``finally``.

@@ -388,10 +388,12 @@ class ParsedConfig:
                               "metadata store (several servers share a quota store, one server owns its "
                               "metadata store)")
         store = run.inference_store
-        if store is not None and store.type not in ("sqlite", "postgres"):
+        if store is not None and store.type not in ("sqlite", "postgres", "none"):
             # Paged, filtered history wants an ordered index on disk; PostgreSQL is the shared one.
             self.report.error("$.inference_store.type", f"inference_store type {store.type!r} cannot hold chat "
-                              "completions; use sqlite or postgres")
+                              "completions; use sqlite or postgres (or none to store nothing)")
+        if store is not None and store.type == "none":
+            store = None
         sections = [("$.metadata_store", run.metadata_store), ("$.inference_store", store),
                     ("$.server.quota.kvstore", quota.kvstore if quota is not None else None)]
         tables: dict[tuple[str, int, str, str], str] = {}

@@ -16,7 +16,7 @@ import attrs
 
 from stackd.apis.models import ResourceId
 from stackd.config.auth import AuthConfig, RoutePolicyRule
-from stackd.config.stores import StoreConfig
+from stackd.config.stores import InferenceStoreConfig, StoreConfig
 from stackd.convert import Check, Seconds
 
 __all__ = [
@@ -204,7 +204,7 @@ class RunConfig:
     apis: list[str] = attrs.field(factory=list)
     providers: dict[str, list[ProviderEntry]] = attrs.field(factory=dict)
     metadata_store: StoreConfig | None = None
-    inference_store: StoreConfig | None = None
+    inference_store: InferenceStoreConfig | None = None
     models: list[ModelInput] = attrs.field(factory=list)
     shields: list[ShieldInput] = attrs.field(factory=list)
     server: ServerConfig = attrs.field(factory=ServerConfig)

@@ -12,7 +12,8 @@ from stackd.convert import Secret, Tagged
 from stackd.errors import BadRequest, FieldError
 
 __all__ = [
-    "PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig", "StoreConfig",
+    "InferenceStoreConfig", "NoStoreConfig", "PostgresStoreConfig", "RedisStoreConfig", "SqliteStoreConfig",
+    "StoreConfig",
     "DEFAULT_TABLES", "namespace_problem", "table_name_problem", "table_of",
 ]
 
@@ -79,3 +80,16 @@ def table_of(config: PostgresStoreConfig, section: str) -> str:
         raise BadRequest(f"{problem} @ {section}.table_name",
                          [FieldError(f"{section}.table_name", "expected a plain SQL identifier")])
     return name
+
+
+@attrs.frozen
+class NoStoreConfig:
+    """``inference_store: {type: none}``: completions are not recorded (a pure proxy)."""
+
+    type: Literal["none"] = "none"
+
+
+# Redis stays in the union so that choosing it is told why it cannot hold completions.
+InferenceStoreConfig = Annotated[
+    SqliteStoreConfig | PostgresStoreConfig | RedisStoreConfig | NoStoreConfig, Tagged("type", "store")
+]

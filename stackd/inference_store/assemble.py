@@ -19,6 +19,7 @@ __all__ = ["ChatStreamAssembler", "assemble_chat_stream", "weight"]
 # Delta fields that arrive in pieces. ``reasoning_content`` (vLLM, DeepSeek) and ``reasoning``
 # (Ollama, llama.cpp) are not OpenAI's, but the same servers put them in the full body too.
 _TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+_TEXT_KEYS = frozenset(_TEXT_FIELDS)
 # Chunk fields of the body: the first non-null value wins (servers repeat them on every chunk).
 _TOP_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 # What a kept piece costs beyond its characters (the str object, its list slot): a stream of
@@ -41,26 +42,33 @@ class _Choice:
     def add(self, choice: dict[str, Any]) -> int:
         """Fold one chunk's choice in; returns roughly how many bytes that kept."""
         kept = 0
-        delta = choice.get("delta") or {}
-        for key, value in delta.items():
-            if value is None:
-                continue
-            if key == "role":
-                self.role = self.role or value
-            elif key in _TEXT_FIELDS:
-                self.texts.setdefault(key, []).append(value)
-                kept += _PIECE + len(value)
-            elif key == "tool_calls":
-                for call in value:
-                    kept += self._add_tool_call(call)
-            elif key == "function_call":
-                self.function_call = _merge_function(self.function_call, value)
-                kept += _PIECE + len(value.get("arguments") or "")
-            else:
-                self.extra[key] = value
-                kept += weight(value)
-        if choice.get("finish_reason") is not None:
-            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        if delta:
+            texts = self.texts
+            for key, value in delta.items():
+                if value is None:
+                    continue
+                if key in _TEXT_KEYS:  # the one branch a token takes: checked first
+                    pieces = texts.get(key)
+                    if pieces is None:
+                        texts[key] = [value]
+                    else:
+                        pieces.append(value)
+                    kept += _PIECE + len(value)
+                elif key == "role":
+                    self.role = self.role or value
+                elif key == "tool_calls":
+                    for call in value:
+                        kept += self._add_tool_call(call)
+                elif key == "function_call":
+                    self.function_call = _merge_function(self.function_call, value)
+                    kept += _PIECE + len(value.get("arguments") or "")
+                else:
+                    self.extra[key] = value
+                    kept += weight(value)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason is not None:
+            self.finish_reason = finish_reason
         logprobs = choice.get("logprobs")
         if logprobs:
             self.logprobs = self.logprobs or {}
@@ -157,7 +165,8 @@ class ChatStreamAssembler:
 
     def __init__(self, budget: int | None = None) -> None:
         self._top: dict[str, Any] = {}
-        self._missing = list(_TOP_FIELDS)  # runs once per token: look only for what is not found yet
+        # Looked up once per token: only what is not found yet, and only when the chunk has one.
+        self._missing = set(_TOP_FIELDS)
         self._choices: dict[int, _Choice] = {}
         self._usage: Any = None
         self.budget = budget
@@ -168,18 +177,20 @@ class ChatStreamAssembler:
         if self.over:
             return False
         missing = self._missing
-        if missing:
+        if missing and not missing.isdisjoint(chunk):
             for key in [k for k in missing if chunk.get(k) is not None]:
                 self._top[key] = chunk[key]
-                missing.remove(key)
+                missing.discard(key)
         choices = self._choices
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
-            if index not in choices:
-                choices[index] = _Choice()
-            self.kept += choices[index].add(choice)
-        if chunk.get("usage") is not None:
-            self._usage = chunk["usage"]  # the last usage chunk is the total
+            kept = choices.get(index)
+            if kept is None:
+                kept = choices[index] = _Choice()
+            self.kept += kept.add(choice)
+        usage = chunk.get("usage")
+        if usage is not None:
+            self._usage = usage  # the last usage chunk is the total
         if self.budget is not None and self.kept > self.budget:
             self.over = True
             self._choices = {}

@@ -27,6 +27,7 @@ from stackd.apis.shapes import (
     StoredMessageList,
 )
 from stackd.auth.policy import owner_from_json
+from stackd.config.stores import NoStoreConfig
 from stackd.errors import BadRequest, FieldError, NotImplementedByProvider
 from stackd.inference_store import InferenceStoreWriter
 from stackd.inference_store.api import DEFAULT_LIMIT, Visible
@@ -140,8 +141,12 @@ def _limit(query: Mapping[str, str]) -> int:
 
 
 def _store(request: web.Request) -> InferenceStoreWriter:
-    store = request.app[STACK].inference_store
+    stack = request.app[STACK]
+    store = stack.inference_store
     if store is None:
+        if isinstance(stack.loaded.run.inference_store, NoStoreConfig):
+            raise NotImplementedByProvider("stored chat completions are off: the server's config says "
+                                           "inference_store: {type: none}; set type sqlite or postgres to keep them")
         raise NotImplementedByProvider("stored chat completions are not available: no inference provider "
                                        "is configured; add one under providers.inference")
     return store

@@ -23,12 +23,23 @@ from aiohttp import web
 from stackd.apis.inference import close_stream
 from stackd.errors import StackdError
 from stackd.server.keys import STALL_TIMEOUT, STREAMS
+from stackd.upstream import SSEEvent
 
-__all__ = ["stream_sse"]
+__all__ = ["encode_event", "stream_sse"]
 
 log = logging.getLogger("stackd.server")
 
 _DONE = b"data: [DONE]\n\n"
+
+
+def encode_event(event: Any) -> bytes:
+    """An event's JSON: the upstream's own bytes when they still say what the event says
+    (:class:`stackd.upstream.SSEEvent`), else the event serialised."""
+    if event.__class__ is SSEEvent:
+        raw: bytes | None = event.raw
+        if raw is not None:
+            return raw
+    return orjson.dumps(event)
 
 
 async def stream_sse(
@@ -37,7 +48,7 @@ async def stream_sse(
     *,
     done: bool,
     headers: dict[str, str] | None = None,
-    encode: Callable[[Any], bytes] = orjson.dumps,
+    encode: Callable[[Any], bytes] | None = None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
@@ -52,7 +63,7 @@ async def stream_sse(
     assert task is not None
     live.tasks.add(task)
     try:
-        await _stream(request, events, encode, write, done)
+        await _stream(request, events, encode or encode_event, write, done)
         await response.write_eof()
     except ConnectionError as exc:
         # The client is gone: it hung up (its reset or close can reach us while we write, before

@@ -588,6 +588,23 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 # -- as a process -----------------------------------------------------------------------------------
 
 
+def _interval(text: str) -> float:
+    """``3ms``, ``0.003s`` or ``0.003`` (seconds) as seconds."""
+    scale = 1.0
+    number = text.strip()
+    if number.endswith("ms"):
+        number, scale = number[:-2], 0.001
+    elif number.endswith("s"):
+        number = number[:-1]
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 3ms or 0.003s") from None
+    if not 0 <= seconds <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; use 0 to 60 s")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stackd.testing.fake_openai", description="A fast fake OpenAI-compatible server."
@@ -596,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     parser.add_argument("--chunks", type=int, default=16, help="content tokens per answer / stream events")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between stream events")
+    parser.add_argument("--token-interval", type=_interval, default=None, metavar="DURATION",
+                        help="time between stream events, e.g. 3ms or 0.003s (as a model emits tokens; "
+                             "overrides --chunk-delay)")
     parser.add_argument("--models", default="fake-model", help="comma-separated model ids to serve")
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--api-key", default=None, help="require this bearer token")
@@ -605,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fake = FakeOpenAI(
         models=tuple(m for m in args.models.split(",") if m),
         chunks=args.chunks,
-        chunk_delay=args.chunk_delay,
+        chunk_delay=args.chunk_delay if args.token_interval is None else args.token_interval,
         embedding_dim=args.embedding_dim,
         api_key=args.api_key,
         record=args.record,
