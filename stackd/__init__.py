@@ -6,12 +6,13 @@ from stackd.apis.models import Model, Shield
 from stackd.apis.safety import SafetyProvider, SafetyRouting
 from stackd.caller import ANONYMOUS, Caller
 from stackd.convert import Check, Hook, HttpUrl, Seconds, Secret, Tagged
-from stackd.providers.spec import ProviderSpec
+from stackd.providers.spec import PLUGIN_CONTRACT, ProviderSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ANONYMOUS",
+    "PLUGIN_CONTRACT",
     "CallContext",
     "Caller",
     "Check",
