@@ -7,14 +7,12 @@ the runtime dependencies of the fresh venv comes from the package index."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -73,91 +71,26 @@ def test_the_core_wheel_carries_its_data_and_types(dist: Path) -> None:
     assert not any(n.startswith(("tests/", "plugins/")) for n in names)
 
 
-@pytest.fixture
-def venv(tmp_path: Path) -> Path:
-    where = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=300)
-    return where / "bin"
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKD_", "VIRTUAL_ENV", "PYTHON"))}
-    env["STACKD_HOME"] = str(tmp_path / "home")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Process:
-    """A background process whose first stdout line is awaited (the announcement), then stopped."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.out = cwd / f"{Path(args[0]).name}-{time.monotonic_ns()}.log"
-        self._file = self.out.open("w")
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self._file, stderr=subprocess.STDOUT, text=True)
-
-    def wait_for(self, marker: str, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.out.read_text().splitlines():
-                if marker in line:
-                    return line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"{marker!r} never came (rc={self.proc.poll()}):\n{self.out.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._file.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 @pytest.mark.timeout(1200)
-def test_ollama_plugin_installs_by_name_and_serves(
-    dist: Path, venv: Path, tmp_path: Path, processes: list[Process]
-) -> None:
-    env = _env(tmp_path)
-    install = subprocess.run(
-        [str(venv / "pip"), "install", "--find-links", str(dist), "stackd-provider-ollama"],
-        capture_output=True, text=True, env=env, timeout=1000, check=False,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+def test_ollama_plugin_installs_by_name_and_serves(dist: Path, fresh_venv: Any) -> None:
+    fresh_venv.run("pip", "install", "--find-links", str(dist), "stackd-provider-ollama")
     # The core came along, and it is this one (from the folder: it knows the plugin contract).
-    shown = subprocess.run([str(venv / "python"), "-c", "import stackd; print(stackd.__version__, "
-                            "stackd.PLUGIN_CONTRACT)"], capture_output=True, text=True, env=env, check=True)
+    shown = fresh_venv.run("python", "-c", "import stackd; print(stackd.__version__, stackd.PLUGIN_CONTRACT)")
     assert shown.stdout.split() == [stackd.__version__, "1"]
 
-    listed = subprocess.run([str(venv / "stackd"), "providers"], capture_output=True, text=True, env=env,
-                            timeout=120, check=True)
-    assert listed.stdout.splitlines()[0] == "remote::ollama  (stackd-provider-ollama 0.1.0)"
-    assert "BROKEN" not in listed.stdout
+    listed = fresh_venv.run("stackd", "providers").stdout
+    assert listed.splitlines()[0] == "remote::ollama  (stackd-provider-ollama 0.1.0)"
+    assert "BROKEN" not in listed
 
-    checked = subprocess.run([str(venv / "stackd"), "validate", str(ROOT / "examples" / "ollama.yaml")],
-                             capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert checked.returncode == 0, checked.stderr
+    checked = fresh_venv.run("stackd", "validate", str(ROOT / "examples" / "ollama.yaml"))
     assert "warning" not in checked.stderr
 
-    fake = Process([str(venv / "python"), "-m", "stackd_provider_ollama.fake", "--port", "0", "--model",
-                    "llama3.2:3b", "--model", "all-minilm=384", "--reply", "hello from ollama"], env, tmp_path)
-    processes.append(fake)
-    fake_url = fake.wait_for("fake ollama listening on ").rsplit(" ", 1)[1]
-    server = Process([str(venv / "stackd"), "serve", str(ROOT / "examples" / "ollama.yaml"), "--port", "0",
-                      "--env", f"OLLAMA_URL={fake_url}"], env, tmp_path)
-    processes.append(server)
-    url = server.wait_for(" serving ").rsplit(" on ", 1)[1].strip()
+    fake = fresh_venv.start("python", "-m", "stackd_provider_ollama.fake", "--port", "0", "--model", "llama3.2:3b",
+                            "--model", "all-minilm=384", "--reply", "hello from ollama")
+    fake_url = fake.wait_line(lambda line: line.startswith("fake ollama listening on "), 120).split()[-1]
+    server = fresh_venv.start("stackd", "serve", str(ROOT / "examples" / "ollama.yaml"), "--port", "0",
+                              "--env", f"OLLAMA_URL={fake_url}")
+    url = server.wait_serving(120)
 
     with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as resp:
         models = [m["identifier"] for m in json.load(resp)["data"]]

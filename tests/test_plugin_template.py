@@ -5,13 +5,11 @@ from this checkout, and are served, with no change in the core."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,62 +37,35 @@ def test_the_template_names_its_files() -> None:
     ]
 
 
-def _run(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{args}:\n{done.stdout}{done.stderr}"
-    return done
-
-
 @pytest.mark.timeout(1200)
-def test_a_plugin_made_from_the_template_is_served(tmp_path: Path) -> None:
+def test_a_plugin_made_from_the_template_is_served(tmp_path: Path, fresh_venv: Any) -> None:
     for rel, text in template_files().items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKD_", "VIRTUAL_ENV", "PYTHON"))}
-    env |= {"STACKD_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     dist = tmp_path / "dist"
-    _run(sys.executable, str(ROOT / "tools" / "build_dists.py"), "--no-isolation", "--no-check", "--only", "stackd",
-         "--outdir", str(dist), env=env)
-    _run(sys.executable, "-m", "venv", str(tmp_path / "venv"), env=env)
-    bin_ = tmp_path / "venv" / "bin"
+    fresh_venv.run(sys.executable, str(ROOT / "tools" / "build_dists.py"), "--no-isolation", "--no-check",
+                   "--only", "stackd", "--outdir", str(dist))
     # The plugin is built with the backend its pyproject names (hatchling, from the index like any user's).
-    _run(str(bin_ / "pip"), "install", "--find-links", str(dist), str(tmp_path / "stackd-provider-hello"), env=env)
+    fresh_venv.run("pip", "install", "--find-links", str(dist), str(tmp_path / "stackd-provider-hello"))
 
-    listed = _run(str(bin_ / "stackd"), "providers", env=env).stdout
+    listed = fresh_venv.run("stackd", "providers").stdout
     assert listed.splitlines()[0] == "inline::hello  (stackd-provider-hello 0.1.0)"
     assert "config.greeting: str = 'Hello'" in listed
 
     page = (ROOT / "docs" / "plugins.md").read_text().split("## A complete plugin to start from", 1)[1]
-    config = page.split("```yaml\n", 1)[1].split("```", 1)[0]
-    (tmp_path / "run.yaml").write_text(config)
-    _run(str(bin_ / "stackd"), "validate", str(tmp_path / "run.yaml"), env=env)
+    (tmp_path / "run.yaml").write_text(page.split("```yaml\n", 1)[1].split("```", 1)[0])
+    fresh_venv.run("stackd", "validate", str(tmp_path / "run.yaml"))
+    url = fresh_venv.start("stackd", "serve", str(tmp_path / "run.yaml"), "--port", "0").wait_serving(120)
 
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([str(bin_ / "stackd"), "serve", str(tmp_path / "run.yaml"), "--port", "0"],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None and time.monotonic() < deadline and server.poll() is None:
-            url = next((ln.rsplit(" on ", 1)[1].strip() for ln in log.read_text().splitlines() if " serving " in ln),
-                       None)
-            time.sleep(0.1)
-        assert url, log.read_text()
-        body = json.dumps({"model": "hello-1", "messages": [{"role": "user", "content": "ping"}]}).encode()
-        req = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+    def chat(**extra: Any) -> bytes:
+        body = {"model": "hello-1", "messages": [{"role": "user", "content": "ping"}], **extra}
+        req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as resp:
-            answer = json.load(resp)
-        assert answer["choices"][0]["message"]["content"] == "Hi, you said: ping"
-        req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(
-            {"model": "hello-1", "stream": True, "messages": [{"role": "user", "content": "ping"}]}).encode(),
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            frames = [ln for ln in resp.read().decode().splitlines() if ln.startswith("data: ")]
-        text = "".join(json.loads(f[6:])["choices"][0]["delta"].get("content", "")
-                       for f in frames if f != "data: [DONE]")
-        assert text == "Hi, you said: ping"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+            return bytes(resp.read())
+
+    assert json.loads(chat())["choices"][0]["message"]["content"] == "Hi, you said: ping"
+    frames = [ln[6:] for ln in chat(stream=True).decode().splitlines() if ln.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    text = "".join(json.loads(f)["choices"][0]["delta"].get("content", "") for f in frames[:-1])
+    assert text == "Hi, you said: ping"
