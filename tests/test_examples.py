@@ -133,3 +133,31 @@ def test_replicas_on_redis_example_validates(tmp_path: Path, run_cli: Callable[.
     done = run_cli("validate", str(EXAMPLES / "replicas-redis.yaml"), env={"REDIS_HOST": "redis.internal"})
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr, done.stderr
+
+
+# ---- the plain-aiohttp client example, against a live server -------------------------------------------
+
+
+def test_client_aiohttp_example_imports_no_stackd() -> None:
+    import ast
+
+    tree = ast.parse((EXAMPLES / "client_aiohttp.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "stackd" not in imported
+    assert imported <= {"__future__", "asyncio", "json", "sys", "aiohttp"}
+
+
+def test_client_aiohttp_example_runs_against_a_live_server(
+    echo_config: Path, stackd_serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    url = stackd_serve(str(echo_config), "--port", "0").wait_serving()
+    done = subprocess.run([sys.executable, "-I", str(EXAMPLES / "client_aiohttp.py"), url, "echo-1"],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # The echo provider answers with the prompt: once whole, once streamed word by word.
+    assert done.stdout.splitlines() == ["Name three colours.", "Name three colours."]
