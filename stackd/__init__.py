@@ -16,12 +16,13 @@ if TYPE_CHECKING:
     from stackd.apis.safety import SafetyProvider, SafetyRouting
     from stackd.caller import ANONYMOUS, Caller
     from stackd.convert import Check, Hook, HttpUrl, Seconds, Secret, Tagged
-    from stackd.providers.spec import ProviderSpec
+    from stackd.providers.spec import PLUGIN_CONTRACT, ProviderSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ANONYMOUS",
+    "PLUGIN_CONTRACT",
     "CallContext",
     "Caller",
     "Check",
@@ -59,6 +60,7 @@ _HOMES = {
     "Secret": "stackd.convert",
     "Tagged": "stackd.convert",
     "ProviderSpec": "stackd.providers.spec",
+    "PLUGIN_CONTRACT": "stackd.providers.spec",
 }
 
 

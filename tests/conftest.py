@@ -129,9 +129,9 @@ async def client(serve_app: ServeApp, echo_config: Path) -> AsyncIterator[TestCl
 class StackdProcess:
     """A real ``stackd serve`` process. Its stdout and stderr are collected by reader threads."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(self, args: list[str], env: Mapping[str, str], cwd: Path, program: str = STACKD) -> None:
         self.proc = subprocess.Popen(
-            [STACKD, *args],
+            [program, *args],
             env=dict(env),
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -159,6 +159,12 @@ class StackdProcess:
 
     def wait_serving(self, timeout: float = 20.0) -> str:
         """The URL of the announcement line; fails with the process's output if it never comes."""
+        line = self.wait_line(lambda text: " serving " in text and " on " in text, timeout)
+        self.url = line.rsplit(" on ", 1)[1].strip()
+        return self.url
+
+    def wait_line(self, wanted: Callable[[str], bool], timeout: float = 20.0) -> str:
+        """The first stdout line ``wanted`` accepts; fails with the process's output if none comes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -167,10 +173,9 @@ class StackdProcess:
                 continue
             if line is None:
                 break
-            if " serving " in line and " on " in line:
-                self.url = line.rsplit(" on ", 1)[1].strip()
-                return self.url
-        raise AssertionError(f"stackd did not start (rc={self.proc.poll()}):\n{self.output()}")
+            if wanted(line):
+                return line
+        raise AssertionError(f"{self.proc.args[0]} did not start (rc={self.proc.poll()}):\n{self.output()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -383,3 +388,38 @@ def own_redis_server() -> Iterator[RedisServer]:
     server = _started(start_redis)
     yield server
     server.remove()
+
+
+class FreshVenv:
+    """A new virtual environment, as a user's machine would have it: nothing of this checkout in it until
+    a test installs it (from built distributions), and a home of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=300)
+        self.bin = root / "venv" / "bin"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKD_", "VIRTUAL_ENV", "PYTHON"))}
+        self.env |= {"STACKD_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
+        self.procs: list[StackdProcess] = []
+
+    def run(self, program: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """``program`` (a command of the venv, or a path) with ``args``; its failure fails the test."""
+        exe = str(self.bin / program) if (self.bin / program).exists() else program
+        done = subprocess.run([exe, *args], capture_output=True, text=True, env=self.env, timeout=timeout,
+                              check=False)
+        assert done.returncode == 0, f"{program} {' '.join(args)}:\n{done.stdout}{done.stderr}"
+        return done
+
+    def start(self, program: str, *args: str) -> StackdProcess:
+        """A background process of the venv, stopped at teardown."""
+        proc = StackdProcess(list(args), self.env, self.root, program=str(self.bin / program))
+        self.procs.append(proc)
+        return proc
+
+
+@pytest.fixture
+def fresh_venv(tmp_path: Path) -> Iterator[FreshVenv]:
+    venv = FreshVenv(tmp_path)
+    yield venv
+    for proc in venv.procs:
+        proc.kill()

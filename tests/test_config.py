@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -359,12 +358,9 @@ def test_a_missing_driver_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> No
         "'stackd[redis]' @ $.metadata_store.type (run.yaml:1:24)"]
 
 
-def test_install_hint_follows_the_naming_rule(tmp_path: Path) -> None:
+def test_install_hint_follows_the_naming_rule() -> None:
     from stackd.providers.discovery import package_hint
 
-    assert package_hint("remote::bedrock", near=tmp_path) == "stackd-provider-bedrock"
-    assert package_hint("inline::llama_guard", near=tmp_path) == "stackd-provider-llama-guard"
-    # In a checkout whose plugins/ holds the source, the hint points at it: it works before publication.
-    (tmp_path / "plugins" / "stackd-provider-bedrock").mkdir(parents=True)
-    (tmp_path / "plugins" / "stackd-provider-bedrock" / "pyproject.toml").write_text("[project]\n")
-    assert package_hint("remote::bedrock", near=tmp_path) == "./plugins/stackd-provider-bedrock"
+    assert package_hint("remote::bedrock") == "stackd-provider-bedrock"
+    assert package_hint("inline::llama_guard") == "stackd-provider-llama-guard"
+    assert package_hint("remote::Ollama") == "stackd-provider-ollama"

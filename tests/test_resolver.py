@@ -52,7 +52,7 @@ def spec(api: str, name: str, requires: tuple[str, ...] = ()) -> ProviderSpec:
         EVENTS.append(f"build {deps['__provider_id__']} with {sorted(k for k in deps if not k.startswith('__'))}")
         return Recorder(str(deps["__provider_id__"]), deps)
 
-    return ProviderSpec(api=api, provider_type=f"inline::{name}", config_class=NoConfig, factory=factory,
+    return ProviderSpec(contract=1, api=api, provider_type=f"inline::{name}", config_class=NoConfig, factory=factory,
                         requires=requires)
 
 
@@ -117,7 +117,7 @@ async def test_a_failing_close_does_not_stop_the_others(caplog: pytest.LogCaptur
 
     catalog = Catalog.from_specs([
         spec("inference", "base"),
-        ProviderSpec(api="safety", provider_type="inline::bad", config_class=NoConfig, factory=bad_factory,
+        ProviderSpec(contract=1, api="safety", provider_type="inline::bad", config_class=NoConfig, factory=bad_factory,
                      requires=("inference",)),
     ])
     loaded = parse_config(config(safety="bad"), env={}, catalog=catalog)
@@ -149,8 +149,8 @@ async def test_a_provider_is_checked_against_its_api_when_built() -> None:
 
     catalog = Catalog.from_specs([
         spec("inference", "base"),
-        ProviderSpec(api="safety", provider_type="inline::sloppy", config_class=NoConfig, factory=sloppy_factory,
-                     requires=("inference",)),
+        ProviderSpec(contract=1, api="safety", provider_type="inline::sloppy", config_class=NoConfig,
+                     factory=sloppy_factory, requires=("inference",)),
     ], distribution="stackd-provider-sloppy 9.9")
     loaded = parse_config(config(safety="sloppy"), env={}, catalog=catalog)
     with pytest.raises(ProviderContractError) as info:
@@ -170,7 +170,7 @@ def test_a_plugin_for_an_api_stackd_does_not_know_is_a_load_error(monkeypatch: p
     import stackd.testing
     from stackd.providers.discovery import InstalledPlugin, PluginLoadError
 
-    telepathy = ProviderSpec(api="telepathy", provider_type="inline::mind", config_class=NoConfig,
+    telepathy = ProviderSpec(contract=1, api="telepathy", provider_type="inline::mind", config_class=NoConfig,
                              factory=spec("inference", "x").factory)
     monkeypatch.setattr(stackd.testing, "TELEPATHY", telepathy, raising=False)
     plugin = InstalledPlugin("inline::mind", EntryPoint("inline::mind", "stackd.testing:TELEPATHY", "stackd.providers"),

@@ -223,7 +223,7 @@ async def _keyword_factory(config: KeywordConfig, deps: Mapping[str, Any]) -> Ke
     return KeywordSafety(config)
 
 
-KEYWORD = ProviderSpec(api="safety", provider_type="inline::keyword", config_class=KeywordConfig,
+KEYWORD = ProviderSpec(contract=1, api="safety", provider_type="inline::keyword", config_class=KeywordConfig,
                        factory=_keyword_factory)
 
 

@@ -98,6 +98,13 @@ Conditions = Annotated[list[Condition], Hook(_one_or_list(Condition))]
 
 @attrs.frozen
 class AccessScope:
+    """What a rule applies to; a missing part matches anything.
+
+    - ``actions``: ``create``, ``read``, ``update``, ``delete``; one or a list
+    - ``principal``: the caller, exactly
+    - ``resource``: ``model::<id>``, ``shield::<id>``, ``chat_completion::<id>``, or ``<kind>::*``
+    """
+
     actions: Actions
     principal: str | None = None
     resource: ResourcePattern | None = None
@@ -105,8 +112,20 @@ class AccessScope:
 
 @attrs.frozen
 class AccessRule:
-    """One rule of ``server.auth.access_policy``: exactly one of ``permit`` / ``forbid``, and at
-    most one of ``when`` / ``unless`` (a list means all of them)."""
+    """One rule of ``server.auth.access_policy`` (Llama Stack 0.2.12's rules): exactly one of ``permit``
+    / ``forbid``, and at most one of ``when`` / ``unless`` (a list means all of them). Rules are tried in
+    order; the first whose scope and condition match decides; when none matches, the answer is no.
+    With no rules a caller uses what its owner's attributes allow (docs/auth.md). A rule that does not
+    parse is an error at its path.
+
+    - ``permit``: the scope this rule allows
+    - ``forbid``: the scope this rule refuses
+    - ``when``: the rule applies if these conditions all hold: ``user with <value> in <category>``,
+      ``user with <value> not in <category>``, ``user is owner``, ``user is not owner``, ``user in owners
+      <category>``, ``user not in owners <category>``, ``resource is unowned``
+    - ``unless``: the rule applies if these conditions do not all hold
+    - ``description``: free text
+    """
 
     permit: AccessScope | None = None
     forbid: AccessScope | None = None
@@ -117,12 +136,32 @@ class AccessRule:
 
 @attrs.frozen
 class RoutePolicyRule:
+    """A route rule: the first rule naming the request's path decides; once any rule exists, a path no
+    rule names is 403 (health and version stay public). A route that names nothing stackd serves is a
+    config warning.
+
+    - ``routes``: exact paths, or prefixes when they end in ``/`` (``["/v1/models", "/v1/inference/"]``)
+    - ``allow``: ``{category: [values]}``: a caller with one listed value of one listed category passes;
+      a rule without ``allow`` admits anyone; 403 otherwise
+    """
+
     routes: list[str]
     allow: dict[str, list[str]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
 class JwksConfig:
+    """The key set that verifies the tokens' signatures.
+
+    - ``uri``: https URL of the key set (Kubernetes: ``https://kubernetes.default.svc/openid/v1/jwks``)
+    - ``token``: bearer token sent when fetching the key set (a service-account token); never shown or
+      logged
+    - ``key_recheck_period``: seconds the key set is kept before it is fetched again (in the background:
+      requests go on with the keys at hand); if that fetch fails the old keys stay in use, with a warning
+    - ``min_refetch_interval``: a token naming an unknown ``kid`` fetches the key set again at once, but
+      not more often than this (seconds); concurrent requests share one fetch
+    """
+
     uri: HttpUrl
     token: Secret | None = None
     key_recheck_period: Seconds = Seconds(3600.0)  # noqa: RUF009 - NewType: no call at run time
@@ -133,7 +172,16 @@ class JwksConfig:
 
 @attrs.frozen
 class IntrospectionConfig:
-    """RFC 7662 token introspection, instead of a JWKS (Llama Stack 0.2.12's fields)."""
+    """RFC 7662 token introspection, instead of a JWKS (Llama Stack 0.2.12's fields): for opaque tokens.
+    An endpoint that cannot be reached or answers without ``active`` is 503.
+
+    - ``url``: the endpoint; stackd POSTs ``token=<token>``
+    - ``client_id``, ``client_secret``: stackd's client credentials there, sent as HTTP Basic (the secret
+      is never shown or logged)
+    - ``send_secret_in_body``: send ``client_id`` and ``client_secret`` in the form body instead
+    - ``cache_ttl``: seconds an active answer is reused (never past the token's ``exp``); an inactive one
+      1 s
+    """
 
     url: HttpUrl
     client_id: str
@@ -145,6 +193,24 @@ class IntrospectionConfig:
 
 @attrs.frozen
 class OAuth2TokenConfig:
+    """JWTs checked against a JWKS, or opaque tokens asked of an introspection endpoint.
+
+    - ``jwks``: the key set (section above); exactly one of ``jwks`` and ``introspection``
+    - ``introspection``: ask an RFC 7662 endpoint instead of checking JWTs (section above)
+    - ``issuer``: required ``iss`` of every token
+    - ``audience``: required in every token's ``aud`` (a string or a list holding it)
+    - ``tls_cafile``: CA bundle that verifies the JWKS or introspection server (Kubernetes: the cluster
+      CA); an unreadable file is a config error
+    - ``verify_tls``: ``false`` fetches keys without checking the certificate: warned at start, never use
+      it in production
+    - ``claims_mapping``: claim -> attribute category; a claim may be a dotted path into nested claims
+      (``resource_access.stackd.roles``); list claims are taken as they are, strings split on spaces
+    - ``leeway``: seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat`` (0 to 600)
+    - ``timeout``: seconds for one JWKS fetch; past it the request is 503
+    - ``max_cached_tokens``: verified tokens remembered (by hash, until their ``exp``) so a hot client
+      pays no signature check
+    """
+
     jwks: JwksConfig | None = None
     introspection: IntrospectionConfig | None = None
     issuer: str | None = None
@@ -159,6 +225,18 @@ class OAuth2TokenConfig:
 
 @attrs.frozen
 class CustomAuthConfig:
+    """Your endpoint decides (the contract is in docs/auth.md).
+
+    - ``endpoint``: http(s) URL stackd POSTs each new token to
+    - ``timeout``: seconds for one call; past it (or with the endpoint unreachable) the request is 503
+    - ``cache_ttl``: seconds a positive decision is reused for the same token (never past a JWT token's
+      ``exp``)
+    - ``failure_cache_ttl``: seconds a refusal is reused for the same token
+    - ``max_cached_tokens``: decisions remembered (by token hash)
+    - ``tls_cafile``: CA bundle that verifies an https endpoint
+    - ``verify_tls``: ``false`` skips checking the endpoint's certificate: warned at start
+    """
+
     endpoint: HttpUrl
     timeout: Seconds = Seconds(10.0)  # noqa: RUF009
     cache_ttl: Seconds = Seconds(10.0)  # noqa: RUF009
@@ -170,6 +248,19 @@ class CustomAuthConfig:
 
 @attrs.frozen
 class OAuth2TokenAuth:
+    """Authentication by bearer token: a JWT checked against a JWKS, or an opaque token introspected.
+    A request without a valid token is 401 with ``WWW-Authenticate: Bearer``. Health and version stay
+    public.
+
+    - ``provider_type``: ``oauth2_token``
+    - ``config``: the settings of the check (section below)
+    - ``route_policy``: route rules (section below): ``[{routes: [...], allow: {roles: [admin]}}]``
+    - ``access_policy``: who may create, read, update and delete which model, shield and stored chat
+      completion (section below)
+    - ``public_paths``: more exact paths served without a token (``/v1/health`` and ``/v1/version``
+      always are)
+    """
+
     config: OAuth2TokenConfig
     provider_type: Literal["oauth2_token"] = "oauth2_token"
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)
@@ -179,6 +270,17 @@ class OAuth2TokenAuth:
 
 @attrs.frozen
 class CustomAuth:
+    """Authentication by an endpoint of yours, which is given each new token and decides.
+
+    - ``provider_type``: ``custom``
+    - ``config``: the endpoint and its caching (section below)
+    - ``route_policy``: route rules (section below): ``[{routes: [...], allow: {roles: [admin]}}]``
+    - ``access_policy``: who may create, read, update and delete which model, shield and stored chat
+      completion (section below)
+    - ``public_paths``: more exact paths served without a token (``/v1/health`` and ``/v1/version``
+      always are)
+    """
+
     config: CustomAuthConfig
     provider_type: Literal["custom"] = "custom"
     route_policy: list[RoutePolicyRule] = attrs.field(factory=list)

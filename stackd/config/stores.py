@@ -30,12 +30,28 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 @attrs.frozen
 class SqliteStoreConfig:
+    """SQLite: zero set-up, one file (the embedded default).
+
+    - ``db_path``: the database file; its folder is created. ``~`` is the home folder
+    - ``type``: ``sqlite``
+    """
+
     db_path: Path
     type: Literal["sqlite"] = "sqlite"
 
 
 @attrs.frozen
 class PostgresStoreConfig:
+    """PostgreSQL (needs ``pip install 'stackd[postgres]'``).
+
+    - ``type``: ``postgres``
+    - ``host``, ``port``: the server
+    - ``db``: the database
+    - ``user``, ``password``: the role stackd connects as (the password is never shown or logged)
+    - ``table_name``: the table; default: one per store
+    - ``namespace``: a prefix of the keys, so several deployments can share one table
+    """
+
     type: Literal["postgres"] = "postgres"
     host: str = "localhost"
     port: int = 5432
@@ -48,6 +64,15 @@ class PostgresStoreConfig:
 
 @attrs.frozen
 class RedisStoreConfig:
+    """Redis, for state shared by several replicas.
+
+    - ``type``: ``redis``
+    - ``host``, ``port``: the server
+    - ``db``: the database number
+    - ``password``: never shown or logged
+    - ``namespace``: a prefix of every key, so several stacks can share one Redis
+    """
+
     type: Literal["redis"] = "redis"
     host: str = "localhost"
     port: int = 6379

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from importlib.metadata import EntryPoint, entry_points
-from pathlib import Path
+from importlib.metadata import Distribution, EntryPoint, entry_points
 
 import attrs
+from packaging.requirements import InvalidRequirement, Requirement
 
+import stackd
 from stackd.apis.known import PROVIDER_APIS
-from stackd.providers.spec import ProviderSpec
+from stackd.providers.spec import PLUGIN_CONTRACT, ProviderSpec
 
-__all__ = ["GROUP", "Catalog", "InstalledPlugin", "PluginLoadError", "package_hint"]
+__all__ = ["GROUP", "Catalog", "InstalledPlugin", "PluginLoadError", "core_requirement", "package_hint"]
 
 GROUP = "stackd.providers"
 
@@ -25,17 +26,11 @@ class PluginLoadError(Exception):
     """A plugin could not be imported or did not declare a valid ProviderSpec."""
 
 
-def package_hint(provider_type: str, *, near: Path | None = None) -> str:
+def package_hint(provider_type: str) -> str:
     """What to ``pip install`` for ``provider_type``, by stackd's naming convention: the
-    distribution ``stackd-provider-NAME`` for ``remote::NAME`` / ``inline::NAME``. When that
-    distribution's source sits in ``plugins/`` of the folder stackd runs in (``near``, the
-    working directory by default: a stackd checkout), the hint points there, since a plugin of
-    the repository works before it is published."""
-    name = "stackd-provider-" + provider_type.split("::", 1)[-1].replace("_", "-")
-    local = (near or Path.cwd()) / "plugins" / name
-    if (local / "pyproject.toml").is_file():
-        return f"./plugins/{name}"
-    return name
+    distribution ``stackd-provider-NAME`` for ``remote::NAME`` / ``inline::NAME``, so that a new
+    plugin needs no change in the core."""
+    return "stackd-provider-" + provider_type.split("::", 1)[-1].replace("_", "-").lower()
 
 
 @attrs.define
@@ -51,6 +46,14 @@ class InstalledPlugin:
             return self._spec
         assert self.entry_point is not None
         where = f"{self.distribution} {self.version} (entry point {self.entry_point.value!r})"
+        # Checked before the import: a plugin made for another stackd may not even import with this one.
+        wanted = core_requirement(self.entry_point.dist)
+        if wanted is not None and not wanted.specifier.contains(stackd.__version__, prereleases=True):
+            raise PluginLoadError(
+                f"plugin {where} works with {wanted} and this is stackd {stackd.__version__}: install the "
+                f"{self.distribution} made for this stackd (pip install '{self.distribution}' "
+                f"'stackd=={stackd.__version__}') or the stackd it asks for (pip install '{wanted}')"
+            )
         try:
             obj = self.entry_point.load()
         except Exception as exc:
@@ -60,6 +63,13 @@ class InstalledPlugin:
             ) from exc
         if not isinstance(obj, ProviderSpec):
             raise PluginLoadError(f"plugin {where} does not point at a stackd.ProviderSpec (got {type(obj).__name__})")
+        if obj.contract != PLUGIN_CONTRACT:
+            newer = "a newer" if obj.contract > PLUGIN_CONTRACT else "an older"
+            raise PluginLoadError(
+                f"plugin {where} was written for plugin contract {obj.contract} and stackd {stackd.__version__} "
+                f"implements plugin contract {PLUGIN_CONTRACT}: install a release of {self.distribution} made for "
+                f"plugin contract {PLUGIN_CONTRACT}, or {newer} stackd"
+            )
         if obj.api not in PROVIDER_APIS:
             raise PluginLoadError(
                 f"plugin {where} serves the {obj.api!r} API, which this stackd does not know "
@@ -123,6 +133,21 @@ class Catalog:
             f"unknown provider_type {provider_type!r}: install the plugin that provides it "
             f"(pip install {package_hint(provider_type)}); installed provider types: {installed}"
         )
+
+
+def core_requirement(dist: Distribution | None) -> Requirement | None:
+    """The ``stackd`` requirement a plugin's distribution declares (``stackd>=0.1,<0.2``), if any.
+
+    pip honours it at install time; it is checked again at load because ``pip install --no-deps``,
+    an editable checkout or a later ``pip install stackd==...`` can leave an unmatched pair."""
+    for line in (dist.requires or []) if dist is not None else []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower() == "stackd" and (req.marker is None or req.marker.evaluate({"extra": ""})):
+            return req
+    return None
 
 
 def _env_filter() -> set[str] | None:

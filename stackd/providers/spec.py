@@ -7,7 +7,13 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ProviderSpec"]
+__all__ = ["PLUGIN_CONTRACT", "ProviderSpec"]
+
+#: The version of the plugin contract this stackd implements: what a ``ProviderSpec`` holds, how the
+#: factory is called and which provider methods the core calls (docs/plugins.md). It changes only when
+#: a plugin written for the previous one could break; a plugin states the one it was written for in
+#: ``ProviderSpec.contract`` and is refused at load when it differs.
+PLUGIN_CONTRACT = 1
 
 
 @attrs.frozen
@@ -18,6 +24,9 @@ class ProviderSpec:
     instance and a mapping ``{api: router}`` holding exactly the APIs named in ``requires``.
     It returns the provider object. If that object has ``async close()``, it is awaited on
     shutdown, in reverse build order.
+
+    ``contract`` is the plugin contract the plugin was written for (:data:`PLUGIN_CONTRACT` of the
+    stackd it was built against); a stackd of another contract refuses the plugin when it loads.
     """
 
     api: str
@@ -26,6 +35,7 @@ class ProviderSpec:
     factory: Callable[[Any, Mapping[str, Any]], Awaitable[Any]]
     requires: tuple[str, ...] = ()
     description: str = ""
+    contract: int = attrs.field(kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if "::" not in self.provider_type:

@@ -25,6 +25,7 @@ async def create(config: BedrockConfig, deps: Mapping[str, Any]) -> Any:
 
 
 spec = ProviderSpec(
+    contract=1,
     api="safety",
     provider_type="remote::bedrock",
     config_class=BedrockConfig,

@@ -22,10 +22,12 @@ class BedrockConfig:
       (environment, ``~/.aws``, ``profile_name``, container and instance roles), resolved off the
       event loop.
     - ``region_name``: the AWS region (default: the chain's, else ``us-east-1``).
+    - ``profile_name``: a profile of ``~/.aws/config`` for the default chain.
     - ``endpoint_url``: the Bedrock endpoint for both the runtime (ApplyGuardrail) and the
       control plane (GetGuardrail, when a shield is registered); default: AWS's for the region.
-    - ``timeout``: seconds for one call; ``retries``: further tries after a throttle (429), a
-      5xx or a connection failure, with a short backoff.
+    - ``timeout``: seconds for one call; past it 504.
+    - ``retries``: further tries after a throttle (429), a 5xx or a connection failure, with a
+      short backoff (0.2 s, 0.4 s, ...); then 503.
     """
 
     aws_access_key_id: Secret | None = None

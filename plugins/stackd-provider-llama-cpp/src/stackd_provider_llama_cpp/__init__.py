@@ -7,6 +7,7 @@ from stackd_provider_llama_cpp.inference import create
 __all__ = ["spec"]
 
 spec = ProviderSpec(
+    contract=1,
     api="inference",
     provider_type="inline::llama-cpp",
     config_class=LlamaCppConfig,

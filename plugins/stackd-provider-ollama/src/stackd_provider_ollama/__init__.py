@@ -24,6 +24,7 @@ async def create(config: OllamaConfig, deps: Mapping[str, Any]) -> Any:
 
 
 spec = ProviderSpec(
+    contract=1,
     api="inference",
     provider_type="remote::ollama",
     config_class=OllamaConfig,

@@ -37,10 +37,10 @@ class OllamaConfig:
       Ollama's own default (5 minutes).
     - ``timeout``: seconds without a byte from Ollama before a call fails with 504. Loading a
       large model can take a while, hence the generous default.
-    - ``total_timeout``: seconds for a whole non-streamed answer; ``stream_first_byte_timeout``
-      for a stream's first object (model loading included), ``stream_idle_timeout`` for each
-      gap between its objects. Past them: 504, or an error frame once the stream began, even
-      when Ollama keeps dripping bytes.
+    - ``total_timeout``: seconds for a whole non-streamed answer. Past it (and the two below): 504, or
+      an error frame once the stream began, even when Ollama keeps dripping bytes.
+    - ``stream_first_byte_timeout``: seconds for a stream's first object (model loading included)
+    - ``stream_idle_timeout``: seconds of each gap between a stream's objects
     - ``raw_completions``: send ``/v1/completions`` prompts to Ollama with ``raw: true`` (no chat
       template), which is what a text-completion client means; a request may override it
       with its own ``raw`` field.

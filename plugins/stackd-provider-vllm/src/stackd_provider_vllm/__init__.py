@@ -7,6 +7,7 @@ from stackd_provider_vllm.inference import create
 __all__ = ["spec"]
 
 spec = ProviderSpec(
+    contract=1,
     api="inference",
     provider_type="remote::vllm",
     config_class=VLLMConfig,

@@ -13,16 +13,21 @@ __all__ = ["VLLMConfig"]
 
 @attrs.frozen
 class VLLMConfig:
-    """Where the OpenAI-compatible server is and how to talk to it.
+    """``config:`` of a ``remote::vllm`` provider: where the OpenAI-compatible server is and how to
+    talk to it.
 
-    ``url`` may end in ``/v1`` or not (``http://host:8000`` and ``http://host:8000/v1`` are
-    the same server). ``tls_verify`` is true, false, or the path of a CA bundle.
-    ``max_tokens`` is applied to requests that do not set one (vLLM's own default for
-    ``/v1/completions`` is 16 tokens). ``timeout`` bounds each wait for a byte from the
-    server; ``total_timeout`` a whole non-streamed answer, ``stream_first_byte_timeout`` the
-    wait for a stream's first event and ``stream_idle_timeout`` each gap between its events
-    (so a server that drips bytes is cut off: 504, or an error frame once the stream began).
-    ``max_connections`` caps the pool (0: no cap).
+    - ``url``: the server; may end in ``/v1`` or not (``http://host:8000`` and
+      ``http://host:8000/v1`` are the same server)
+    - ``api_token``: sent as ``Authorization: Bearer ...``; never shown or logged
+    - ``tls_verify``: true, false, or the path of a CA bundle
+    - ``max_tokens``: applied to requests that do not set one (vLLM's own default for
+      ``/v1/completions`` is 16 tokens)
+    - ``timeout``: seconds of each wait for a byte from the server
+    - ``total_timeout``: seconds for a whole non-streamed answer
+    - ``stream_first_byte_timeout``: seconds to wait for a stream's first event
+    - ``stream_idle_timeout``: seconds of each gap between a stream's events (so a server that drips
+      bytes is cut off: 504, or an error frame once the stream began)
+    - ``max_connections``: caps the connection pool (0: no cap)
     """
 
     url: HttpUrl = attrs.field()

@@ -5,6 +5,7 @@ from stackd_provider_echo.config import EchoConfig
 from stackd_provider_echo.inference import create
 
 spec = ProviderSpec(
+    contract=1,
     api="inference",
     provider_type="inline::echo",
     config_class=EchoConfig,

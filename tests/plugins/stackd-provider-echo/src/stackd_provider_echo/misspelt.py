@@ -24,6 +24,7 @@ async def create(config: EchoConfig, deps: Mapping[str, Any]) -> MisspeltInferen
 
 
 spec = ProviderSpec(
+    contract=1,
     api="inference",
     provider_type="inline::misspelt",
     config_class=EchoConfig,
