@@ -282,3 +282,48 @@ async def test_a_wrong_password_is_a_startup_error_without_the_password(
     assert message.startswith("cannot connect to the quota store ") and f"{server.host}:{server.port}" in message
     assert "$.server.quota.kvstore.host/port" in message
     assert "wrong-pw-4711" not in message and server.password not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_replicas_on_one_metadata_store_serve_each_others_registrations(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, stackd_serve: Any, port: Callable[[], int],
+    yaml_for: Callable[..., str],
+) -> None:
+    """Two replicas on one Redis/PostgreSQL metadata store: a model registered through one is served
+    by the other at once (a lookup that misses reads the store), and one removed through one is
+    refused by the other within the registry's cache time (docs/deployment.md)."""
+    from stackd.registry import CACHE_SECONDS
+
+    server: Any = request.getfixturevalue(f"{kind}_server")
+    unique = uuid.uuid4().hex[:12]
+    metadata = server.yaml(namespace=f"c{unique}") if kind == "redis" else server.yaml(table_name=f"c_{unique}")
+    quota = tmp_path / "quota.db"
+    one, two = _serve(2, f"{{type: sqlite, db_path: {quota}}}", 100_000, tmp_path, stackd_serve, port, yaml_for,
+                      metadata=metadata)
+    a, b = [await asyncio.to_thread(p.wait_serving, 60) for p in (one, two)]
+    chat = {"model": "added", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(b + "/v1/chat/completions", json=chat) as r:
+            assert r.status == 404  # not registered yet: B looks it up (and caches nothing)
+        async with s.post(a + "/v1/models", json={"model_id": "added", "provider_id": "echo",
+                                                  "provider_model_id": "echo-2"}) as r:
+            assert r.status == 200, await r.text()
+        async with s.post(b + "/v1/chat/completions", json=chat) as r:
+            assert r.status == 200, await r.text()
+        async with s.get(b + "/v1/models") as r:
+            assert "added" in {m["identifier"] for m in (await r.json())["data"]}
+        async with s.delete(a + "/v1/models/added") as r:
+            assert r.status in (200, 204), await r.text()
+        removed = time.monotonic()
+        while True:
+            async with s.post(b + "/v1/chat/completions", json=chat) as r:
+                if r.status == 404:
+                    break
+                assert r.status == 200
+            assert time.monotonic() - removed < CACHE_SECONDS + 1.0, "B served a removed model past the bound"
+            await asyncio.sleep(0.1)
+        async with s.get(b + "/v1/models") as r:
+            assert "added" not in {m["identifier"] for m in (await r.json())["data"]}
+    for p in (one, two):
+        assert p.stop() == 0
