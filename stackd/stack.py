@@ -139,10 +139,8 @@ async def open_stack(
 async def _token_hash_key(metadata: KVStore) -> bytes:
     """The key of the hashes that stand for tokens (a custom endpoint's caller without
     attributes): kept in the metadata store so an owner's namespace survives a restart."""
-    stored = await metadata.get(_HASH_KEY)
-    if stored is None:
-        stored = secrets.token_hex(32)
-        await metadata.set(_HASH_KEY, stored)
+    # Set only if absent, in one step: replicas starting together on a shared store agree on one key.
+    stored = await metadata.get(_HASH_KEY) or await metadata.setdefault(_HASH_KEY, secrets.token_hex(32))
     return bytes.fromhex(stored)
 
 

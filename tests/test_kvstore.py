@@ -72,6 +72,20 @@ async def test_concurrent_increments_are_exact_across_connections(config: StoreC
         await kv.close()
 
 
+async def test_setdefault_keeps_the_first_value_across_racing_connections(config: StoreConfig) -> None:
+    """Replicas starting together each propose a value; all end up with one (stackd.stack's token-hash key)."""
+    stores = [await open_kvstore(config) for _ in range(4)]
+    results = await asyncio.gather(*(stores[i % 4].setdefault("k", f"v{i}") for i in range(40)))
+    assert len(set(results)) == 1 and results[0] in {f"v{i}" for i in range(40)}
+    assert await stores[1].get("k") == results[0]
+    assert await stores[2].setdefault("k", "later") == results[0]
+    await stores[0].set("gone", "old", expires_at=time.time() - 1)
+    assert await stores[0].setdefault("gone", "new") == "new"  # an expired value counts as absent
+    assert await stores[3].get("gone") == "new"
+    for kv in stores:
+        await kv.close()
+
+
 async def test_an_expired_counter_restarts(config: StoreConfig) -> None:
     kv = await open_kvstore(config)
     assert await kv.incr("c", 5, expires_at=time.time() - 1) == 5

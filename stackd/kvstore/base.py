@@ -24,6 +24,11 @@ class KVStore(Protocol):
         """All live ``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
         ...
 
+    async def setdefault(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there already (no expiry); return the
+        stored value. Atomic across processes: of several racing, all get the first one's value."""
+        ...
+
     async def incr(self, key: str, amount: int = 1, *, expires_at: float | None = None) -> int:
         """Add ``amount`` and return the new value in one atomic step (never read-then-write).
 

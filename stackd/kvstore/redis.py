@@ -62,6 +62,14 @@ class RedisKVStore:
         async with self._db.use() as r:
             await r.set(self._prefix + key, value, pxat=None if expires_at is None else _ms(expires_at))
 
+    async def setdefault(self, key: str, value: str) -> str:
+        async with self._db.use() as r:
+            # SET NX sets only when absent (SET NX GET would be one command, but needs Redis 7).
+            if await r.set(self._prefix + key, value, nx=True):
+                return value
+            stored = await r.get(self._prefix + key)
+        return value if stored is None else str(stored)  # None: it expired in between; ours is as good
+
     async def delete(self, key: str) -> None:
         async with self._db.use() as r:
             await r.delete(self._prefix + key)

@@ -47,6 +47,19 @@ class SqliteKVStore:
                 (self._ns + key, value, expires_at),
             )
 
+    async def setdefault(self, key: str, value: str) -> str:
+        async with self._db.use() as db:
+            # An expired row counts as absent: it is replaced, as a get would not see it.
+            await db.execute(
+                "INSERT INTO kvstore (key, value, expires_at) VALUES (?, ?, NULL) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = NULL "
+                "WHERE kvstore.expires_at IS NOT NULL AND kvstore.expires_at <= ?",
+                (self._ns + key, value, time.time()),
+            )
+            rows = await db.execute_fetchall("SELECT value FROM kvstore WHERE key = ?", (self._ns + key,))
+        (row,) = rows
+        return str(row[0])
+
     async def delete(self, key: str) -> None:
         async with self._db.use() as db:
             await db.execute("DELETE FROM kvstore WHERE key = ?", (self._ns + key,))
