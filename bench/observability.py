@@ -18,7 +18,6 @@ Results go to bench/results/observability-<time>.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -31,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.procs import Server, free_port, loadgen_phase, start_server
+from bench.measure import measure, parse_round_args
+from bench.procs import Server, free_port, start_server
 
 __all__ = ["main"]
 
-_LOADGEN = Path(__file__).with_name("loadgen.py")
 _RESULTS = Path(__file__).with_name("results")
 TARGET_MS = 0.03
 
@@ -58,18 +57,6 @@ def _start_stackd(name: str, work: Path, upstream: str) -> Server:
     argv = peers.stackd_argv(config, port)
     argv[argv.index("--log-level") + 1] = level
     return start_server(name, argv, f"http://127.0.0.1:{port}", "/v1/health", directory / "stackd.log", env=env)
-
-
-def _measure(server: Server, stream: bool, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, str(_LOADGEN), "--url", f"{server.url}/v1/chat/completions", "--model", peers.MODEL_ID,
-            "--concurrency", str(args.concurrency), "--requests", str(args.requests),
-            "--max-seconds", str(args.max_seconds), "--warmup", str(args.warmup)]
-    if stream:
-        argv.append("--stream")
-    done, (srv,) = loadgen_phase(argv, server, [server.pid])
-    ok = int(done["ok"])
-    return {"target": server.name, "mode": "stream" if stream else "non-stream", "ok": ok, "rps": done["rps"],
-            "server_cpu_ms_per_req": srv * 1000 / ok}
 
 
 async def _micro_run(n: int, repeats: int) -> dict[str, float]:
@@ -160,20 +147,11 @@ def micro(n: int = 10000, repeats: int = 15) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--micro", action="store_true", help="only the in-process timing of the middleware")
-    args = parser.parse_args(argv)
+    args = parse_round_args(__doc__, argv, lambda parser: parser.add_argument(
+        "--micro", action="store_true", help="only the in-process timing of the middleware"))
     if args.micro:
         print(json.dumps(micro(), indent=2))
         return 0
-    if args.quick:
-        args.rounds, args.requests, args.warmup = 1, 300, 64
 
     names = list(VARIANTS)
     results: list[dict[str, Any]] = []
@@ -191,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 for stream in (False, True):
                     # Each round starts with another target, so none always runs on the warmest machine.
                     for name in names[r % 3:] + names[:r % 3]:
-                        results.append(_measure(targets[name], stream, args) | {"round": r})
+                        results.append(measure(targets[name], upstream, args, stream=stream) | {"round": r})
                         print(json.dumps(results[-1]), flush=True)
             lines = (work / "metrics+log" / "stackd.log").read_text().count('"logger":"stackd.access"')
         finally:
