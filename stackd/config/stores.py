@@ -109,7 +109,11 @@ def table_of(config: PostgresStoreConfig, section: str) -> str:
 
 @attrs.frozen
 class NoStoreConfig:
-    """``inference_store: {type: none}``: completions are not recorded (a pure proxy)."""
+    """``inference_store: {type: none}``: completions are not recorded (a pure proxy); the
+    stored-completion routes answer 501 naming this setting.
+
+    - ``type``: ``none``
+    """
 
     type: Literal["none"] = "none"
 
