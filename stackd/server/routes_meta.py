@@ -49,7 +49,7 @@ async def health(request: web.Request) -> web.Response:
 async def live(request: web.Request) -> web.Response:
     """Liveness: the process answers HTTP. Nothing is checked, so a slow dependency never gets
     a healthy process restarted; it stays 200 while the server drains."""
-    return json_response({"status": "OK"})
+    return json_response(Health("OK").to_json())
 
 
 @routes.get("/v1/health/ready")
