@@ -20,6 +20,8 @@ server); ``tests/test_client_types.py`` and ``tests/test_openapi_fuzz.py`` hold 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import attrs
@@ -109,7 +111,7 @@ def _any_text(conv: cattrs.Converter) -> Any:
     return hook
 
 
-SENT = {"sent": True}
+SENT: Mapping[str, Any] = MappingProxyType({"sent": True})
 """Field metadata: the server always sends it, so the document requires it; the default is for the
 client (structuring leniently) and for building by hand (:mod:`stackd.schema`)."""
 
@@ -165,9 +167,8 @@ class Health:
 
     status: Status
     message: str | None = None
-    checked_at: float | None = attrs.field(default=None, metadata={"doc": "a provider's: when it was checked "
-                                                                           "(Unix time)"})
-    """A provider's: when its health was checked (Unix time; the last readiness run's while fresh)."""
+    checked_at: float | None = attrs.field(default=None, metadata={
+        "doc": "a provider's: when it was checked (Unix time; the last readiness run's while fresh)"})
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status} if self.message is None else {"status": self.status, "message": self.message}
