@@ -109,7 +109,10 @@ def table_of(config: PostgresStoreConfig, section: str) -> str:
 
 @attrs.frozen
 class NoStoreConfig:
-    """``inference_store: {type: none}``: completions are not recorded (a pure proxy)."""
+    """``inference_store: {type: none}``: completions are not recorded (a pure proxy).
+
+    - ``type``: ``none``
+    """
 
     type: Literal["none"] = "none"
 
