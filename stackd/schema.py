@@ -4,7 +4,9 @@ The schema is read off the same declarations :mod:`stackd.convert` acts on, so t
 cannot say something the server does not check: attrs fields (required when they have no
 default), ``Literal`` enums, ``Check`` bounds (``Check.schema``), ``Tagged`` unions (``oneOf``
 with a ``discriminator``), and for a ``Hook`` the type it structures into. attrs classes become
-components referenced by name; extra keys are allowed, as the converter allows them.
+components referenced by name; extra keys are allowed, as the converter allows them. An answer's
+field with ``metadata={"sent": True}`` is required although it has a default: the server always
+sends it, the default is for a client structuring leniently.
 
 A type the converter does not structure (an answer built as a dict) is described the same way,
 from the attrs class that documents its shape.
@@ -139,7 +141,7 @@ class Schemas:
             if doc:
                 prop = {**prop, "description": doc} if "$ref" not in prop else {"allOf": [prop], "description": doc}
             properties[key] = prop
-            if field.default is attrs.NOTHING:
+            if field.default is attrs.NOTHING or field.metadata.get("sent") is True:
                 required.append(key)
         out: dict[str, Any] = {"type": "object", "properties": properties}
         if required:

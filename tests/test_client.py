@@ -78,7 +78,8 @@ async def test_meta(client: StackClient, secret: str) -> None:
     assert [(p.provider_id, p.provider_type, p.health.status) for p in providers] == [("echo", "inline::echo", "OK")]
     assert providers[0].config["api_key"] == "********" and secret not in repr(providers)
     one = await client.get_provider("echo")
-    # Health is checked again for each listing (no readiness run is fresh here): only its time differs.
+    # Each call checks health anew (no readiness run is fresh here), so only checked_at may differ.
+    assert one.health.checked_at is not None and providers[0].health.checked_at is not None
     assert attrs.evolve(one, health=attrs.evolve(one.health, checked_at=None)) == attrs.evolve(
         providers[0], health=attrs.evolve(providers[0].health, checked_at=None))
     routes = await client.list_routes()

@@ -1,5 +1,7 @@
 """The bodies the server writes are exactly the classes of stackd.apis.responses: every field the
-server sends is declared (so the client drops nothing) and every body structures.
+server sends is declared (so the client drops nothing) and every body structures. The same classes
+are the OpenAPI document's answers (tests/test_openapi_fuzz.py holds live answers to it); the last
+tests here check that one class is precise for the document and lenient for the client.
 
 The hot inference routes build their bodies as dicts for speed; this is what keeps those dicts
 and the shared classes one definition.
@@ -17,7 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from stackd.apis import responses as r
-from stackd.convert import converter, unknown_keys
+from stackd.convert import converter, structure, unknown_keys
+from stackd.errors import BadRequest
+from stackd.schema import Schemas
 
 __all__: list[str] = []
 
@@ -94,3 +98,41 @@ async def test_openai_and_stored_bodies(client: Client) -> None:
 def test_shield_bodies(body: dict[str, Any]) -> None:
     # The body run-shield passes on from a provider (stackd.apis.safety.SafetyProvider's contract).
     check(body, r.RunShieldResponse)
+
+
+def test_enums_are_listed_in_the_document_and_open_to_the_client() -> None:
+    schemas = Schemas()
+    schemas.schema(r.ChatStreamChunk)
+    schemas.schema(r.RunShieldResponse)
+    event = schemas.components["ChatStreamEvent"]["properties"]
+    assert event["event_type"] == {"type": "string", "enum": ["start", "progress", "complete"]}
+    assert event["stop_reason"]["anyOf"][0]["enum"] == ["end_of_turn", "end_of_message", "out_of_tokens"]
+    level = schemas.components["SafetyViolation"]["properties"]["violation_level"]
+    assert level == {"type": "string", "enum": ["info", "warn", "error"]}
+
+    # A newer server may add a value: the client takes it as it is.
+    body = {"event": {"event_type": "paused", "delta": {"type": "text", "text": "x"}, "stop_reason": "cancelled"}}
+    chunk = structure(body, r.ChatStreamChunk, what="answer")
+    assert (chunk.event.event_type, chunk.event.stop_reason) == ("paused", "cancelled")
+    shield = structure({"violation": {"violation_level": "critical", "metadata": {}}}, r.RunShieldResponse)
+    assert shield.violation is not None and shield.violation.violation_level == "critical"
+    # Anything but a string is still an error, at its place.
+    with pytest.raises(BadRequest) as caught:
+        structure({**body, "event": {**body["event"], "event_type": 3}}, r.ChatStreamChunk, what="answer")
+    assert [e.loc for e in caught.value.errors] == ["$.event.event_type"]
+
+
+def test_fields_the_server_always_sends_are_required_in_the_document() -> None:
+    schemas = Schemas()
+    schemas.schema(r.StoredCompletionList)
+    schemas.schema(r.ProviderList)
+    schemas.schema(r.CompletionResponse)
+    assert schemas.components["Metric"]["required"] == ["metric", "value", "unit"]
+    assert schemas.components["StoredCompletionList"]["required"] == ["data", "has_more", "first_id", "last_id",
+                                                                      "object"]
+    assert schemas.components["ProviderInfo"]["required"] == ["api", "provider_id", "provider_type", "config",
+                                                              "health"]
+    # ... while the client (and code building them by hand) may leave them out.
+    assert r.Metric("tokens", 3).unit is None
+    page = structure({"data": [], "has_more": False}, r.StoredCompletionList, what="answer")
+    assert (page.first_id, page.last_id, page.object) == ("", "", "list")

@@ -19,7 +19,8 @@ from openapi_spec_validator import validate
 
 import stackd.apis.models
 import stackd.apis.native.types
-import stackd.apis.shapes
+import stackd.apis.requests
+import stackd.apis.responses
 from stackd.apis import openai as openai_api
 from stackd.convert import Check
 from stackd.loading import load_config
@@ -130,7 +131,8 @@ async def test_only_the_configured_apis_are_in_the_document(write_config: Callab
 
 def _checks() -> list[tuple[str, Check, Any]]:
     found = []
-    for module in (stackd.apis.models, stackd.apis.native.types, stackd.apis.shapes):
+    for module in (stackd.apis.models, stackd.apis.native.types, stackd.apis.requests,
+                   stackd.apis.responses):
         candidates = [v for v in vars(module).values() if get_origin(v) is Annotated]
         for cls in vars(module).values():
             if isinstance(cls, type) and attrs.has(cls):
@@ -184,7 +186,7 @@ def test_openai_request_shapes_declare_every_checked_field() -> None:
     json_type = {"an integer": "integer", "a number": "number", "an object": "object", "a list": "array",
                  "a string": "string"}
     schemas = Schemas()
-    for cls in (stackd.apis.shapes.OpenAIChatRequest, stackd.apis.shapes.OpenAICompletionRequest):
+    for cls in (stackd.apis.requests.OpenAIChatRequest, stackd.apis.requests.OpenAICompletionRequest):
         schemas.schema(cls)
         props = schemas.components[cls.__name__]["properties"]
         for field, kinds in openai_api._FIELD_TYPES.items():

@@ -1,37 +1,63 @@
-"""The response bodies of every route (API.md §2) as attrs classes: one definition for the server
-that writes them and for :mod:`stackd.client` that reads them.
+"""Every answer body of the API (API.md §2) as attrs classes: the one definition that the server
+routes build their bodies from, that ``@documented(answer=...)`` shows in ``GET /v1/openapi.json``
+(:mod:`stackd.schema`), and that :mod:`stackd.client` structures its results into.
 
 It imports no server or config code, so the client imports it without the server; messages and
 tool calls are the request types of :mod:`stackd.apis.native.types`, the same shape both ways.
-Fields are what the routes document; a body may carry more (a provider's own fields pass
-through the OpenAI routes untouched) and structuring ignores them, so a client keeps working
-against a newer server. Server-chosen enums (stop reasons, roles) are plain ``str`` for the same
-reason. The hot inference routes build these bodies as dicts (no per-chunk object building on
-the server); ``tests/test_client_types.py`` holds them to these classes.
+
+One class serves both readers:
+
+- The document is precise: server-chosen enums are ``Literal`` (the schema lists the values),
+  ids carry their bounds, fields carry ``doc``. Every object allows other keys, so the OpenAI
+  answers a provider passes through list the fields stackd relies on and allow any other.
+- The client is lenient: structuring ignores unknown fields, and each enum is :data:`Open`, a
+  ``Literal`` whose structure hook accepts any string, so a client keeps working against a newer
+  server that adds a value.
+
+The hot inference routes build these bodies as dicts (no per-chunk object building on the
+server); ``tests/test_client_types.py`` and ``tests/test_openapi_fuzz.py`` hold them to these classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import attrs
 import cattrs
 
-from stackd.apis.native.types import AssistantMessage, ToolCall
-from stackd.convert import Hook, Tagged
+from stackd.apis.models import MAX_ID_CHARS, ModelType, OnFailure
+from stackd.apis.native.types import AssistantMessage, StopReason, ToolCall
+from stackd.convert import Check, Hook, Tagged
 
 __all__ = [
+    # errors
+    "ErrorBody",
+    "ErrorDetail",
+    "FieldErrorBody",
+    "StreamError",
     # meta
     "Health",
     "ProviderInfo",
+    "ProviderList",
+    "Readiness",
     "RouteInfo",
+    "RouteList",
     "VersionInfo",
+    # resources
+    "ModelAnswer",
+    "ModelList",
+    "ShieldAnswer",
+    "ShieldList",
     # native inference and safety
     "ChatCompletionResponse",
     "ChatStreamChunk",
     "ChatStreamEvent",
+    "ChatStreamFrame",
     "CompletionResponse",
     "CompletionStreamChunk",
+    "CompletionStreamFrame",
     "EmbeddingsResponse",
     "Logprobs",
     "Metric",
@@ -43,16 +69,20 @@ __all__ = [
     # OpenAI
     "ChatCompletion",
     "ChatCompletionChunk",
+    "ChatCompletionFrame",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatDelta",
     "ChatMessage",
     "Completion",
     "CompletionChoice",
+    "CompletionFrame",
     "Embedding",
     "EmbeddingList",
     "Moderation",
     "ModerationResult",
+    "OPEN",
+    "SENT",
     "Usage",
     # stored chat completions
     "StoredChatCompletion",
@@ -74,20 +104,85 @@ def _text_or(other: Any) -> Hook:
     return Hook(factory)
 
 
+def _any_text(conv: cattrs.Converter) -> Any:
+    def hook(value: Any, _: Any) -> Any:
+        return conv.structure(value, str)
+
+    return hook
+
+
+SENT: Mapping[str, Any] = MappingProxyType({"sent": True})
+"""Field metadata: the server always sends it, so the document requires it; the default is for the
+client (structuring leniently) and for building by hand (:mod:`stackd.schema`)."""
+
+OPEN = Hook(_any_text)
+"""On a ``Literal``: the document lists its values, the client accepts any string (a newer
+server may add one), so ``Annotated[Literal[...], OPEN]`` fields may hold other strings."""
+
+Status = Annotated[Literal["OK", "Error", "Not Implemented"], OPEN]
+Level = Annotated[Literal["info", "warn", "error"], OPEN]
+Stop = Annotated[StopReason, OPEN]
+Id = Annotated[str, Check(lambda s: 0 < len(s) <= MAX_ID_CHARS, "an id",
+                          schema={"minLength": 1, "maxLength": MAX_ID_CHARS})]
+Owner = dict[str, list[str]] | None
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FieldErrorBody:
+    loc: str = attrs.field(metadata={"doc": "where: a $.path into the request ($.query.x, $.headers.X for those)"})
+    msg: str
+
+
+@attrs.frozen
+class ErrorDetail:
+    message: str
+    type: str
+
+
+@attrs.frozen
+class ErrorBody:
+    """Every error: its message and kind; a 400 also lists each problem with its place."""
+
+    error: ErrorDetail
+    errors: list[FieldErrorBody] | None = None
+
+
+@attrs.frozen
+class StreamError:
+    """The last event of a stream that failed after it began (or was ended by a shutdown)."""
+
+    error: ErrorDetail
+
+
 # ---- meta ---------------------------------------------------------------------------------
 
 
 @attrs.frozen
 class Health:
-    """``GET /v1/health``, and each provider's ``health``: ``OK``, ``Error`` or ``Not Implemented``."""
+    """``GET /v1/health`` and ``/v1/health/live`` (``OK`` or ``Error``), and each provider's
+    ``health`` (also ``Not Implemented``)."""
 
-    status: str
+    status: Status
     message: str | None = None
-    checked_at: float | None = None
-    """A provider's: when its health was checked (Unix time; the last readiness run's while fresh)."""
+    checked_at: float | None = attrs.field(default=None, metadata={
+        "doc": "a provider's: when it was checked (Unix time; the last readiness run's while fresh)"})
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status} if self.message is None else {"status": self.status, "message": self.message}
+
+
+@attrs.frozen
+class Readiness:
+    """``GET /v1/health/ready``."""
+
+    status: Literal["OK", "Error"]
+    checks: dict[str, dict[str, Any]] | None = attrs.field(
+        default=None, metadata={"doc": "each dependency (metadata_store, quota_store, inference_store, "
+                                       "provider:<id>, jwks): its status, message and latency"})
+    message: str | None = None
 
 
 @attrs.frozen
@@ -104,8 +199,9 @@ class ProviderInfo:
     api: str
     provider_id: str
     provider_type: str
-    config: dict[str, Any] = attrs.field(factory=dict)
-    health: Health = Health("Not Implemented")
+    config: dict[str, Any] = attrs.field(factory=dict, metadata={**SENT, "doc": "the provider's settings; "
+                                                                                 "secrets read ********"})
+    health: Health = attrs.field(default=Health("Not Implemented"), metadata=SENT)
 
     def to_json(self) -> dict[str, Any]:
         return {"api": self.api, "provider_id": self.provider_id, "provider_type": self.provider_type,
@@ -118,7 +214,67 @@ class RouteInfo:
 
     route: str
     method: str
-    provider_types: list[str] = attrs.field(factory=list)
+    provider_types: list[str] = attrs.field(factory=list, metadata=SENT)
+
+
+@attrs.frozen
+class ProviderList:
+    """``GET /v1/providers``."""
+
+    data: list[ProviderInfo]
+
+
+@attrs.frozen
+class RouteList:
+    """``GET /v1/inspect/routes``."""
+
+    data: list[RouteInfo]
+
+
+# ---- resources ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ModelAnswer:
+    """A model, with Llama Stack's fields and OpenAI's side by side."""
+
+    identifier: Id
+    provider_resource_id: Id
+    provider_id: Id
+    type: Literal["model"]
+    model_type: ModelType
+    metadata: dict[str, Any]
+    owner: Owner
+    id: Id
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    input_shields: list[str] | None = None
+    output_shields: list[str] | None = None
+
+
+@attrs.frozen
+class ModelList:
+    object: Literal["list"]
+    data: list[ModelAnswer]
+    has_more: bool | None = attrs.field(default=None, metadata={"doc": "only when paged (limit or after)"})
+
+
+@attrs.frozen
+class ShieldAnswer:
+    identifier: Id
+    provider_resource_id: Id
+    provider_id: Id
+    type: Literal["shield"]
+    params: dict[str, Any]
+    owner: Owner
+    on_failure: OnFailure | None = None
+
+
+@attrs.frozen
+class ShieldList:
+    data: list[ShieldAnswer]
+    has_more: bool | None = attrs.field(default=None, metadata={"doc": "only when paged (limit or after)"})
 
 
 # ---- native inference and safety ------------------------------------------------------------
@@ -128,7 +284,7 @@ class RouteInfo:
 class Metric:
     metric: str
     value: int | float
-    unit: str | None = None
+    unit: str | None = attrs.field(default=None, metadata=SENT)
 
 
 @attrs.frozen
@@ -140,10 +296,9 @@ class Logprobs:
 
 @attrs.frozen
 class SafetyViolation:
-    violation_level: str
-    """``info``, ``warn`` or ``error``."""
-    user_message: str | None = None
-    metadata: dict[str, Any] = attrs.field(factory=dict)
+    violation_level: Level
+    user_message: str | None = attrs.field(default=None, metadata=SENT)
+    metadata: dict[str, Any] = attrs.field(factory=dict, metadata=SENT)
     shield_id: str | None = None
     """Set when a model's guardrail answered (docs/safety.md): the shield that objected."""
     stage: str | None = None
@@ -157,9 +312,9 @@ class ChatCompletionResponse:
     completion_message: AssistantMessage
     """``role: assistant``, ``content`` (a string), ``stop_reason`` (``end_of_turn``,
     ``end_of_message`` or ``out_of_tokens``) and the ``tool_calls`` the model made."""
-    logprobs: list[Logprobs] | None = None
-    metrics: list[Metric] | None = None
-    violation: SafetyViolation | None = None
+    logprobs: list[Logprobs] | None = attrs.field(default=None, metadata=SENT)
+    metrics: list[Metric] | None = attrs.field(default=None, metadata=SENT)
+    violation: SafetyViolation | None = attrs.field(default=None, metadata={"doc": "when a guardrail answered"})
 
 
 @attrs.frozen
@@ -181,10 +336,9 @@ StreamDelta = Annotated[TextDelta | ToolCallDelta, Tagged("type", "stream delta"
 
 @attrs.frozen
 class ChatStreamEvent:
-    event_type: str
-    """``start``, ``progress`` or ``complete``."""
+    event_type: Annotated[Literal["start", "progress", "complete"], OPEN]
     delta: StreamDelta
-    stop_reason: str | None = None
+    stop_reason: Stop | None = None
     logprobs: list[Logprobs] | None = None
 
 
@@ -197,14 +351,18 @@ class ChatStreamChunk:
     violation: SafetyViolation | None = None
 
 
+ChatStreamFrame = ChatStreamChunk | StreamError
+"""An event of the native chat stream: a chunk, or the error that ended it."""
+
+
 @attrs.frozen
 class CompletionResponse:
     """``POST /v1/inference/completion`` without ``stream``."""
 
     content: str
-    stop_reason: str
-    logprobs: list[Logprobs] | None = None
-    metrics: list[Metric] | None = None
+    stop_reason: Stop
+    logprobs: list[Logprobs] | None = attrs.field(default=None, metadata=SENT)
+    metrics: list[Metric] | None = attrs.field(default=None, metadata=SENT)
 
 
 @attrs.frozen
@@ -212,9 +370,12 @@ class CompletionStreamChunk:
     """One chunk of ``POST /v1/inference/completion`` with ``stream: true``; the last has ``stop_reason``."""
 
     delta: str
-    stop_reason: str | None = None
+    stop_reason: Stop | None = None
     logprobs: list[Logprobs] | None = None
     metrics: list[Metric] | None = None
+
+
+CompletionStreamFrame = CompletionStreamChunk | StreamError
 
 
 @attrs.frozen
@@ -228,10 +389,10 @@ class EmbeddingsResponse:
 class RunShieldResponse:
     """``POST /v1/safety/run-shield``: ``violation`` is None when the messages pass."""
 
-    violation: SafetyViolation | None = None
+    violation: SafetyViolation | None = attrs.field(default=None, metadata=SENT)
 
 
-# ---- OpenAI -------------------------------------------------------------------------------
+# ---- OpenAI (upstream answers passed through: the fields stackd relies on, and any other) ----
 
 
 @attrs.frozen
@@ -266,7 +427,7 @@ class ChatCompletion:
     choices: list[ChatChoice]
     model: str
     created: int = 0
-    object: str = "chat.completion"
+    object: str = attrs.field(default="chat.completion", metadata=SENT)
     usage: Usage | None = None
     violation: SafetyViolation | None = None
 
@@ -294,9 +455,12 @@ class ChatCompletionChunk:
     choices: list[ChatChunkChoice]
     model: str
     created: int = 0
-    object: str = "chat.completion.chunk"
+    object: str = attrs.field(default="chat.completion.chunk", metadata=SENT)
     usage: Usage | None = None
     violation: SafetyViolation | None = None
+
+
+ChatCompletionFrame = ChatCompletionChunk | StreamError
 
 
 @attrs.frozen
@@ -315,8 +479,11 @@ class Completion:
     choices: list[CompletionChoice]
     model: str
     created: int = 0
-    object: str = "text_completion"
+    object: str = attrs.field(default="text_completion", metadata=SENT)
     usage: Usage | None = None
+
+
+CompletionFrame = Completion | StreamError
 
 
 @attrs.frozen
@@ -333,7 +500,7 @@ class EmbeddingList:
 
     data: list[Embedding]
     model: str
-    object: str = "list"
+    object: str = attrs.field(default="list", metadata=SENT)
     usage: Usage | None = None
 
 
@@ -367,7 +534,7 @@ class StoredChatCompletion:
     model: str
     input_messages: list[dict[str, Any]]
     created: int = 0
-    object: str = "chat.completion"
+    object: str = attrs.field(default="chat.completion", metadata=SENT)
     usage: Usage | None = None
 
 
@@ -377,9 +544,10 @@ class StoredCompletionList:
 
     data: list[StoredChatCompletion]
     has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
-    object: str = "list"
+    first_id: str = attrs.field(default="", metadata={**SENT, "doc": "the first item's id; empty on an empty page"})
+    last_id: str = attrs.field(default="", metadata={**SENT, "doc": "pass as after for the next page; empty on an "
+                                                                  "empty page"})
+    object: Literal["list"] = attrs.field(default="list", metadata=SENT)
 
 
 @attrs.frozen
@@ -401,7 +569,8 @@ class StoredMessageList:
 
     data: list[StoredMessage]
     has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
-    object: str = "list"
+    first_id: str = attrs.field(default="", metadata={**SENT, "doc": "the first item's id; empty on an empty page"})
+    last_id: str = attrs.field(default="", metadata={**SENT, "doc": "pass as after for the next page; empty on an "
+                                                                  "empty page"})
+    object: Literal["list"] = attrs.field(default="list", metadata=SENT)
 

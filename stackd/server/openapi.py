@@ -19,7 +19,7 @@ from aiohttp import web
 
 import stackd
 from stackd.apis.models import ResourceId
-from stackd.apis.shapes import ErrorBody
+from stackd.apis.responses import ErrorBody
 from stackd.schema import Schemas
 from stackd.server.keys import CONFIG, OPENAPI
 from stackd.server.route_docs import RouteDoc, doc_of, documented, is_outside_api

@@ -9,9 +9,7 @@ from typing import Any
 from aiohttp import web
 
 import stackd
-from stackd.apis.responses import Health, ProviderInfo, RouteInfo, VersionInfo
-from stackd.apis.shapes import HealthAnswer, ProviderList, ReadinessAnswer, RouteList, VersionAnswer
-from stackd.apis.shapes import ProviderInfo as ProviderAnswer
+from stackd.apis.responses import Health, ProviderInfo, ProviderList, Readiness, RouteInfo, RouteList, VersionInfo
 from stackd.convert import converter
 from stackd.errors import NotFound
 from stackd.routing import not_ready_reason
@@ -26,7 +24,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/v1/health")
-@documented("Health of the server: OK once every provider is ready", answer=HealthAnswer, errors={503},
+@documented("Health of the server: OK once every provider is ready", answer=Health, errors={503},
             public=True)
 async def health(request: web.Request) -> web.Response:
     stack = request.app.get(STACK)
@@ -47,16 +45,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/health/live")
-@documented("Liveness: the process answers (nothing else is checked)", answer=HealthAnswer, public=True)
+@documented("Liveness: the process answers (nothing else is checked)", answer=Health, public=True)
 async def live(request: web.Request) -> web.Response:
     """Liveness: the process answers HTTP. Nothing is checked, so a slow dependency never gets
     a healthy process restarted; it stays 200 while the server drains."""
-    return json_response({"status": "OK"})
+    return json_response(Health("OK").to_json())
 
 
 @routes.get("/v1/health/ready")
 @documented("Readiness: every store, provider and the JWKS answer (cached 1.5 s); 503 when draining",
-            answer=ReadinessAnswer, errors={503}, public=True)
+            answer=Readiness, errors={503}, public=True)
 async def ready(request: web.Request) -> web.Response:
     """Readiness: every dependency answers (stackd.server.readiness); 503 at once when draining."""
     if request.app[DRAINING].is_set():
@@ -75,7 +73,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/version")
-@documented("The server's version", answer=VersionAnswer, public=True)
+@documented("The server's version", answer=VersionInfo, public=True)
 async def version(request: web.Request) -> web.Response:
     return json_response(converter.unstructure(VersionInfo(stackd.__version__)))
 
@@ -109,7 +107,7 @@ async def list_providers(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/providers/{provider_id}")
-@documented("One provider with its settings (secrets masked) and health", answer=ProviderAnswer, errors={404})
+@documented("One provider with its settings (secrets masked) and health", answer=ProviderInfo, errors={404})
 async def get_provider(request: web.Request) -> web.Response:
     provider_id = request.match_info["provider_id"]
     if provider_id not in request.app[CONFIG].providers:

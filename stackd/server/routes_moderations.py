@@ -6,7 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from stackd.apis import moderations
-from stackd.apis.shapes import ModerationRequest, ModerationResponse
+from stackd.apis.requests import ModerationRequest
+from stackd.apis.responses import Moderation
 from stackd.server.http import context, json_response, read_json
 from stackd.server.keys import STACK
 from stackd.server.route_docs import CALL_ERRORS, documented
@@ -16,7 +17,7 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
-@documented("OpenAI moderation, answered by shields", body=ModerationRequest, answer=ModerationResponse,
+@documented("OpenAI moderation, answered by shields", body=ModerationRequest, answer=Moderation,
             errors=CALL_ERRORS, api="safety", tag="safety")
 async def moderate(request: web.Request) -> web.Response:
     body = await read_json(request)

@@ -9,15 +9,15 @@ from aiohttp import web
 
 from stackd.apis import native, safety
 from stackd.apis.native.types import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
-from stackd.apis.safety import RunShieldRequest
-from stackd.apis.shapes import (
-    NativeChatResponse,
-    NativeChatStreamChunk,
-    NativeCompletionResponse,
-    NativeCompletionStreamChunk,
-    NativeEmbeddingsResponse,
+from stackd.apis.responses import (
+    ChatCompletionResponse,
+    ChatStreamFrame,
+    CompletionResponse,
+    CompletionStreamFrame,
+    EmbeddingsResponse,
     RunShieldResponse,
 )
+from stackd.apis.safety import RunShieldRequest
 from stackd.server.http import context, json_response, read_json
 from stackd.server.keys import STACK
 from stackd.server.route_docs import CALL_ERRORS, documented
@@ -35,23 +35,23 @@ async def _answer(request: web.Request, result: native.NativeResult) -> web.Stre
 
 
 @routes.post("/v1/inference/chat-completion")
-@documented("Chat completion (Llama Stack 0.2.x)", body=ChatCompletionRequest, answer=NativeChatResponse,
-            stream=NativeChatStreamChunk, errors=CALL_ERRORS, api="inference", tag="inference")
+@documented("Chat completion (Llama Stack 0.2.x)", body=ChatCompletionRequest, answer=ChatCompletionResponse,
+            stream=ChatStreamFrame, errors=CALL_ERRORS, api="inference", tag="inference")
 async def chat_completion(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     return await _answer(request, await native.chat_completion(request.app[STACK].inference, body, context(request)))
 
 
 @routes.post("/v1/inference/completion")
-@documented("Text completion (Llama Stack 0.2.x)", body=CompletionRequest, answer=NativeCompletionResponse,
-            stream=NativeCompletionStreamChunk, errors=CALL_ERRORS, api="inference", tag="inference")
+@documented("Text completion (Llama Stack 0.2.x)", body=CompletionRequest, answer=CompletionResponse,
+            stream=CompletionStreamFrame, errors=CALL_ERRORS, api="inference", tag="inference")
 async def completion(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     return await _answer(request, await native.completion(request.app[STACK].inference, body, context(request)))
 
 
 @routes.post("/v1/inference/embeddings")
-@documented("Embeddings (Llama Stack 0.2.x)", body=EmbeddingsRequest, answer=NativeEmbeddingsResponse,
+@documented("Embeddings (Llama Stack 0.2.x)", body=EmbeddingsRequest, answer=EmbeddingsResponse,
             errors=CALL_ERRORS, api="inference", tag="inference")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)

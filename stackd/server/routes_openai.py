@@ -12,17 +12,20 @@ from aiohttp import web
 
 from stackd.apis import openai
 from stackd.apis.models import MAX_ID_CHARS, is_resource_id
-from stackd.apis.shapes import (
+from stackd.apis.requests import (
     ChatCompletionsPageQuery,
     MessagesPageQuery,
-    OpenAIChatCompletion,
     OpenAIChatRequest,
-    OpenAIChatStreamChunk,
-    OpenAICompletion,
     OpenAICompletionRequest,
-    OpenAICompletionStreamChunk,
-    OpenAIEmbeddings,
     OpenAIEmbeddingsRequest,
+)
+from stackd.apis.responses import (
+    ChatCompletion,
+    ChatCompletionFrame,
+    Completion,
+    CompletionFrame,
+    EmbeddingList,
+    StoredChatCompletion,
     StoredCompletionList,
     StoredMessageList,
 )
@@ -54,21 +57,21 @@ async def _answer(request: web.Request, result: Any) -> web.StreamResponse:
 
 
 @documented("Chat completion (OpenAI); stored when an inference store is configured", body=OpenAIChatRequest,
-            answer=OpenAIChatCompletion, stream=OpenAIChatStreamChunk, errors=CALL_ERRORS, api="inference",
+            answer=ChatCompletion, stream=ChatCompletionFrame, errors=CALL_ERRORS, api="inference",
             tag="openai")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     return await _answer(request, await openai.chat_completions(request.app[STACK].inference, body, context(request)))
 
 
-@documented("Text completion (OpenAI)", body=OpenAICompletionRequest, answer=OpenAICompletion,
-            stream=OpenAICompletionStreamChunk, errors=CALL_ERRORS, api="inference", tag="openai")
+@documented("Text completion (OpenAI)", body=OpenAICompletionRequest, answer=Completion,
+            stream=CompletionFrame, errors=CALL_ERRORS, api="inference", tag="openai")
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     return await _answer(request, await openai.completions(request.app[STACK].inference, body, context(request)))
 
 
-@documented("Embeddings (OpenAI)", body=OpenAIEmbeddingsRequest, answer=OpenAIEmbeddings, errors=CALL_ERRORS,
+@documented("Embeddings (OpenAI)", body=OpenAIEmbeddingsRequest, answer=EmbeddingList, errors=CALL_ERRORS,
             api="inference", tag="openai")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
@@ -86,7 +89,7 @@ async def list_chat_completions(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@documented("One stored chat completion", answer=dict[str, Any], errors=ID_ERRORS | {501}, api="inference",
+@documented("One stored chat completion", answer=StoredChatCompletion, errors=ID_ERRORS | {501}, api="inference",
             tag="openai")
 async def get_chat_completion(request: web.Request) -> web.Response:
     return json_response(await _store(request).get(_completion_id(request), visible=_visible(request)))

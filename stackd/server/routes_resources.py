@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from stackd.apis.models import Model, RegisterModelRequest, RegisterShieldRequest, Shield
-from stackd.apis.shapes import ModelAnswer, ModelList, ResourcePageQuery, ShieldAnswer, ShieldList
+from stackd.apis.requests import ResourcePageQuery
+from stackd.apis.responses import ModelAnswer, ModelList, ShieldAnswer, ShieldList
 from stackd.convert import structure
 from stackd.errors import BadRequest, FieldError, quote_id
 from stackd.server.http import json_response, read_json
