@@ -85,7 +85,8 @@ async def test_closed_early_the_source_is_closed_and_nothing_is_kept() -> None:
 
 
 async def test_a_failing_source_is_closed_its_error_passes_and_nothing_is_kept() -> None:
-    source = _Source([_chunk(0, "a")], fail=UpstreamBadResponse("provider 'p': the stream ended before it was complete"))
+    cut = UpstreamBadResponse("provider 'p': the stream ended before it was complete")
+    source = _Source([_chunk(0, "a")], fail=cut)
     kept: list[Any] = []
     stream = Relabelled(source, "m", lambda body, weight: kept.append(body), 1 << 20)
     got = []
