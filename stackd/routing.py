@@ -10,20 +10,17 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import orjson
-
 from stackd import metrics
 from stackd.apis.context import CallContext
-from stackd.apis.inference import close_stream
 from stackd.apis.models import Model, Shield
 from stackd.auth.policy import owner_json
 from stackd.errors import BadRequest, FieldError, NotFound, UpstreamUnavailable, quote_id
 from stackd.guardrails import Guardrails, single, violation_answer, violation_chunk
-from stackd.inference_store.assemble import ChatStreamAssembler, weight
+from stackd.inference_store.assemble import weight
 from stackd.inference_store.normalise import storable
 from stackd.observe import current
 from stackd.registry import Registry
-from stackd.upstream import SSEEvent, relabel_bytes
+from stackd.relabel import Relabelled
 
 __all__ = ["InferenceRouter", "SafetyRouter", "StoreHook", "not_ready_reason"]
 
@@ -196,71 +193,17 @@ class InferenceRouter:
         _, result = await self._call("openai_embeddings", "embedding", params, ctx, loc, model)
         return result  # type: ignore[no-any-return]
 
-    async def _relabel(
+    def _relabel(
         self, chunks: AsyncIterator[dict[str, Any]], identifier: str, store_with: list[Any] | None,
         owner: str | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> Relabelled:
         """The provider's chunks under the client's model name; with ``store_with`` (the input
-        messages), the stream is stored once it ran to its end, after its last byte went out.
-
-        Chunks are folded into the stored body as they pass (never kept as a list), within
-        ``max_stored_bytes``; past it the completion is not stored, which is logged once.
-        """
-        keep = ChatStreamAssembler(self.max_stored_bytes) if store_with is not None else None
-        seen = False
-        obs = current.get()
-        if obs is not None and obs.model != identifier:
-            obs = None  # a shield's own model call: the request's metrics are its client's model's
-        usage = None
-        # The upstream's bytes of an event go out as they came, relabelled on the bytes
-        # (stackd.upstream.relabel_bytes); the dict is relabelled too, for the store and hooks.
-        new = b'"model":' + orjson.dumps(identifier)
-        upstream_name: Any = None
-        old = b""
-        try:
-            async for chunk in chunks:
-                if chunk.__class__ is SSEEvent and chunk.raw is not None:
-                    name = chunk.get("model")
-                    if name != identifier:
-                        if name != upstream_name:
-                            upstream_name = name
-                            old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
-                        chunk.raw = relabel_bytes(chunk.raw, old, new) if old else None
-                chunk["model"] = identifier
-                if not seen:
-                    seen = True
-                    if obs is not None:
-                        obs.first_chunk()
-                if chunk.get("usage"):  # one dict lookup per chunk: the last usage is the total
-                    usage = chunk["usage"]
-                if keep is not None and not self._fold(keep, chunk, identifier):
-                    keep = None
-                yield chunk
-        finally:
-            await close_stream(chunks)
-            if obs is not None and usage is not None:
-                obs.usage(usage)
-        if keep is not None and seen and store_with is not None:
-            try:
-                body = keep.body()
-            except Exception as exc:  # noqa: BLE001 - odd upstream data costs the record, not the answer
-                log.warning("a streamed chat completion of model %r is not stored: it could not be "
-                            "assembled (%s: %s)", identifier, type(exc).__name__, exc)
-                return
-            self._keep(body, store_with, identifier, keep.kept, owner)
-
-    def _fold(self, keep: ChatStreamAssembler, chunk: dict[str, Any], identifier: str) -> bool:
-        """Add a chunk to what is kept; False (logged once) when the completion will not be stored."""
-        try:
-            if keep.add(chunk):
-                return True
-        except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
-            log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "
-                        "assembled (%s: %s)", identifier, type(exc).__name__, exc)
-            return False
-        log.warning("streamed chat completion %.80r of model %r is not stored: it passed "
-                    "server.max_stored_completion_bytes (%d)", keep.id, identifier, self.max_stored_bytes)
-        return False
+        messages), the stream is stored once it ran to its end (:class:`stackd.relabel.Relabelled`)."""
+        keep = None
+        if store_with is not None:
+            def keep(body: dict[str, Any], kept: int) -> None:
+                self._keep(body, store_with, identifier, kept, owner)
+        return Relabelled(chunks, identifier, keep, self.max_stored_bytes)
 
 
 def _answer_message(completion: dict[str, Any]) -> dict[str, Any]:

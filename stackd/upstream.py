@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,9 @@ __all__ = [
     "iter_ndjson",
     "iter_sse",
     "limits_of",
-    "relabel_bytes",
     "make_session",
+    "open_sse",
+    "relabel_bytes",
     "read_json",
     "stream_timeout",
     "upstream_errors",
@@ -476,14 +477,14 @@ async def _next_lines(blocks: AsyncIterator[bytes], lines: _Lines) -> list[bytes
     return lines.feed(block)
 
 
-async def iter_sse(
+def iter_sse(
     resp: aiohttp.ClientResponse,
     provider_id: str,
     limits: UpstreamLimits = DEFAULT_LIMITS,
     *,
     first_event_by: float | None = None,
     idle_timeout: float | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """The JSON payloads of an OpenAI-style SSE stream, up to ``data: [DONE]``.
 
     A stream that ends without ``[DONE]`` was cut: that raises 502, which the server turns
@@ -493,39 +494,90 @@ async def iter_sse(
 
     An object event is an :class:`SSEEvent`: its ``raw`` bytes are the payload as the upstream
     sent it, so the server can forward them instead of serialising the dict again.
+    The caller keeps the response; :func:`open_sse` hands it over instead.
     """
+    return _sse(resp, provider_id, limits, first_event_by, idle_timeout, None)
+
+
+async def open_sse(
+    resp: aiohttp.ClientResponse,
+    provider_id: str,
+    url: str,
+    limits: UpstreamLimits = DEFAULT_LIMITS,
+    *,
+    first_event_by: float | None = None,
+    idle_timeout: float | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The events of :func:`iter_sse`, owning ``resp``: the stream a provider returns as is.
+
+    Transport failures while reading become stackd errors naming ``url`` (as in
+    :func:`upstream_errors`). A stream read to its end releases the connection to the pool;
+    one closed early (the client left) or broken drops it, so the server stops generating.
+    The generator is already started when it is returned, so ``aclose()`` releases the
+    response even if no event was ever read. One generator from the upstream's bytes to the
+    router, not a provider's generator around this one: each layer costs every event.
+    """
+    events = _sse(resp, provider_id, limits, first_event_by, idle_timeout, url)
+    await events.__anext__()  # past the primer: inside the ``try`` that owns ``resp``
+    return events
+
+
+# Yielded once by an owning stream before its first event (see open_sse).
+_PRIMER: dict[str, Any] = {}
+
+
+async def _sse(
+    resp: aiohttp.ClientResponse,
+    provider_id: str,
+    limits: UpstreamLimits,
+    first_event_by: float | None,
+    idle_timeout: float | None,
+    url: str | None,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """:func:`iter_sse`; with ``url``, :func:`open_sse` (primed, owning ``resp``)."""
     watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
     clock = watchdog.clock
     lines = _Lines(resp, provider_id, limits.max_line_bytes)
     blocks = resp.content.iter_any().__aiter__()
+    finished = False
+    errors = upstream_errors(provider_id, url) if url is not None else contextlib.nullcontext()
     try:
-        while (batch := await _next_lines(blocks, lines)) is not None:
-            for raw in batch:
-                if not raw.startswith(b"data:"):
-                    continue  # blank separators, comments, event:/id: fields, keep-alives
-                payload = raw[5:].strip()
-                if payload == b"[DONE]":
-                    return
-                try:
-                    data = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    raise _bad_answer(provider_id,
-                                      f"provider {provider_id!r} sent a stream event that is not JSON") from None
-                if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
-                    raise _bad_answer(provider_id,
-                                      f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-                _too_deep(data, provider_id, "a stream event", payload)
-                if type(data) is dict:
-                    # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
-                    data = SSEEvent(data, None if b"\r" in payload else payload)
-                watchdog.deadline = None  # the consumer's time with the event is not the upstream's
-                yield data
-                if idle_timeout is not None:
-                    watchdog.deadline = clock() + idle_timeout
-                    if watchdog.handle is None:
-                        watchdog.arm()
+        if url is not None:
+            yield _PRIMER
+        with errors:
+            while (batch := await _next_lines(blocks, lines)) is not None:
+                for raw in batch:
+                    if not raw.startswith(b"data:"):
+                        continue  # blank separators, comments, event:/id: fields, keep-alives
+                    payload = raw[5:].strip()
+                    if payload == b"[DONE]":
+                        finished = True
+                        return
+                    try:
+                        data = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise _bad_answer(
+                            provider_id, f"provider {provider_id!r} sent a stream event that is not JSON") from None
+                    if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
+                        raise _bad_answer(provider_id,
+                                          f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
+                    _too_deep(data, provider_id, "a stream event", payload)
+                    if type(data) is dict:
+                        # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
+                        data = SSEEvent(data, None if b"\r" in payload else payload)
+                    watchdog.deadline = None  # the consumer's time with the event is not the upstream's
+                    yield data
+                    if idle_timeout is not None:
+                        watchdog.deadline = clock() + idle_timeout
+                        if watchdog.handle is None:
+                            watchdog.arm()
     finally:
         watchdog.cancel()
+        if url is not None:
+            if finished:
+                resp.release()  # back to the pool when the server ended the answer cleanly
+            else:
+                resp.close()
     raise _bad_answer(provider_id, f"provider {provider_id!r}: the stream ended before it was complete")
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from stackd.apis.inference import close_stream
 from stackd.errors import StackdError
+from stackd.relabel import Relabelled
 from stackd.server.keys import STALL_TIMEOUT, STREAMS
 from stackd.upstream import SSEEvent
 
@@ -159,7 +160,15 @@ def _stall_guard(
 
 
 async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], write: Callable[[bytes], Any]) -> None:
-    """Write every event; frames that were ready without waiting go out in one write."""
+    """Write every event; frames that were ready without waiting go out in one write.
+
+    A router's :class:`Relabelled` stream is read through: its provider's stream is stepped
+    here and each event passed to ``take``, which spares every event one generator layer.
+    """
+    relabelled = events if isinstance(events, Relabelled) else None
+    take: Callable[[Any], Any] | None = None
+    if relabelled is not None:
+        take, events = relabelled.take, relabelled.source
     ready: list[bytes] = []
     anext = events.__anext__
     while True:
@@ -168,7 +177,15 @@ async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], writ
         try:
             future = step.send(None)
         except StopIteration as got:
-            ready.append(b"data: " + encode(got.value) + b"\n\n")
+            event = got.value
+            if take is not None:
+                try:
+                    event = take(event)
+                except Exception:
+                    if ready:
+                        await write(b"".join(ready))
+                    raise
+            ready.append(b"data: " + encode(event) + b"\n\n")
             continue
         except StopAsyncIteration:
             break
@@ -188,7 +205,10 @@ async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], writ
             event = await _Resumed(step, future)
         except StopAsyncIteration:
             break
-        ready.append(b"data: " + encode(event) + b"\n\n")
+        # ready is empty here: it was written before the wait.
+        ready.append(b"data: " + encode(event if take is None else take(event)) + b"\n\n")
+    if relabelled is not None:
+        await relabelled.ended()  # stored (and its provider's stream closed) before the last write
     if ready:
         await write(b"".join(ready))
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 import attrs
@@ -30,9 +30,9 @@ from stackd.upstream import (
     DEFAULT_LIMITS,
     UpstreamLimits,
     check_status,
-    iter_sse,
     limits_of,
     make_session,
+    open_sse,
     read_json,
     stream_timeout,
     upstream_errors,
@@ -45,11 +45,6 @@ __all__ = ["PROVIDER_DATA_KEYS", "VLLMInferenceProvider", "create"]
 PROVIDER_DATA_KEYS = ("vllm_api_token", "api_key")
 
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
-# Yielded once by a stream before its first event, so the generator is inside its ``try``
-# by the time the caller gets it: ``aclose()`` then always releases the connection, even if
-# no event was ever read.
-_PRIMER: dict[str, Any] = {}
-
 
 @attrs.define(eq=False, repr=False)
 class VLLMInferenceProvider:
@@ -180,34 +175,9 @@ class VLLMInferenceProvider:
             except BaseException:
                 resp.close()
                 raise
-        events = self._events(resp, str(url), first_event_by)
-        await events.__anext__()  # past the primer
-        return events
-
-    async def _events(
-        self, resp: aiohttp.ClientResponse, url: str, first_event_by: float
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        # Declared an AsyncIterator, built as an async generator: closed explicitly below.
-        sse = cast(
-            AsyncGenerator[dict[str, Any], None],
-            iter_sse(resp, self.provider_id, self.limits, first_event_by=first_event_by,
-                     idle_timeout=self.config.stream_idle_timeout),
-        )
-        finished = False
-        try:
-            yield _PRIMER
-            with upstream_errors(self.provider_id, url):
-                async for event in sse:
-                    yield event
-            finished = True
-        finally:
-            await sse.aclose()
-            if finished:
-                resp.release()  # back to the pool when the server ended the answer cleanly
-            else:
-                # The client left or the stream broke: drop the connection so the server
-                # sees the disconnect and stops generating.
-                resp.close()
+        # One generator from the upstream's bytes on, which owns the response from here.
+        return await open_sse(resp, self.provider_id, str(url), self.limits, first_event_by=first_event_by,
+                              idle_timeout=self.config.stream_idle_timeout)
 
     def _auth_header(self, provider_data: Mapping[str, Any] | None) -> dict[str, str] | None:
         """A per-request Authorization header when the caller brought a token, else the session's."""

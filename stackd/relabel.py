@@ -1,0 +1,141 @@
+"""A provider's stream under the client's model name: what the router hands the server.
+
+Each chunk is relabelled (its dict, and its upstream bytes when the server forwards them),
+counted for the request's metrics (first token, the last ``usage``) and, when the completion
+is to be stored, folded into the stored body (never kept as a list), within a byte budget;
+past it the completion is not stored, which is logged once. A stream that ran to its end is
+stored; one that broke or was closed early is not.
+
+:class:`Relabelled` is an async iterator like any provider stream, so every consumer (native
+routes, guardrails, tests) reads it as one. The SSE writer, which carries nearly every stream,
+reads the provider's stream itself and calls :meth:`Relabelled.take` per chunk: one plain call
+per event instead of one more async-generator layer (an ``asend`` object, a frame resumed and
+a ``StopIteration`` per event).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from stackd.apis.inference import close_stream
+from stackd.inference_store.assemble import ChatStreamAssembler
+from stackd.observe import current
+from stackd.upstream import SSEEvent, relabel_bytes
+
+__all__ = ["Relabelled"]
+
+log = logging.getLogger("stackd.routing")
+
+# Called once with the assembled body and its weight when a stored stream ran to its end.
+Keep = Callable[[dict[str, Any], int], None]
+
+
+class Relabelled:
+    """``source``'s chunks under ``identifier``; with ``keep``, stored once it ran to its end
+    (``keep`` gets the assembled ``chat.completion`` body and what it weighs)."""
+
+    __slots__ = ("_done", "_keep", "_new", "_obs", "_old", "_seen", "_store", "_upstream_name",
+                 "_usage", "identifier", "source")
+
+    def __init__(self, source: AsyncIterator[dict[str, Any]], identifier: str, keep: Keep | None,
+                 max_stored_bytes: int) -> None:
+        self.source = source
+        self.identifier = identifier
+        self._keep = keep
+        self._store = ChatStreamAssembler(max_stored_bytes) if keep is not None else None
+        obs = current.get()
+        # A shield's own model call: the request's metrics are its client's model's.
+        self._obs = obs if obs is not None and obs.model == identifier else None
+        self._seen = False
+        self._usage: Any = None
+        self._done = False
+        # The upstream's bytes of an event go out as they came, relabelled on the bytes
+        # (stackd.upstream.relabel_bytes); the dict is relabelled too, for the store and hooks.
+        self._new = b'"model":' + orjson.dumps(identifier)
+        self._upstream_name: Any = None
+        self._old = b""
+
+    def take(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """One chunk of ``source``, relabelled, counted and folded in; the per-event work."""
+        identifier = self.identifier
+        if chunk.__class__ is SSEEvent and chunk.raw is not None:
+            name = chunk.get("model")
+            if name != identifier:
+                if name != self._upstream_name:
+                    self._upstream_name = name
+                    self._old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
+                old = self._old
+                chunk.raw = relabel_bytes(chunk.raw, old, self._new) if old else None
+        chunk["model"] = identifier
+        if not self._seen:
+            self._seen = True
+            if self._obs is not None:
+                self._obs.first_chunk()
+        usage = chunk.get("usage")
+        if usage:  # the last usage is the total
+            self._usage = usage
+        if self._store is not None:
+            self._fold(chunk)
+        return chunk
+
+    def _fold(self, chunk: dict[str, Any]) -> None:
+        """Add a chunk to what is kept; on failure (logged once) the completion is not stored."""
+        store = self._store
+        assert store is not None
+        try:
+            if store.add(chunk):
+                return
+        except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
+            log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "
+                        "assembled (%s: %s)", self.identifier, type(exc).__name__, exc)
+        else:
+            log.warning("streamed chat completion %.80r of model %r is not stored: it passed "
+                        "server.max_stored_completion_bytes (%d)", store.id, self.identifier, store.budget)
+        self._store = None
+
+    async def ended(self) -> None:
+        """``source`` ran to its end: close it, report usage and store what was kept."""
+        await self._finish()
+        store, keep = self._store, self._keep
+        if store is None or keep is None or not self._seen:
+            return
+        try:
+            body = store.body()
+        except Exception as exc:  # noqa: BLE001 - odd upstream data costs the record, not the answer
+            log.warning("a streamed chat completion of model %r is not stored: it could not be "
+                        "assembled (%s: %s)", self.identifier, type(exc).__name__, exc)
+            return
+        keep(body, store.kept)
+
+    async def aclose(self) -> None:
+        """Closed before its end (or after): ``source`` is closed, nothing is stored."""
+        await self._finish()
+
+    async def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await close_stream(self.source)
+        finally:
+            if self._obs is not None and self._usage is not None:
+                self._obs.usage(self._usage)
+
+    def __aiter__(self) -> Relabelled:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            return self.take(await self.source.__anext__())
+        except StopAsyncIteration:
+            await self.ended()
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
