@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tomllib
 import sys
+import tomllib
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import stackd
 
@@ -66,15 +67,17 @@ def pyprojects() -> list[Path]:
 @pytest.mark.parametrize("path", pyprojects(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_project_requires_the_foreign_stackd(path: Path) -> None:
     project = tomllib.loads(path.read_text())["project"]
-    lines = [*project.get("dependencies", []), *sum(project.get("optional-dependencies", {}).values(), [])]
-    names = {Requirement(line).name.lower().replace("_", "-") for line in lines}
+    lines = [*project.get("dependencies", [])]
+    for extra in project.get("optional-dependencies", {}).values():
+        lines += extra
+    names = {canonicalize_name(Requirement(line).name) for line in lines}
     assert FOREIGN not in names, f"{path}: require {CORE}, not {FOREIGN} (an unrelated PyPI project)"
     if path.parent != ROOT:
         assert CORE in names, f"{path}: a plugin declares the core range it works with ({CORE}>=...,<...)"
 
 
-# `stackd[redis]`, `stackd${EXTRAS}`, `stackd>=0.1`, `'stackd==0.1.0'`: the foreign name used as a requirement in a command or a
-# file. Not the import package (`stackd.x`), the command (`stackd serve`) or stackd-provider-*.
+# `stackd[redis]`, `stackd${EXTRAS}`, `stackd>=0.1`, `'stackd==0.1.0'`: the foreign name used as a requirement in
+# a command or a file. Not the import package (`stackd.x`), the command (`stackd serve`) or stackd-provider-*.
 _FOREIGN_REQUIREMENT = re.compile(r"(?<![\w./-])stackd(\[[^\]\s]+\]|\$\{|\s*(?:[<>=!~]=|[<>])\s*\d)")
 # Where the old requirement is quoted on purpose: the changelog's account of the rename, the refusal's test.
 _ALLOWED = {"CHANGELOG.md", "tests/test_plugin_contract.py", "tests/test_dist.py"}
@@ -144,9 +147,9 @@ def test_ollama_plugin_installs_by_name_and_serves(dist: Path, fresh_venv: Any) 
     assert FOREIGN not in installed
     assert installed[CORE] == (dist / f"stackd_server-{stackd.__version__}-py3-none-any.whl").as_uri()
     assert installed["stackd-provider-ollama"].startswith(dist.as_uri())
-    absent = fresh_venv.run("python", "-c", "import importlib.metadata as m, sys; "
-                            "print(sorted(d.metadata['Name'] for d in m.distributions() if 'stackd' in d.metadata['Name']))")
-    assert absent.stdout.strip() == str(sorted([CORE, "stackd-provider-ollama"]))
+    ours = fresh_venv.run("python", "-c", "import importlib.metadata as m; print(sorted(d.metadata['Name'] "
+                          "for d in m.distributions() if 'stackd' in d.metadata['Name']))")
+    assert ours.stdout.strip() == str(sorted([CORE, "stackd-provider-ollama"]))
     # The core came along, and it is this one (from the folder: it knows the plugin contract).
     shown = fresh_venv.run("python", "-c", "import stackd; print(stackd.__version__, stackd.PLUGIN_CONTRACT)")
     assert shown.stdout.split() == [stackd.__version__, "1"]

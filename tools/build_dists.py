@@ -6,10 +6,11 @@
     python3 tools/build_dists.py --list             # the distributions, one a line (the release matrix)
     python3 tools/build_dists.py --expect-version 0.1.0   # a release: every distribution must be this version
 
-The distributions are the core (the repository root, distribution ``stackd-server``) and every ``plugins/stackd-provider-*``; the
-test plugin under ``tests/plugins`` is not published. Each wheel is built from its sdist (``python -m
-build``'s default), so a file missing from an sdist fails here rather than for a user. Earlier builds
-of the same distributions in the output folder are removed first, so the folder holds one release.
+The distributions are the core (the repository root, distribution ``stackd-server``) and every
+``plugins/stackd-provider-*``; the test plugin under ``tests/plugins`` is not published. Each wheel is
+built from its sdist (``python -m build``'s default), so a file missing from an sdist fails here rather
+than for a user. Earlier builds of the same distributions in the output folder are removed first, so the
+folder holds one release.
 """
 
 from __future__ import annotations
