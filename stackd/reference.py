@@ -35,8 +35,16 @@ from stackd.config.auth import (
     OAuth2TokenConfig,
     RoutePolicyRule,
 )
-from stackd.config.schema import ModelInput, ProviderEntry, QuotaConfig, RunConfig, ServerConfig, ShieldInput
-from stackd.config.stores import PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
+from stackd.config.schema import (
+    MetricsConfig,
+    ModelInput,
+    ProviderEntry,
+    QuotaConfig,
+    RunConfig,
+    ServerConfig,
+    ShieldInput,
+)
+from stackd.config.stores import NoStoreConfig, PostgresStoreConfig, RedisStoreConfig, SqliteStoreConfig
 from stackd.convert import HttpUrl, Seconds, Secret, Tagged
 from stackd.providers.discovery import Catalog, PluginLoadError
 
@@ -51,7 +59,9 @@ CORE_SECTIONS: tuple[tuple[str, str, type], ...] = (
     ("Stores: `type: sqlite`", "metadata_store, inference_store, server.quota.kvstore", SqliteStoreConfig),
     ("Stores: `type: postgres`", "metadata_store, inference_store", PostgresStoreConfig),
     ("Stores: `type: redis`", "metadata_store, server.quota.kvstore", RedisStoreConfig),
+    ("Stores: `type: none`", "inference_store", NoStoreConfig),
     ("Server", "server", ServerConfig),
+    ("Metrics", "server.metrics", MetricsConfig),
     ("Quota", "server.quota", QuotaConfig),
     ("Auth: `provider_type: oauth2_token`", "server.auth", OAuth2TokenAuth),
     ("Auth: `provider_type: custom`", "server.auth", CustomAuth),

@@ -127,8 +127,6 @@ def test_tls_example_serves_https_with_optional_client_certificates(tmp_path: Pa
     assert load_config(EXAMPLES / "tls.yaml", env=env).run.server.tls_cafile is None
 
 
-# Enable when track 12a (Redis/PostgreSQL stores) is merged: today this build refuses type: redis.
-@pytest.mark.xfail(reason="Redis stores land with issue 12 (track 12a); remove this mark on merge", strict=True)
 def test_replicas_on_redis_example_validates(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     done = run_cli("validate", str(EXAMPLES / "replicas-redis.yaml"), env={"REDIS_HOST": "redis.internal"})
     assert done.returncode == 0, done.stderr

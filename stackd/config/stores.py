@@ -109,7 +109,10 @@ def table_of(config: PostgresStoreConfig, section: str) -> str:
 
 @attrs.frozen
 class NoStoreConfig:
-    """``inference_store: {type: none}``: completions are not recorded (a pure proxy)."""
+    """``inference_store: {type: none}``: completions are not recorded (a pure proxy).
+
+    - ``type``: ``none``; the stored-completion routes then answer 501 naming this setting
+    """
 
     type: Literal["none"] = "none"
 
