@@ -19,9 +19,14 @@ if TYPE_CHECKING:
     from stackd.providers.spec import PLUGIN_CONTRACT, ProviderSpec
 
 __version__ = "0.1.0"
+# The distribution (what ``pip install`` names) differs from the import package and the command:
+# the PyPI name ``stackd`` belongs to an unrelated project, and a plugin requiring ``stackd`` would
+# pull that in. Plugins declare ``stackd-server>=X,<Y``; the plugin loader checks that requirement.
+DISTRIBUTION = "stackd-server"
 
 __all__ = [
     "ANONYMOUS",
+    "DISTRIBUTION",
     "PLUGIN_CONTRACT",
     "CallContext",
     "Caller",

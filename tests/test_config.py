@@ -355,7 +355,7 @@ def test_a_missing_driver_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a))
     assert problems("metadata_store: {type: redis}\n") == [
         "$.metadata_store type 'redis' needs the redis driver, which is not installed: pip install "
-        "'stackd[redis]' @ $.metadata_store.type (run.yaml:1:24)"]
+        "'stackd-server[redis]' @ $.metadata_store.type (run.yaml:1:24)"]
 
 
 def test_install_hint_follows_the_naming_rule() -> None:

@@ -179,7 +179,7 @@ def test_image_installs_exactly_what_the_readme_says() -> None:
     command = image_install_command()
     assert command[:4] == ["/opt/stackd/bin/pip", "install", "--find-links", "/tmp/dist"]
     packages = command[4:]
-    assert packages[0] == "stackd"  # STACKD_EXTRAS is empty by default
+    assert packages[0] == "stackd-server"  # the core's distribution (PyPI's `stackd` is another project); no extras
     assert packages[1:] == readme_install() == ["stackd-provider-ollama"]
 
 

@@ -71,22 +71,41 @@ def test_plugin_for_another_stackd_range_is_refused_before_it_is_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pip keeps the pair matched at install; --no-deps, an editable checkout or a later
-    `pip install stackd==...` can still leave a plugin beside a stackd it was not made for."""
-    _dist_on_disk(tmp_path, "stackd<0.1,>=0.0.1")
+    `pip install stackd-server==...` can still leave a plugin beside a stackd it was not made for."""
+    _dist_on_disk(tmp_path, "Stackd_Server<0.1,>=0.0.1")  # names compare as pip compares them
     monkeypatch.syspath_prepend(str(tmp_path))
     plugin = Catalog.from_entry_points(only=["remote::oldcore"]).plugins["remote::oldcore"]
     with pytest.raises(PluginLoadError) as info:
         plugin.load()
     assert str(info.value) == (
         "plugin stackd-provider-oldcore 0.0.9 (entry point 'stackd_provider_oldcore:spec') works with "
-        f"stackd<0.1,>=0.0.1 and this is stackd {stackd.__version__}: install the stackd-provider-oldcore made "
-        f"for this stackd (pip install 'stackd-provider-oldcore' 'stackd=={stackd.__version__}') "
-        "or the stackd it asks for (pip install 'stackd<0.1,>=0.0.1')"
+        f"Stackd_Server<0.1,>=0.0.1 and this is stackd {stackd.__version__}: install the stackd-provider-oldcore "
+        f"made for this stackd (pip install 'stackd-provider-oldcore' 'stackd-server=={stackd.__version__}') "
+        "or the stackd it asks for (pip install 'Stackd_Server<0.1,>=0.0.1')"
+    )
+
+
+def test_plugin_requiring_the_foreign_stackd_is_refused_before_it_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PyPI name `stackd` is an unrelated project, and its 0.1 is inside `stackd>=0.1.0,<0.2`: a plugin
+    written before the core was `stackd-server` would have pip install that project beside it."""
+    _dist_on_disk(tmp_path, "stackd>=0.1.0,<0.2")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = Catalog.from_entry_points(only=["remote::oldcore"]).plugins["remote::oldcore"]
+    with pytest.raises(PluginLoadError) as info:
+        plugin.load()
+    assert str(info.value) == (
+        "plugin stackd-provider-oldcore 0.0.9 (entry point 'stackd_provider_oldcore:spec') requires "
+        "'stackd<0.2,>=0.1.0', but the distribution 'stackd' on PyPI is an unrelated project: stackd's core is "
+        "the distribution stackd-server. Change the plugin's dependency to 'stackd-server<0.2,>=0.1.0' and "
+        "reinstall it; if pip installed that project (pip show stackd), pip uninstall stackd and then "
+        f"pip install --force-reinstall 'stackd-server=={stackd.__version__}'"
     )
 
 
 def test_plugin_in_range_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _dist_on_disk(tmp_path, f"stackd>={stackd.__version__},<99")
+    _dist_on_disk(tmp_path, f"stackd-server>={stackd.__version__},<99")
     monkeypatch.syspath_prepend(str(tmp_path))
     plugin = Catalog.from_entry_points(only=["remote::oldcore"]).plugins["remote::oldcore"]
     with pytest.raises(PluginLoadError, match="failed to import: AttributeError: module stackd has no attribute"):

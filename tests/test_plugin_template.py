@@ -28,6 +28,12 @@ def template_files() -> dict[str, str]:
     return files
 
 
+def test_the_template_requires_the_core_by_its_distribution_name() -> None:
+    """`stackd` on PyPI is an unrelated project; a plugin made from the page must require stackd-server."""
+    toml = template_files()["stackd-provider-hello/pyproject.toml"]
+    assert 'dependencies = ["stackd-server>=0.1.0,<0.2"]' in toml
+
+
 def test_the_template_names_its_files() -> None:
     assert sorted(template_files()) == [
         "stackd-provider-hello/pyproject.toml",
@@ -44,7 +50,7 @@ def test_a_plugin_made_from_the_template_is_served(tmp_path: Path, fresh_venv: A
         (tmp_path / rel).write_text(text)
     dist = tmp_path / "dist"
     fresh_venv.run(sys.executable, str(ROOT / "tools" / "build_dists.py"), "--no-isolation", "--no-check",
-                   "--only", "stackd", "--outdir", str(dist))
+                   "--only", "stackd-server", "--outdir", str(dist))
     # The plugin is built with the backend its pyproject names (hatchling, from the index like any user's).
     fresh_venv.run("pip", "install", "--find-links", str(dist), str(tmp_path / "stackd-provider-hello"))
 

@@ -25,7 +25,10 @@ def test_the_workflow_publishes_every_distribution_by_trusted_publishing() -> No
     assert flow["permissions"] == {"contents": "read"}
     jobs = flow["jobs"]
     plugins = jobs["publish-plugins"]["strategy"]["matrix"]["distribution"]
-    assert ["stackd", *plugins] == distributions()
+    assert ["stackd-server", *plugins] == distributions()
+    assert jobs["publish-core"]["environment"]["url"] == "https://pypi.org/p/stackd-server"
+    select = " ".join(step.get("run", "") for step in jobs["publish-core"]["steps"])
+    assert "mv all/stackd_server-[0-9]* dist/" in select  # the core's files, not stackd_provider_*
     for name in ("publish-core", "publish-plugins"):
         job = jobs[name]
         assert job["permissions"] == {"id-token": "write"}

@@ -6,17 +6,20 @@
     python3 tools/build_dists.py --list             # the distributions, one a line (the release matrix)
     python3 tools/build_dists.py --expect-version 0.1.0   # a release: every distribution must be this version
 
-The distributions are the core (the repository root) and every ``plugins/stackd-provider-*``; the
-test plugin under ``tests/plugins`` is not published. Each wheel is built from its sdist (``python -m
-build``'s default), so a file missing from an sdist fails here rather than for a user. Earlier builds
-of the same distributions in the output folder are removed first, so the folder holds one release.
+The distributions are the core (the repository root, distribution ``stackd-server``) and every
+``plugins/stackd-provider-*``; the test plugin under ``tests/plugins`` is not published. Each wheel is
+built from its sdist (``python -m build``'s default), so a file missing from an sdist fails here rather
+than for a user. Earlier builds of the same distributions in the output folder are removed first, so the
+folder holds one release.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 __all__ = ["ROOT", "build", "check", "check_version", "main", "projects"]
@@ -31,14 +34,26 @@ def projects(root: Path = ROOT) -> list[Path]:
 
 def _dist_prefix(project: Path) -> str:
     """``stackd_provider_ollama-``: how a distribution's files begin (PEP 625 / wheel name normalisation)."""
-    for line in (project / "pyproject.toml").read_text().splitlines():
-        if line.startswith("name = "):
-            return line.split("=", 1)[1].strip().strip('"').replace("-", "_") + "-"
-    raise SystemExit(f"build_dists: no 'name = ...' in {project / 'pyproject.toml'}")
+    path = project / "pyproject.toml"
+    name = tomllib.loads(path.read_text()).get("project", {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise SystemExit(f"build_dists: no [project] name in {path}")
+    return _dist_prefix_of(name)
+
+
+def _dist_prefix_of(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower() + "-"
 
 
 def build(outdir: Path, *, isolation: bool = True, only: list[str] | None = None) -> list[Path]:
     """Build each project (or those named in ``only``) into ``outdir``; return the files made."""
+    if only is not None:
+        known = [_dist_prefix(p)[:-1].replace("_", "-") for p in projects()]
+        only = [_dist_prefix_of(name)[:-1].replace("_", "-") for name in only]
+        unknown = sorted(set(only) - set(known))
+        if unknown:  # e.g. the core's name before it was stackd-server: building nothing would look like success
+            raise SystemExit(f"build_dists: --only {', '.join(unknown)}: no such distribution here; "
+                             f"the distributions are {', '.join(known)}")
     outdir.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     for project in projects():
@@ -46,7 +61,7 @@ def build(outdir: Path, *, isolation: bool = True, only: list[str] | None = None
         if only is not None and prefix[:-1].replace("_", "-") not in only:
             continue
         for old in outdir.glob(prefix + "*"):
-            if old.name[len(prefix):][:1].isdigit():  # stackd-0.1.0..., not stackd_provider_x-...
+            if old.name[len(prefix):][:1].isdigit():  # stackd_server-0.1.0..., not stackd_server_x-...
                 old.unlink()
         before = set(outdir.iterdir())
         cmd = [sys.executable, "-m", "build", "--outdir", str(outdir), str(project)]

@@ -42,7 +42,7 @@ class SqliteStoreConfig:
 
 @attrs.frozen
 class PostgresStoreConfig:
-    """PostgreSQL (needs ``pip install 'stackd[postgres]'``).
+    """PostgreSQL (needs ``pip install 'stackd-server[postgres]'``).
 
     - ``type``: ``postgres``
     - ``host``, ``port``: the server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from stackd import DISTRIBUTION
 from stackd.errors import UpstreamUnavailable
 
 __all__ = ["missing_driver", "require_driver"]
@@ -21,7 +22,7 @@ def missing_driver(store_type: str, section: str) -> str | None:
     if importlib.util.find_spec(module) is not None:
         return None
     return (f"{section} type {store_type!r} needs the {module} driver, which is not installed: "
-            f"pip install 'stackd[{extra}]'")
+            f"pip install '{DISTRIBUTION}[{extra}]'")
 
 
 def require_driver(store_type: str, section: str) -> None:

@@ -1,6 +1,6 @@
 """An asyncpg pool to one PostgreSQL database, for the stores several replicas share.
 
-Needs the ``postgres`` extra (``pip install 'stackd[postgres]'``). The pool replaces a
+Needs the ``postgres`` extra (``pip install 'stackd-server[postgres]'``). The pool replaces a
 connection that broke (a restarted server) on the next acquire, so a store that comes back is
 used again without a restart; until then every use is a 503 naming ``user@host:port/db``,
 never the password.

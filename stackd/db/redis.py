@@ -1,6 +1,6 @@
 """A redis-py asyncio client of one Redis database, for the stores several replicas share.
 
-Needs the ``redis`` extra (``pip install 'stackd[redis]'``). The client's pool replaces a
+Needs the ``redis`` extra (``pip install 'stackd-server[redis]'``). The client's pool replaces a
 connection that broke on the next command, so a server that comes back is used again without
 a restart; until then every use is a 503 naming ``redis://host:port/db``, never the password.
 """

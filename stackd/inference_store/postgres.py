@@ -1,6 +1,6 @@
 """PostgreSQL through asyncpg, for several stackd replicas that share one history.
 
-Needs the ``postgres`` extra (``pip install 'stackd[postgres]'``). Bodies are stored in
+Needs the ``postgres`` extra (``pip install 'stackd-server[postgres]'``). Bodies are stored in
 ``json`` columns: validated by the server, kept byte for byte (``jsonb`` would reorder keys).
 """
 

@@ -12,6 +12,7 @@ from importlib.metadata import Distribution, EntryPoint, entry_points
 
 import attrs
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 import stackd
 from stackd.apis.known import PROVIDER_APIS
@@ -48,11 +49,19 @@ class InstalledPlugin:
         where = f"{self.distribution} {self.version} (entry point {self.entry_point.value!r})"
         # Checked before the import: a plugin made for another stackd may not even import with this one.
         wanted = core_requirement(self.entry_point.dist)
+        if wanted is not None and canonicalize_name(wanted.name) != stackd.DISTRIBUTION:
+            raise PluginLoadError(
+                f"plugin {where} requires '{wanted}', but the distribution {wanted.name!r} on PyPI is an "
+                f"unrelated project: stackd's core is the distribution {stackd.DISTRIBUTION}. Change the plugin's "
+                f"dependency to '{stackd.DISTRIBUTION}{wanted.specifier}' and reinstall it; if pip installed that "
+                f"project (pip show {wanted.name}), pip uninstall {wanted.name} and then "
+                f"pip install --force-reinstall '{stackd.DISTRIBUTION}=={stackd.__version__}'"
+            )
         if wanted is not None and not wanted.specifier.contains(stackd.__version__, prereleases=True):
             raise PluginLoadError(
                 f"plugin {where} works with {wanted} and this is stackd {stackd.__version__}: install the "
                 f"{self.distribution} made for this stackd (pip install '{self.distribution}' "
-                f"'stackd=={stackd.__version__}') or the stackd it asks for (pip install '{wanted}')"
+                f"'{stackd.DISTRIBUTION}=={stackd.__version__}') or the stackd it asks for (pip install '{wanted}')"
             )
         try:
             obj = self.entry_point.load()
@@ -135,17 +144,25 @@ class Catalog:
         )
 
 
+# The PyPI name the core never had (an unrelated project owns it). A plugin that requires it was
+# written for a pre-release checkout of stackd: pip installs that stranger's ``stackd`` beside it.
+_FOREIGN_CORE = "stackd"
+
+
 def core_requirement(dist: Distribution | None) -> Requirement | None:
-    """The ``stackd`` requirement a plugin's distribution declares (``stackd>=0.1,<0.2``), if any.
+    """The core requirement a plugin's distribution declares (``stackd-server>=0.1,<0.2``), if any;
+    also one on the old name ``stackd``, which the caller refuses.
 
     pip honours it at install time; it is checked again at load because ``pip install --no-deps``,
-    an editable checkout or a later ``pip install stackd==...`` can leave an unmatched pair."""
+    an editable checkout or a later ``pip install stackd-server==...`` can leave an unmatched pair."""
     for line in (dist.requires or []) if dist is not None else []:
         try:
             req = Requirement(line)
         except InvalidRequirement:
             continue
-        if req.name.lower() == "stackd" and (req.marker is None or req.marker.evaluate({"extra": ""})):
+        if canonicalize_name(req.name) in (stackd.DISTRIBUTION, _FOREIGN_CORE) and (
+            req.marker is None or req.marker.evaluate({"extra": ""})
+        ):
             return req
     return None
 
