@@ -26,7 +26,7 @@ from joserfc.jwk import RSAKey
 
 from bench import peers
 from bench.measure import measure, parse_round_args
-from bench.procs import Server, free_port, start_server
+from bench.procs import Server, free_port, start_server, start_upstream
 
 __all__ = ["main"]
 
@@ -65,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         (work / "jwks.json").write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
         servers: list[Server] = []
         try:
-            up_port, idp_port = free_port(), free_port()
-            upstream = start_server("upstream", peers.upstream_argv(up_port, 64), f"http://127.0.0.1:{up_port}",
-                                    "/health", work / "upstream.log")
+            idp_port = free_port()
+            upstream = start_upstream(work)
             servers.append(upstream)
             idp = start_server("idp", [sys.executable, "-m", "bench.idp", "--port", str(idp_port), "--jwks",
                                        str(work / "jwks.json")], f"http://127.0.0.1:{idp_port}", "/health",

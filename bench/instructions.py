@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.procs import Server, free_port, start_server
+from bench.procs import Server, free_port, start_server, start_upstream
 
 __all__ = ["main"]
 
@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="stackd-instr-") as tmp:
         work = Path(tmp)
-        up_port = free_port()
-        upstream = start_server("upstream", peers.upstream_argv(up_port, args.chunks, args.token_interval), f"http://127.0.0.1:{up_port}",
-                                "/health", work / "upstream.log")
+        upstream = start_upstream(work, args.chunks, args.token_interval)
         servers: list[tuple[str, Server, Path, str, str | None]] = []
         try:
             idp_url = None

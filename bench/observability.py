@@ -31,7 +31,7 @@ from typing import Any
 
 from bench import peers
 from bench.measure import measure, parse_round_args
-from bench.procs import Server, free_port, start_server
+from bench.procs import Server, free_port, start_server, start_upstream
 
 __all__ = ["main"]
 
@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         servers: list[Server] = []
         try:
-            up_port = free_port()
-            upstream = start_server("upstream", peers.upstream_argv(up_port, 64), f"http://127.0.0.1:{up_port}",
-                                    "/health", work / "upstream.log")
+            upstream = start_upstream(work)
             servers.append(upstream)
             targets = {name: _start_stackd(name, work, upstream.url) for name in names}
             servers += targets.values()

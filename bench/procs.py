@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 __all__ = ["Server", "cpu_seconds", "free_port", "loadgen_phase", "peak_rss_mb", "rss_mb", "start_server",
+           "start_upstream",
            "tree_cpu_seconds"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -106,6 +107,15 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def start_upstream(work: Path, chunks: int = 64, token_interval_ms: float = 0.0) -> Server:
+    """The fake OpenAI upstream every benchmark proxies to, on a free port, logging into ``work``."""
+    from bench import peers
+
+    port = free_port()
+    return start_server("upstream", peers.upstream_argv(port, chunks, token_interval_ms), f"http://127.0.0.1:{port}",
+                        "/health", work / "upstream.log")
 
 
 def start_server(

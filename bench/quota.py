@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import peers
 from bench.measure import measure, parse_round_args
-from bench.procs import Server, cpu_seconds, free_port, start_server
+from bench.procs import Server, cpu_seconds, free_port, start_server, start_upstream
 from stackd.testing.stores import PgServer, RedisServer, start_postgres, start_redis
 
 __all__ = ["main"]
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             servers: list[Server] = []
             try:
-                up_port = free_port()
-                upstream = start_server("upstream", peers.upstream_argv(up_port, 64), f"http://127.0.0.1:{up_port}",
-                                        "/health", work / "upstream.log")
+                upstream = start_upstream(work)
                 servers.append(upstream)
                 stores = {
                     "no-quota": "",

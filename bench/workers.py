@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.procs import Server, cpu_seconds, free_port, start_server
+from bench.procs import Server, cpu_seconds, free_port, start_server, start_upstream
 
 __all__ = ["main"]
 
@@ -183,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             upstream = None
             if args.backend == "vllm":
-                up_port = free_port()
-                upstream = start_server("upstream", peers.upstream_argv(up_port, 64), f"http://127.0.0.1:{up_port}",
-                                        "/health", work / "upstream.log")
+                upstream = start_upstream(work)
                 servers.append(upstream)
             targets = {}
             for name, (workers, mode) in VARIANTS.items():
