@@ -145,9 +145,9 @@ def build_args() -> dict[str, str]:
 
 
 def readme_install() -> list[str]:
-    """The packages of the README's quick start `pip install`."""
+    """The packages of the README's `pip install` by name (what a user runs once it is released)."""
     readme = (ROOT / "README.md").read_text()
-    quick = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    quick = readme.split("### Installing by name", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     (line,) = [ln.split("#")[0] for ln in quick.splitlines() if ln.startswith("pip install ")]
     return shlex.split(line)[2:]
 
