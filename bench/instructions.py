@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-interval", type=float, default=0.0, metavar="MS",
                         help="the upstream spaces stream events this many ms apart")
     parser.add_argument("--modes", default="non-stream,stream", help="non-stream, stream or both")
-    parser.add_argument("--stackd-config", default="default", help="comma-separated: default, no-store, auth-quota")
+    parser.add_argument("--stackd-config", default="default",
+                        help="comma-separated: default, no-store, no-log, auth-quota")
     parser.add_argument("--baseline", metavar="TREE", help="also stackd imported from this source tree")
     parser.add_argument("--out", type=Path, default=_ROOT / "bench" / "results" / "instructions.json")
     args = parser.parse_args(argv)

@@ -77,7 +77,7 @@ def nginx_argv(config: Path) -> list[str]:
 
 
 # --stackd-config of bench/run.py: what is switched on beside the proxy path.
-STACKD_VARIANTS = ("default", "no-store", "auth-quota")
+STACKD_VARIANTS = ("default", "no-store", "no-log", "auth-quota")
 BEARER = "bench-token"  # what the load generator sends to the auth-quota variant
 
 
@@ -86,11 +86,14 @@ def write_stackd_config(
 ) -> Path:
     """stackd's config for the benchmark: ``default`` has the inference store on (as every
     config does unless it says otherwise), ``no-store`` says ``inference_store: {type: none}``,
+    ``no-log`` says ``server.access_log: false``,
     ``auth-quota`` adds custom bearer auth (decisions cached, the IdP is ``idp_url``) and a quota."""
     path = directory / "stackd-bench.yaml"
     store = ("{type: none}" if variant == "no-store"
              else f"\n  type: sqlite\n  db_path: {directory}/stackd/inference_store.db")
     extra = ""
+    if variant == "no-log":
+        extra = "  access_log: false\n"
     if variant == "auth-quota":
         extra = (f"  auth:\n    provider_type: custom\n    config:\n      endpoint: {idp_url}/auth\n"
                  f"      cache_ttl: 3600\n"

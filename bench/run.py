@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference proxies beside stackd: passthrough, nginx, both or none")
     parser.add_argument("--stackd-config", default="default",
                         help="comma-separated stackd variants, each its own target: default (inference store "
-                             "on), no-store (inference_store: {type: none}), auth-quota (bearer auth through a "
-                             "custom endpoint, cached, and a quota)")
+                             "on), no-store (inference_store: {type: none}), no-log (server.access_log: false), "
+                             "auth-quota (bearer auth through a custom endpoint, cached, and a quota)")
     parser.add_argument("--baseline", metavar="TREE",
                         help="also measure stackd imported from this source tree (default config), as "
                              "stackd-baseline: before/after in the same run")
