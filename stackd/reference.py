@@ -63,7 +63,6 @@ CORE_SECTIONS: tuple[tuple[str, str, type], ...] = (
     ("Server", "server", ServerConfig),
     ("Metrics", "server.metrics", MetricsConfig),
     ("Quota", "server.quota", QuotaConfig),
-    ("Metrics", "server.metrics", MetricsConfig),
     ("Auth: `provider_type: oauth2_token`", "server.auth", OAuth2TokenAuth),
     ("Auth: `provider_type: custom`", "server.auth", CustomAuth),
     ("oauth2_token config", "server.auth.config", OAuth2TokenConfig),

@@ -372,8 +372,9 @@ class StackClient:
 
     async def version(self) -> VersionInfo:
         """``GET /v1/version``."""
+        self._version_checked = True  # this call is the check: no second GET before it
         info = await self._call("GET", "/v1/version", VersionInfo)
-        self.server_version = info.version
+        self._note_version(info.version)
         return info
 
     async def list_providers(self) -> list[ProviderInfo]:

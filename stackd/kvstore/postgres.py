@@ -31,12 +31,13 @@ class PostgresKVStore:
         self._set = (f"INSERT INTO {t} (key, value, expires_at) VALUES ($1, $2, $3) "
                      "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at")
         self._delete = f"DELETE FROM {t} WHERE key = $1"
-        # An expired row counts as absent (as get would not see it); RETURNING gives the row
-        # written, or nothing when another value stays, which the second query reads.
+        # An expired row counts as absent (as get would not see it); the live value stays.
+        live_row = f"({t}.expires_at IS NULL OR {t}.expires_at > $3)"
         self._setdefault = (f"INSERT INTO {t} (key, value, expires_at) VALUES ($1, $2, NULL) "
-                            f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = NULL "
-                            f"WHERE {t}.expires_at IS NOT NULL AND {t}.expires_at <= $3 RETURNING value")
-        self._value = f"SELECT value FROM {t} WHERE key = $1"
+                            f"ON CONFLICT (key) DO UPDATE SET "
+                            f"value = CASE WHEN {live_row} THEN {t}.value ELSE EXCLUDED.value END, "
+                            f"expires_at = CASE WHEN {live_row} THEN {t}.expires_at ELSE NULL END "
+                            "RETURNING value")
         self._scan = f"SELECT key, value FROM {t} WHERE key >= $1 AND key < $3 AND {live} ORDER BY key"
         expired = f"{t}.expires_at IS NOT NULL AND {t}.expires_at <= $4"
         self._incr = (
@@ -80,9 +81,8 @@ class PostgresKVStore:
 
     async def setdefault(self, key: str, value: str) -> str:
         async with self._db.use() as conn:
+            # One statement: the row is locked by the upsert, so the value returned is the stored one.
             stored = await conn.fetchval(self._setdefault, self._prefix + key, value, time.time())
-            if stored is None:
-                stored = await conn.fetchval(self._value, self._prefix + key)
         return str(stored)
 
     async def delete(self, key: str) -> None:

@@ -23,8 +23,19 @@ from stackd.convert import Secret
 __all__ = ["PG_BIN", "REDIS_SERVER", "PgServer", "RedisServer", "ServerUnavailable", "start_postgres",
            "start_redis"]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-REDIS_SERVER = Path("/usr/bin/redis-server")
+def _pg_bin() -> Path:
+    """``$STACKD_PG_BIN``, else the newest Debian cluster's binaries, else where ``initdb`` is on PATH."""
+    if os.environ.get("STACKD_PG_BIN"):
+        return Path(os.environ["STACKD_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
+REDIS_SERVER = Path(os.environ.get("STACKD_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server")
 
 
 class ServerUnavailable(RuntimeError):
