@@ -40,15 +40,10 @@ def principal_id(key: bytes, principal: str) -> str:
 
 
 def _failure_reason(exc: StackdError) -> str:
-    """A bounded label for a refused authentication (the message itself may name anything)."""
+    """A bounded label for a refused authentication (set where it was refused, never from its message)."""
     if not isinstance(exc, Unauthorized):
         return "unavailable"  # the identity provider could not be asked: 503
-    message = exc.message
-    if message.startswith("Authentication required"):
-        return "missing"
-    if message.startswith("invalid token"):
-        return "invalid"
-    return "malformed"  # not the Bearer scheme, empty, too long
+    return exc.reason if exc.reason in metrics.AUTH_REASONS else "invalid"
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 import stackd
-from stackd.config.schema import MAX_WORKERS
+from stackd.config.schema import MAX_WORKERS, RunConfig
 from stackd.config.tls import TLSFileError, server_ssl_context
 from stackd.loading import ConfigError, LoadedConfig, Problem, load_config
 from stackd.logs import FORMATS, configure
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 EXIT_CONFIG = 2
 EXIT_START = 1
 
@@ -52,12 +53,13 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def _load(args: argparse.Namespace) -> LoadedConfig:
+def _load(args: argparse.Namespace, before_plugins: Callable[[RunConfig], None] | None = None) -> LoadedConfig:
     extra = _parse_env(args.env or [])
     os.environ.update(extra)  # --env sets a variable first, for the config and for plugins alike
     path = Path(args.config) if args.config else _starter_path()
     try:
-        loaded = load_config(path, skip_missing_apis=getattr(args, "skip_missing_apis", False))
+        loaded = load_config(path, skip_missing_apis=getattr(args, "skip_missing_apis", False),
+                             before_plugins=before_plugins)
     except ConfigError as exc:
         _print_problems("warning", exc.warnings)
         _print_problems("error", exc.problems)
@@ -103,10 +105,38 @@ def _ssl_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    shared_metrics: list[str] = []
+
+    def before_plugins(run: RunConfig) -> None:
+        workers = args.workers if args.workers is not None else run.server.workers
+        if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+            shared_metrics.append(_share_metrics())
+
+    try:
+        return _serve_loaded(args, _load(args, before_plugins))
+    finally:
+        for directory in shared_metrics:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _share_metrics() -> str:
+    """Metrics of every worker, summed on each scrape (prometheus-client's multiprocess mode).
+
+    prometheus-client chooses per-process or shared values once, when it is imported, so
+    this comes first: before any plugin (plugins import stackd's upstream client, which
+    imports stackd.metrics) and before the server, in the process that forks the workers.
+    """
+    if "stackd.metrics" in sys.modules or "prometheus_client" in sys.modules:
+        raise RuntimeError("stackd.metrics was imported before the metrics of several workers could be shared")
+    directory = tempfile.mkdtemp(prefix="stackd-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    return directory
+
+
+def _serve_loaded(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from stackd.server.runner import Limits, bind, fd_limit
     from stackd.server.workers import socket_mode, workers_unsupported
 
-    loaded = _load(args)
     if loaded.missing_apis:
         for api, why in sorted(loaded.missing_apis.items()):
             print(f"stackd: NOT SERVING the {api} API: {why}; its routes answer 501", file=sys.stderr)
@@ -195,19 +225,11 @@ def _supervise(server: _Server, socks: list[socket.socket], port: int, mode: str
                 return EXIT_START
         return server.run(own, link.ready, link=link, claim=StoreClaim.worker(first=first))
 
-    # Metrics of every worker, summed on each scrape (prometheus-client's multiprocess mode): the
-    # directory must be set before any process imports stackd.metrics, so here, before forking.
-    own_metrics_dir = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        own_metrics_dir = tempfile.mkdtemp(prefix="stackd-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
     try:
         return Supervisor(workers, run, announce, float(server.loaded.run.server.shutdown_grace)).serve()
     finally:
         if lock is not None:
             lock.release_now()
-        if own_metrics_dir is not None:
-            shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
 
 @attrs.frozen

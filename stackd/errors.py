@@ -104,9 +104,11 @@ class Unauthorized(StackdError):
     status = 401
     type = "authentication_error"
 
-    def __init__(self, message: str = "Authentication required", **kw: Any) -> None:
+    def __init__(self, message: str = "Authentication required", *, reason: str = "invalid", **kw: Any) -> None:
         super().__init__(message, **kw)
         self.headers.setdefault("WWW-Authenticate", "Bearer")
+        self.reason = reason
+        """Why, as the auth-failure metric counts it: ``missing``, ``malformed`` or ``invalid`` (a bounded label)."""
 
 
 class Forbidden(StackdError):

@@ -6,7 +6,7 @@ plugin configs' included, in one run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -41,9 +41,17 @@ def load_config(
     env: Mapping[str, str] | None = None,
     catalog: Catalog | None = None,
     skip_missing_apis: bool = False,
+    before_plugins: Callable[[RunConfig], None] | None = None,
 ) -> LoadedConfig:
-    """The config of the file at ``path``, or :class:`ConfigError` with every problem in it."""
-    return _finish(read_config(path, env=env), catalog, skip_missing_apis)
+    """The config of the file at ``path``, or :class:`ConfigError` with every problem in it.
+
+    ``before_plugins`` sees the file's settings before any plugin is imported (a plugin's
+    import may import parts of stackd that read the environment once, such as its metrics).
+    """
+    parsed = read_config(path, env=env)
+    if before_plugins is not None and not parsed.report.problems:
+        before_plugins(parsed.run)
+    return _finish(parsed, catalog, skip_missing_apis)
 
 
 def parse_config(

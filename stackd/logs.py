@@ -27,9 +27,18 @@ import orjson
 from stackd.observe import current
 
 __all__ = ["FORMATS", "JsonFormatter", "RequestIdFilter", "TextFormatter", "access_sink", "configure",
-           "resolve_format"]
+           "label_worker", "resolve_format"]
 
 FORMATS = ("auto", "json", "text")
+
+# Under ``server.workers``: which worker wrote a line ({"worker": index, "pid": pid}); empty otherwise.
+_worker: dict[str, int] = {}
+
+
+def label_worker(index: int, pid: int) -> None:
+    """Every line this process writes from now on names its worker and pid (after a fork)."""
+    _worker.clear()
+    _worker.update(worker=index, pid=pid)
 
 
 class RequestIdFilter(logging.Filter):
@@ -59,6 +68,7 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid is not None:
             out["request_id"] = rid
+        out.update(_worker)
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             out.update(fields)
@@ -72,7 +82,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         rid = getattr(record, "request_id", None)
-        line = f"{_utc(record.created)} {record.levelname} {record.name}{f' [{rid}]' if rid else ''}: " \
+        who = f" [worker {_worker['worker']} pid {_worker['pid']}]" if _worker else ""
+        line = f"{_utc(record.created)} {record.levelname} {record.name}{who}{f' [{rid}]' if rid else ''}: " \
                f"{record.getMessage()}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
@@ -100,7 +111,7 @@ class _AccessSink:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         head = b'{"time":"%s.%03dZ","level":"INFO","logger":"stackd.access","message":' % (
             self._stamp, int(now % 1 * 1000))
-        body = orjson.dumps({"message": message, "request_id": request_id, **fields})
+        body = orjson.dumps({"message": message, "request_id": request_id, **_worker, **fields})
         # body is '{"message":...}': its first 11 bytes are '{"message":', replaced by the head.
         self._pending.append(head + body[11:] + b"\n")
         if len(self._pending) == 1:

@@ -30,6 +30,7 @@ from prometheus_client.exposition import generate_latest
 __all__ = [
     "CONTENT_TYPE",
     "MAX_MODEL_LABELS",
+    "MAX_SHIELD_LABELS",
     "OTHER",
     "REGISTRY",
     "auth_cache",
@@ -49,6 +50,7 @@ __all__ = [
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 MAX_MODEL_LABELS = 500
+MAX_SHIELD_LABELS = 100
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -136,19 +138,30 @@ _auth_failures = _cached(AUTH_FAILURES)
 _quota = _cached(QUOTA)
 _shields = _cached(SHIELDS)
 
-_models: set[str] = set()
 
 
-def model_label(model_id: str | None) -> str:
-    """A registered model id as a label, while fewer than :data:`MAX_MODEL_LABELS` were seen."""
-    if model_id is None:
-        return OTHER
-    if model_id in _models:
-        return model_id
-    if len(_models) >= MAX_MODEL_LABELS:
-        return OTHER
-    _models.add(model_id)
-    return model_id
+class _Labels:
+    """At most ``limit`` distinct values of one label, first come; later ones count as ``other``
+    (registered ids come and go: a long-running server must not grow a series per id forever)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if value is None:
+            return OTHER
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.limit:
+            return OTHER
+        self.seen.add(value)
+        return value
+
+
+model_label = _Labels(MAX_MODEL_LABELS)
+"""A registered model id as a label, while fewer than :data:`MAX_MODEL_LABELS` were seen."""
+_shield_label = _Labels(MAX_SHIELD_LABELS)
 
 
 def upstream_error(provider_id: str, kind: str) -> None:
@@ -172,7 +185,7 @@ def quota_decision(decision: str) -> None:
 
 
 def shield_verdict(shield_id: str, verdict: str) -> None:
-    _shields(shield_id, verdict).inc()
+    _shields(_shield_label(shield_id), verdict).inc()
 
 
 def worker_restart(provider_id: str) -> None:

@@ -240,10 +240,11 @@ async def test_auth_failures_by_reason_cache_hits_and_quota_decisions(
         assert (await c.get("/v1/models")).status == 401
         assert (await c.get("/v1/models", headers={"Authorization": "Basic eDp5"})).status == 401
         assert (await c.get("/v1/models", headers={"Authorization": "Bearer bad-token"})).status == 401
+        assert (await c.get("/v1/models", headers={"Authorization": "Bearer"})).status == 401  # no token
         assert [(await c.get("/v1/models", headers=GOOD)).status for _ in range(3)] == [200, 200, 429]
         after = await scrape(c)
         assert delta(before, after, "stackd_auth_failures_total", reason="missing") == 1
-        assert delta(before, after, "stackd_auth_failures_total", reason="malformed") == 1
+        assert delta(before, after, "stackd_auth_failures_total", reason="malformed") == 2
         assert delta(before, after, "stackd_auth_failures_total", reason="invalid") == 1
         assert delta(before, after, "stackd_quota_decisions_total", decision="admitted") == 2
         assert delta(before, after, "stackd_quota_decisions_total", decision="rejected") == 1
@@ -251,7 +252,7 @@ async def test_auth_failures_by_reason_cache_hits_and_quota_decisions(
         assert delta(before, after, "stackd_auth_fetches_total", source="custom", outcome="ok") == 2  # good, bad
         assert delta(before, after, "stackd_auth_cache_lookups_total", cache="custom", result="hit") == 2
         assert delta(before, after, "stackd_auth_cache_lookups_total", cache="custom", result="miss") == 2
-        assert delta(before, after, "stackd_http_requests_total", route="/v1/models", method="GET", status="401") == 3
+        assert delta(before, after, "stackd_http_requests_total", route="/v1/models", method="GET", status="401") == 4
         assert delta(before, after, "stackd_http_requests_total", route="/v1/models", method="GET", status="429") == 1
         assert "alice" not in await (await c.get("/metrics")).text()
 
@@ -327,3 +328,21 @@ async def test_metrics_of_two_processes_are_summed_in_multiprocess_mode(
                 samples = parse(await r.text())
             assert value(samples, "stackd_http_requests_total", route="/v1/models", method="GET", status="200") == 10
     assert any(f.name.endswith(".db") for f in shared.iterdir())  # one file per process and kind
+
+
+def test_model_and_shield_labels_are_capped_over_a_long_life() -> None:
+    """Registered ids come and go: past the cap a new id counts as `other`, and ids seen before keep their series."""
+    from stackd import metrics
+
+    for label, cap in ((metrics._Labels(metrics.MAX_MODEL_LABELS), metrics.MAX_MODEL_LABELS),
+                       (metrics._Labels(metrics.MAX_SHIELD_LABELS), metrics.MAX_SHIELD_LABELS)):
+        assert [label(f"id-{i}") for i in range(cap)] == [f"id-{i}" for i in range(cap)]
+        assert label("one-more") == metrics.OTHER
+        assert label("id-0") == "id-0" and label(None) == metrics.OTHER
+    before = value(parse(metrics.render().decode()), "stackd_shield_verdicts_total", shield="other", verdict="pass")
+    for i in range(metrics.MAX_SHIELD_LABELS + 5):
+        metrics.shield_verdict(f"label-test-shield-{i}", "pass")
+    samples = parse(metrics.render().decode())
+    shields = {dict(labels)["shield"] for (name, labels) in samples if name == "stackd_shield_verdicts_total"}
+    assert len(shields) <= metrics.MAX_SHIELD_LABELS + 1
+    assert value(samples, "stackd_shield_verdicts_total", shield="other", verdict="pass") >= before + 5

@@ -49,11 +49,12 @@ def test_providers_command_reports_the_refused_plugin(run_cli: object) -> None:
     assert "BROKEN" not in blocks["inline::echo"]
 
 
-def _dist_on_disk(site: Path, requires: str) -> None:
+def _dist_on_disk(site: Path, requires: str,
+                  source: str = "raise AttributeError('module stackd has no attribute OldThing')\n") -> None:
     """A real installed distribution (dist-info on sys.path), as pip lays one out."""
     pkg = site / "stackd_provider_oldcore"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("raise AttributeError('module stackd has no attribute OldThing')\n")
+    (pkg / "__init__.py").write_text(source)
     info = site / "stackd_provider_oldcore-0.0.9.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(textwrap.dedent(f"""\
@@ -110,3 +111,28 @@ def test_plugin_in_range_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyP
     plugin = Catalog.from_entry_points(only=["remote::oldcore"]).plugins["remote::oldcore"]
     with pytest.raises(PluginLoadError, match="failed to import: AttributeError: module stackd has no attribute"):
         plugin.load()
+
+
+def test_plugin_whose_spec_names_no_contract_is_refused_with_that_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin written before ProviderSpec had ``contract=``: refused by name, not a TypeError from attrs."""
+    _dist_on_disk(tmp_path, f"stackd-server>={stackd.__version__},<99", textwrap.dedent("""\
+        import attrs
+        from stackd import ProviderSpec
+
+        @attrs.define
+        class Config:
+            pass
+
+        async def build(config, deps):
+            return object()
+
+        spec = ProviderSpec(api="inference", provider_type="remote::oldcore", config_class=Config, factory=build)
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = Catalog.from_entry_points(only=["remote::oldcore"]).plugins["remote::oldcore"]
+    with pytest.raises(PluginLoadError) as info:
+        plugin.load()
+    assert "was written for no plugin contract (its ProviderSpec has no contract=" in str(info.value)
+    assert str(info.value).endswith("made for plugin contract 1, or an older stackd")

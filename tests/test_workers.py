@@ -472,3 +472,37 @@ def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch, platform: str) -> N
     monkeypatch.setattr("sys.platform", platform)
     message = workers_unsupported()
     assert message is not None and f"this is {platform}" in message and "server.workers: 1" in message
+
+
+# -- metrics and logs of several workers ----------------------------------------------------------
+
+async def test_every_worker_scrapes_the_sum_of_all_workers_and_log_lines_name_their_worker(
+    stackd_serve: Any, write_config: Callable[..., Path], session: aiohttp.ClientSession,
+) -> None:
+    """workers: 2 — whichever worker answers /metrics counts the requests of both; JSON log lines
+    (access lines included) keep their format and say which worker (and pid) wrote them."""
+    from tests.test_metrics import parse, value
+
+    config = write_config(server="  port: 0\n  workers: 2\n  metrics: {access: public}\n")
+    proc = stackd_serve(str(config))
+    url = await asyncio.to_thread(proc.wait_serving, 60)
+    pids = await asyncio.to_thread(wait_for_workers, proc.proc.pid, 2)
+    answered_by: set[int] = set()
+    for _ in range(40):
+        async with session.get(url + "/v1/models") as resp:
+            assert resp.status == 200
+    scrapes = []
+    for _ in range(12):  # a new connection each: both workers answer some of them
+        async with session.get(url + "/metrics") as resp:
+            assert resp.status == 200
+            scrapes.append(value(parse(await resp.text()), "stackd_http_requests_total",
+                                 route="/v1/models", method="GET", status="200"))
+    assert scrapes == [40.0] * 12, scrapes
+    assert proc.stop() == 0
+    lines = [orjson.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logger") == "stackd.access"]
+    assert len(access) >= 52, len(access)
+    for line in access:
+        assert line["pid"] in pids and line["worker"] in (0, 1), line
+        answered_by.add(line["pid"])
+    assert answered_by == pids  # both workers served, and both wrote JSON access lines

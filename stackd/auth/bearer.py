@@ -43,15 +43,16 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     """The token of ``Authorization: Bearer <token>``, or 401 (the message never quotes it)."""
     value = headers.get("Authorization")
     if value is None:
-        raise Unauthorized("Authentication required: send Authorization: Bearer <token>")
+        raise Unauthorized("Authentication required: send Authorization: Bearer <token>", reason="missing")
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise Unauthorized("Authorization must use the Bearer scheme: Authorization: Bearer <token>")
+        raise Unauthorized("Authorization must use the Bearer scheme: Authorization: Bearer <token>",
+                           reason="malformed")
     token = token.strip()
     if not token:
-        raise Unauthorized("Authorization: Bearer carries no token")
+        raise Unauthorized("Authorization: Bearer carries no token", reason="malformed")
     if len(token) > MAX_TOKEN_CHARS:
-        raise Unauthorized(f"invalid token: longer than {MAX_TOKEN_CHARS} characters")
+        raise Unauthorized(f"invalid token: longer than {MAX_TOKEN_CHARS} characters", reason="malformed")
     return token
 
 

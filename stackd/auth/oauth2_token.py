@@ -154,13 +154,13 @@ class OAuth2TokenAuthenticator:
     async def _verify(self, token: str) -> tuple[Caller, float]:
         parts = token.split(".")
         if len(parts) != 3:
-            raise Unauthorized("invalid token: not a signed JWT (three dot-separated parts)")
+            raise Unauthorized("invalid token: not a signed JWT (three dot-separated parts)", reason="malformed")
         header = _b64json(parts[0])
         if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
-            raise Unauthorized("invalid token: unreadable header")
+            raise Unauthorized("invalid token: unreadable header", reason="malformed")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise Unauthorized("invalid token: kid must be a string")
+            raise Unauthorized("invalid token: kid must be a string", reason="malformed")
         candidates = await self._candidates(kid, header["alg"])
         claims: dict[str, Any] | None = None
         for key, alg in candidates:

@@ -74,8 +74,10 @@ class InstalledPlugin:
             raise PluginLoadError(f"plugin {where} does not point at a stackd.ProviderSpec (got {type(obj).__name__})")
         if obj.contract != PLUGIN_CONTRACT:
             newer = "a newer" if obj.contract > PLUGIN_CONTRACT else "an older"
+            written = (f"plugin contract {obj.contract}" if obj.contract else
+                       "no plugin contract (its ProviderSpec has no contract=: made before stackd had contracts)")
             raise PluginLoadError(
-                f"plugin {where} was written for plugin contract {obj.contract} and stackd {stackd.__version__} "
+                f"plugin {where} was written for {written} and stackd {stackd.__version__} "
                 f"implements plugin contract {PLUGIN_CONTRACT}: install a release of {self.distribution} made for "
                 f"plugin contract {PLUGIN_CONTRACT}, or {newer} stackd"
             )

@@ -35,7 +35,8 @@ class ProviderSpec:
     factory: Callable[[Any, Mapping[str, Any]], Awaitable[Any]]
     requires: tuple[str, ...] = ()
     description: str = ""
-    contract: int = attrs.field(kw_only=True)
+    contract: int = attrs.field(kw_only=True, default=0)
+    """0: a plugin whose spec names no contract (made before contracts existed); refused with that reason."""
 
     def __attrs_post_init__(self) -> None:
         if "::" not in self.provider_type:

@@ -20,7 +20,7 @@ from stackd import metrics
 from stackd.logs import access_sink
 from stackd.observe import Observation, current
 from stackd.server.http import request_id
-from stackd.server.keys import CLIENT_ADDRESSES, STREAMS
+from stackd.server.keys import CALLER, CLIENT_ADDRESSES, STREAMS
 from stackd.server.route_docs import outside_api
 
 __all__ = ["access_middleware", "metrics_handler", "sample", "sample_every_second"]
@@ -102,6 +102,7 @@ def _line(request: web.Request, obs: Observation, route: str, status: int, respo
         size = response.body_length
     else:
         size = response.content_length or 0
+    caller = request.get(CALLER)
     fields = {
         "method": request.method,
         "route": route,
@@ -115,7 +116,9 @@ def _line(request: web.Request, obs: Observation, route: str, status: int, respo
         "tokens_out": obs.tokens_out,
         "principal": obs.principal,
         # Behind a trusted proxy, the client it names (server.trusted_proxies), as quotas count it.
-        "client": request.app[CLIENT_ADDRESSES].client(request.remote, request.headers),
+        # Admission found it already; a request refused before (or without) admission is looked up here.
+        "client": caller.client_address if caller is not None
+        else request.app[CLIENT_ADDRESSES].client(request.remote, request.headers),
     }
     sink = access_sink()
     if sink is not None:

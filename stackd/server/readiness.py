@@ -13,6 +13,7 @@ When the server is shutting down, readiness fails at once, without checking anyt
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from stackd.stack import Stack
 
 __all__ = ["CACHE_SECONDS", "CHECK_TIMEOUT", "Lifecycle", "Report", "health_of"]
+
+log = logging.getLogger("stackd.readiness")
 
 CACHE_SECONDS = 1.5
 CHECK_TIMEOUT = 2.0
@@ -90,16 +93,10 @@ class Lifecycle:
     def _ran(self, task: asyncio.Task[Report]) -> None:
         self._running = None
         if not task.cancelled() and task.exception() is None:
-            self._report = task.result()
+            report = task.result()
+            _log_changes(self._report, report)
+            self._report = report
             self._expires = time.monotonic() + CACHE_SECONDS
-
-    def provider_health(self, provider_id: str) -> tuple[dict[str, Any], float] | None:
-        """The provider's health from the last readiness run still fresh, and when it was taken."""
-        report = self._report
-        if report is None or time.monotonic() >= self._expires:
-            return None
-        found = report.checks.get(f"provider:{provider_id}")
-        return None if found is None else (found, report.checked_at)
 
     async def _check(self, stack: Stack) -> Report:
         checks: dict[str, Awaitable[dict[str, Any]]] = {
@@ -121,6 +118,19 @@ class Lifecycle:
         by_name = dict(zip(checks, results, strict=True))
         ok = all(r.get("status") in ("OK", "Not Implemented") for r in results)
         return Report(ok, by_name, time.time())
+
+
+def _log_changes(before: Report | None, now: Report) -> None:
+    """A check that fails (or fails differently) is logged once with its reason, and once when it recovers:
+    the public readiness answer names failed checks only, so the reasons are here."""
+    old = before.checks if before is not None else {}
+    for name, result in now.checks.items():
+        was = old.get(name)
+        if result.get("status") == "Error":
+            if was is None or was.get("status") != "Error" or was.get("message") != result.get("message"):
+                log.warning("readiness: %s failed: %s", name, result.get("message", "no reason given"))
+        elif was is not None and was.get("status") == "Error":
+            log.info("readiness: %s recovered", name)
 
 
 def _as_async(call: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:

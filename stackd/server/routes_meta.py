@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,6 @@ from stackd.errors import NotFound
 from stackd.routing import not_ready_reason
 from stackd.server.http import json_response
 from stackd.server.keys import CONFIG, DRAINING, LIFECYCLE, STACK
-from stackd.server.readiness import health_of
 from stackd.server.route_docs import doc_of, documented
 
 __all__ = ["routes"]
@@ -65,7 +63,10 @@ async def ready(request: web.Request) -> web.Response:
     report = await request.app[LIFECYCLE].readiness(stack)
     if request.app[DRAINING].is_set():  # SIGTERM came while the checks ran
         return json_response({"status": "Error", "message": "shutting down"}, status=503)
-    body: dict[str, Any] = {"status": "OK" if report.ready else "Error", "checks": report.checks}
+    # Public: statuses and the names of failed checks only. What failed and why (a store's error
+    # text can name hosts, files and users) is in the log and, authenticated, in /v1/providers.
+    checks = {name: {"status": r.get("status", "Error")} for name, r in report.checks.items()}
+    body: dict[str, Any] = {"status": "OK" if report.ready else "Error", "checks": checks}
     if not report.ready:
         failed = sorted(name for name, r in report.checks.items() if r.get("status") == "Error")
         body["message"] = "not ready: " + ", ".join(failed)
@@ -81,12 +82,9 @@ async def version(request: web.Request) -> web.Response:
 async def _provider_info(request: web.Request, provider_id: str) -> dict[str, Any]:
     loaded = request.app[CONFIG]
     p = loaded.providers[provider_id]
-    # The last readiness run's result while it is fresh (probes and listings share the checks).
-    last = request.app[LIFECYCLE].provider_health(provider_id)
-    if last is None:
-        health, checked_at = await health_of(request.app[STACK].providers[provider_id]), time.time()
-    else:
-        health, checked_at = last
+    # The readiness run's result: probes and listings share one run of the checks.
+    report = await request.app[LIFECYCLE].readiness(request.app[STACK])
+    health, checked_at = report.checks[f"provider:{provider_id}"], report.checked_at
     body = ProviderInfo(
         api=p.api,
         provider_id=p.provider_id,

@@ -45,6 +45,8 @@ from collections.abc import Callable
 
 import attrs
 
+from stackd.logs import label_worker
+
 __all__ = ["WorkerLink", "Supervisor", "socket_mode", "watch_supervisor", "workers_unsupported"]
 
 log = logging.getLogger("stackd.workers")
@@ -207,7 +209,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which forwards it
-                _label_logs(index)
+                label_worker(index, os.getpid())
                 code = self.run(WorkerLink(index, self.count, child_end), first)
             except BaseException:
                 log.exception("worker %d failed", index)
@@ -377,13 +379,6 @@ def _describe(status: int) -> str:
             name = str(sig)
         return f"was killed by {name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
-
-
-def _label_logs(index: int) -> None:
-    """Log lines of a worker say which one (and its pid) wrote them."""
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s %(name)s [worker {index} pid %(process)d]: %(message)s"))
 
 
 def _flush() -> None:
