@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                         [str(tree), *(str(s) for s in sorted((tree / "plugins").glob("*/src")))])
                 port = free_port()
                 out = directory / "stackd.cg"
+                # In the baseline's tree: `python -m` imports the current directory's stackd first.
                 server = start_server(name, _valgrind(out, peers.stackd_argv(config, port)), f"http://127.0.0.1:{port}",
-                                      "/v1/health", directory / "stackd.log", env=env, timeout=300)
+                                      "/v1/health", directory / "stackd.log", env=env, timeout=300, cwd=tree)
                 servers.append((name, server, out, peers.MODEL_ID, peers.BEARER if variant == "auth-quota" else None))
             modes = [m.strip() for m in args.modes.split(",")]
             phases = [(False, args.requests_nonstream)] if "non-stream" in modes else []

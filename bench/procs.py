@@ -127,15 +127,18 @@ def start_server(
     *,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    cwd: Path | None = None,
 ) -> Server:
     """Start ``argv`` and poll ``url + health_path`` until it answers 200.
 
-    ``start_seconds`` is process start -> first 200 (polled every 10 ms).
+    ``start_seconds`` is process start -> first 200 (polled every 10 ms). ``python -m`` puts the
+    working directory first on ``sys.path``, ahead of ``PYTHONPATH``: a server that must import
+    another source tree (a baseline) is started in that tree (``cwd``).
     """
     log = log_path.open("wb")
     started = time.perf_counter()
     proc = subprocess.Popen(
-        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd
     )
     server = Server(name, proc, url, 0.0, log_path)
     deadline = started + timeout

@@ -202,8 +202,9 @@ def _start_baseline(tree: Path, work: Path, upstream: Server) -> Server:
     config = peers.write_stackd_config(directory, upstream.url)
     port = free_port()
     env = {**os.environ, "STACKD_HOME": str(directory / "stackd-home"), "PYTHONPATH": os.pathsep.join(paths)}
+    # In the tree: `python -m` would import the current directory's stackd before PYTHONPATH's.
     return start_server("stackd-baseline", peers.stackd_argv(config, port), f"http://127.0.0.1:{port}",
-                        "/v1/health", directory / "stackd.log", env=env)
+                        "/v1/health", directory / "stackd.log", env=env, cwd=tree)
 
 
 def _stackd_name(variant: str) -> str:

@@ -38,8 +38,8 @@ class Relabelled:
     """``source``'s chunks under ``identifier``; with ``keep``, stored once it ran to its end
     (``keep`` gets the assembled ``chat.completion`` body and what it weighs)."""
 
-    __slots__ = ("_done", "_keep", "_new", "_obs", "_old", "_seen", "_store", "_upstream_name",
-                 "_usage", "identifier", "source")
+    __slots__ = ("_done", "_head", "_head_new", "_keep", "_new", "_obs", "_old", "_seen", "_store",
+                 "_upstream_name", "_usage", "identifier", "source")
 
     def __init__(self, source: AsyncIterator[dict[str, Any]], identifier: str, keep: Keep | None,
                  max_stored_bytes: int) -> None:
@@ -58,6 +58,11 @@ class Relabelled:
         self._new = b'"model":' + orjson.dumps(identifier)
         self._upstream_name: Any = None
         self._old = b""
+        # The events of one stream start alike (``{"id":"…","object":…,"model":"…"``): the bytes up
+        # to the model member that relabel_bytes proved to be the top-level one, and what replaces
+        # them. An event that starts with them needs only the check that no other "model" follows.
+        self._head = b"\x00"  # matches no JSON payload until set
+        self._head_new = b""
 
     def take(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """One chunk of ``source``, relabelled, counted and folded in; the per-event work."""
@@ -65,11 +70,7 @@ class Relabelled:
         if chunk.__class__ is SSEEvent and chunk.raw is not None:
             name = chunk.get("model")
             if name != identifier:
-                if name != self._upstream_name:
-                    self._upstream_name = name
-                    self._old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
-                old = self._old
-                chunk.raw = relabel_bytes(chunk.raw, old, self._new) if old else None
+                chunk.raw = self._relabel(chunk.raw, name)
         chunk["model"] = identifier
         if not self._seen:
             self._seen = True
@@ -81,6 +82,55 @@ class Relabelled:
         if self._store is not None:
             self._fold(chunk)
         return chunk
+
+    def _relabel(self, raw: bytes, name: Any) -> bytes | None:
+        """``raw`` relabelled (:func:`stackd.upstream.relabel_bytes`), or None; remembers the head
+        it proved for the events after it."""
+        if name != self._upstream_name:
+            self._upstream_name = name
+            self._old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
+        old = self._old
+        if not old:
+            return None
+        out = relabel_bytes(raw, old, self._new)
+        if out is not None:
+            end = raw.find(old) + len(old)
+            self._head = raw[:end]
+            self._head_new = out[:end - len(old) + len(self._new)]
+        return out
+
+    def frames(self, payloads: list[bytes | None], events: list[Any]) -> bytes:
+        """The SSE frames of one upstream read (:meth:`stackd.upstream.SSEStream.next_read`),
+        each event relabelled, counted and folded in as :meth:`take` does one: the per-read work
+        of the server's writer, written out here rather than as a call of :meth:`take` per event."""
+        identifier = self.identifier
+        store = self._store
+        out: list[bytes] = []
+        for raw, chunk in zip(payloads, events, strict=True):
+            if type(chunk) is not dict:
+                out.append(orjson.dumps(chunk))
+                continue
+            name = chunk.get("model")
+            if name != identifier:
+                if raw is not None:
+                    head = self._head
+                    if raw.startswith(head) and raw.find(b'"model"', len(head)) < 0:
+                        raw = self._head_new + raw[len(head):]
+                    else:
+                        raw = self._relabel(raw, name)
+                chunk["model"] = identifier
+            usage = chunk.get("usage")
+            if usage:  # the last usage is the total
+                self._usage = usage
+            if store is not None:
+                self._fold(chunk)
+                store = self._store
+            out.append(raw if raw is not None else orjson.dumps(chunk))
+        if out and not self._seen:
+            self._seen = True
+            if self._obs is not None:
+                self._obs.first_chunk()
+        return b"data: " + b"\n\ndata: ".join(out) + b"\n\n" if out else b""
 
     def _fold(self, chunk: dict[str, Any]) -> None:
         """Add a chunk to what is kept; on failure (logged once) the completion is not stored."""

@@ -48,6 +48,7 @@ from stackd.observe import current
 __all__ = [
     "DEFAULT_LIMITS",
     "SSEEvent",
+    "SSEStream",
     "UpstreamLimits",
     "check_status",
     "iter_ndjson",
@@ -484,7 +485,7 @@ def iter_sse(
     *,
     first_event_by: float | None = None,
     idle_timeout: float | None = None,
-) -> AsyncGenerator[dict[str, Any], None]:
+) -> SSEStream:
     """The JSON payloads of an OpenAI-style SSE stream, up to ``data: [DONE]``.
 
     A stream that ends without ``[DONE]`` was cut: that raises 502, which the server turns
@@ -496,7 +497,7 @@ def iter_sse(
     sent it, so the server can forward them instead of serialising the dict again.
     The caller keeps the response; :func:`open_sse` hands it over instead.
     """
-    return _sse(resp, provider_id, limits, first_event_by, idle_timeout, None)
+    return SSEStream(_sse_reads(resp, provider_id, limits, first_event_by, idle_timeout, None))
 
 
 async def open_sse(
@@ -507,34 +508,84 @@ async def open_sse(
     *,
     first_event_by: float | None = None,
     idle_timeout: float | None = None,
-) -> AsyncGenerator[dict[str, Any], None]:
+) -> SSEStream:
     """The events of :func:`iter_sse`, owning ``resp``: the stream a provider returns as is.
 
     Transport failures while reading become stackd errors naming ``url`` (as in
     :func:`upstream_errors`). A stream read to its end releases the connection to the pool;
     one closed early (the client left) or broken drops it, so the server stops generating.
-    The generator is already started when it is returned, so ``aclose()`` releases the
-    response even if no event was ever read. One generator from the upstream's bytes to the
-    router, not a provider's generator around this one: each layer costs every event.
+    The stream is already started when it is returned, so ``aclose()`` releases the response
+    even if no event was ever read. One reader from the upstream's bytes to the router, not a
+    provider's generator around this one: each layer costs every event.
     """
-    events = _sse(resp, provider_id, limits, first_event_by, idle_timeout, url)
-    await events.__anext__()  # past the primer: inside the ``try`` that owns ``resp``
-    return events
+    reads = _sse_reads(resp, provider_id, limits, first_event_by, idle_timeout, url)
+    await reads.__anext__()  # past the primer: inside the ``try`` that owns ``resp``
+    return SSEStream(reads)
 
 
-# Yielded once by an owning stream before its first event (see open_sse).
-_PRIMER: dict[str, Any] = {}
+# What one read of the upstream delivered: each event's payload bytes (None where they cannot be
+# forwarded as they are) and the event parsed, in two lists of one length.
+Read = tuple[list[bytes | None], list[Any]]
+
+# Yielded once by an owning stream before its first read (see open_sse).
+_PRIMER: Read = ([], [])
 
 
-async def _sse(
+class SSEStream:
+    """The events of an upstream's SSE stream: an async iterator of events like any provider's
+    stream (object events are :class:`SSEEvent`), read from the upstream a read at a time.
+
+    The server's SSE writer takes whole reads (:meth:`next_read`): the events that arrived
+    together are relabelled, stored and written together, with no step per event between the
+    upstream's bytes and the client's. Events are parsed one by one (a batch parse of a read
+    could be fooled into accepting payloads that are not JSON each on their own).
+    """
+
+    __slots__ = ("_events", "_i", "_payloads", "reads")
+
+    def __init__(self, reads: AsyncGenerator[Read, None]) -> None:
+        self.reads = reads
+        self._payloads: list[bytes | None] = []
+        self._events: list[Any] = []
+        self._i = 0
+
+    def __aiter__(self) -> SSEStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        i = self._i
+        while i >= len(self._events):
+            self._payloads, self._events = await self.reads.__anext__()
+            i = 0
+        self._i = i + 1
+        event = self._events[i]
+        return SSEEvent(event, self._payloads[i]) if type(event) is dict else event
+
+    async def next_read(self) -> Read:
+        """The events of the next read (after any of the last one not yet taken one by one);
+        ``StopAsyncIteration`` at the end, and the read's failure after the events before it."""
+        i = self._i
+        if i < len(self._events):
+            read = (self._payloads[i:], self._events[i:])
+            self._payloads, self._events, self._i = [], [], 0
+            return read
+        return await self.reads.__anext__()
+
+    async def aclose(self) -> None:
+        await self.reads.aclose()
+
+
+async def _sse_reads(
     resp: aiohttp.ClientResponse,
     provider_id: str,
     limits: UpstreamLimits,
     first_event_by: float | None,
     idle_timeout: float | None,
     url: str | None,
-) -> AsyncGenerator[dict[str, Any], None]:
-    """:func:`iter_sse`; with ``url``, :func:`open_sse` (primed, owning ``resp``)."""
+) -> AsyncGenerator[Read, None]:
+    """:func:`iter_sse`'s events a read at a time; with ``url``, :func:`open_sse`'s (primed,
+    owning ``resp``). A read's failure (a payload that is not JSON, an error event, a line
+    over the limit) comes after the read's events before it, on the next step."""
     watchdog = _Watchdog(resp, provider_id, first_event_by, idle_timeout)
     clock = watchdog.clock
     lines = _Lines(resp, provider_id, limits.max_line_bytes)
@@ -546,31 +597,49 @@ async def _sse(
             yield _PRIMER
         with errors:
             while (batch := await _next_lines(blocks, lines)) is not None:
+                payloads: list[bytes | None] = []
+                events: list[Any] = []
+                failure: StackdError | None = None
                 for raw in batch:
                     if not raw.startswith(b"data:"):
                         continue  # blank separators, comments, event:/id: fields, keep-alives
                     payload = raw[5:].strip()
                     if payload == b"[DONE]":
                         finished = True
-                        return
+                        break
                     try:
                         data = orjson.loads(payload)
                     except orjson.JSONDecodeError:
-                        raise _bad_answer(
-                            provider_id, f"provider {provider_id!r} sent a stream event that is not JSON") from None
-                    if isinstance(data, dict) and "error" in data and "choices" not in data and "data" not in data:
-                        raise _bad_answer(provider_id,
-                                          f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-                    _too_deep(data, provider_id, "a stream event", payload)
+                        failure = _bad_answer(provider_id,
+                                              f"provider {provider_id!r} sent a stream event that is not JSON")
+                        break
                     if type(data) is dict:
+                        if "error" in data and "choices" not in data and "data" not in data:
+                            failure = _bad_answer(
+                                provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
+                            break
                         # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
-                        data = SSEEvent(data, None if b"\r" in payload else payload)
-                    watchdog.deadline = None  # the consumer's time with the event is not the upstream's
-                    yield data
-                    if idle_timeout is not None:
-                        watchdog.deadline = clock() + idle_timeout
-                        if watchdog.handle is None:
-                            watchdog.arm()
+                        payloads.append(None if b"\r" in payload else payload)
+                    else:
+                        payloads.append(None)
+                    try:
+                        _too_deep(data, provider_id, "a stream event", payload)
+                    except StackdError as exc:
+                        payloads.pop()
+                        failure = exc
+                        break
+                    events.append(data)
+                if events:
+                    watchdog.deadline = None  # the consumer's time with the events is not the upstream's
+                    yield payloads, events
+                if failure is not None:
+                    raise failure
+                if finished:
+                    return
+                if events and idle_timeout is not None:
+                    watchdog.deadline = clock() + idle_timeout
+                    if watchdog.handle is None:
+                        watchdog.arm()
     finally:
         watchdog.cancel()
         if url is not None:

@@ -85,6 +85,60 @@ def test_relabelled_bytes_always_parse_to_the_relabelled_dict(before: dict[str, 
         assert orjson.loads(out) == {**event, "model": "chat"}
 
 
+_HEAD_EVENT = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
+
+
+async def _no_events() -> AsyncIterator[dict[str, Any]]:
+    return
+    yield
+
+
+def _frames_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What Relabelled.frames writes for ``events`` (one upstream read each), parsed back."""
+    from stackd.relabel import Relabelled
+
+    relabelled = Relabelled(_no_events(), "chat", None, 1 << 20)
+    out = []
+    for event in events:
+        raw = orjson.dumps(event)
+        data = relabelled.frames([raw], [orjson.loads(raw)])
+        assert data.startswith(b"data: ") and data.endswith(b"\n\n")
+        out.append(orjson.loads(data[6:-2]))
+    return out
+
+
+@given(tails=st.lists(st.dictionaries(st.sampled_from(["choices", "usage", "y", "model"]), _json, max_size=3),
+                      min_size=1, max_size=4))
+def test_events_after_the_first_are_relabelled_by_their_shared_head_only_when_that_is_safe(
+    tails: list[dict[str, Any]],
+) -> None:
+    # The first event proves the head ({"id":..,"model":"fake-model"); later ones share it, then
+    # anything: a nested "model", a second top-level one, none.
+    events = [{**_HEAD_EVENT, "choices": []}]
+    for tail in tails:
+        events.append({**_HEAD_EVENT, **{k: v for k, v in tail.items() if k != "model"}})
+    assert _frames_of(events) == [{**e, "model": "chat"} for e in events]
+
+
+def test_a_shared_head_followed_by_a_nested_model_is_not_replaced_twice() -> None:
+    events = [{**_HEAD_EVENT, "choices": []},
+              {**_HEAD_EVENT, "choices": [{"index": 0, "delta": {"model": "fake-model"}}]}]
+    assert _frames_of(events)[1]["choices"][0]["delta"]["model"] == "fake-model"
+    assert _frames_of(events)[1]["model"] == "chat"
+
+
+def test_a_shared_head_followed_by_a_duplicate_model_member_is_serialised_from_the_dict() -> None:
+    from stackd.relabel import Relabelled
+
+    relabelled = Relabelled(_no_events(), "chat", None, 1 << 20)
+    first = orjson.dumps({**_HEAD_EVENT, "choices": []})
+    relabelled.frames([first], [orjson.loads(first)])
+    # The same head, then a second top-level "model" (the last one wins when parsed).
+    raw = first[:-1] + b',"model":"other"}'
+    data = relabelled.frames([raw], [orjson.loads(raw)])
+    assert data.count(b'"model"') == 1 and orjson.loads(data[6:-2])["model"] == "chat"
+
+
 def test_an_event_whose_bytes_were_dropped_is_serialised() -> None:
     event = SSEEvent({"model": "chat"}, None)
     assert encode_event(event) == b'{"model":"chat"}'

@@ -24,7 +24,7 @@ from stackd.apis.inference import close_stream
 from stackd.errors import StackdError
 from stackd.relabel import Relabelled
 from stackd.server.keys import STALL_TIMEOUT, STREAMS
-from stackd.upstream import SSEEvent
+from stackd.upstream import SSEEvent, SSEStream
 
 __all__ = ["encode_event", "stream_sse"]
 
@@ -168,6 +168,9 @@ async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], writ
     relabelled = events if isinstance(events, Relabelled) else None
     take: Callable[[Any], Any] | None = None
     if relabelled is not None:
+        if relabelled.source.__class__ is SSEStream:
+            await _pump_reads(relabelled, write)
+            return
         take, events = relabelled.take, relabelled.source
     ready: list[bytes] = []
     anext = events.__anext__
@@ -211,6 +214,22 @@ async def _pump(events: AsyncIterator[Any], encode: Callable[[Any], bytes], writ
         await relabelled.ended()  # stored (and its provider's stream closed) before the last write
     if ready:
         await write(b"".join(ready))
+
+
+async def _pump_reads(relabelled: Relabelled, write: Callable[[bytes], Any]) -> None:
+    """An upstream's SSE stream under the router: one write per upstream read, whatever the
+    number of events in it (each event's own bytes, relabelled, when they can be)."""
+    next_read = relabelled.source.next_read  # type: ignore[attr-defined]
+    frames = relabelled.frames
+    while True:
+        try:
+            payloads, events = await next_read()
+        except StopAsyncIteration:
+            break
+        data = frames(payloads, events)
+        if data:
+            await write(data)
+    await relabelled.ended()  # stored (and its provider's stream closed) before [DONE]
 
 
 class _Resumed:

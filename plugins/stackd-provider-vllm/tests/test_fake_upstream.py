@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from stackd.errors import (
     UpstreamUnavailable,
 )
 from stackd.testing.fake_openai import FakeOpenAI, Fault
+from stackd.upstream import SSEStream
 
 from .conftest import MakeProvider, free_port
 
@@ -38,9 +38,9 @@ async def collect(stream: Any) -> list[dict[str, Any]]:
     return [event async for event in stream]
 
 
-def as_stream(result: OpenAIResult) -> AsyncGenerator[dict[str, Any], None]:
-    """The stream a ``"stream": true`` call returns: an async generator, so it has ``aclose()``."""
-    assert isinstance(result, AsyncGenerator), type(result)
+def as_stream(result: OpenAIResult) -> SSEStream:
+    """The stream a ``"stream": true`` call returns: the upstream's SSE stream, with ``aclose()``."""
+    assert isinstance(result, SSEStream), type(result)
     return result
 
 
