@@ -146,10 +146,20 @@ class RedisServer:
         except OSError:
             return False
 
+    def _config_file(self) -> Path:
+        """A config file with the password, readable by this user alone: on the command line
+        (``--requirepass``) every user of the machine would see it in ``ps``."""
+        path = self.base / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # O_CREAT's mode applies to a new file only
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n")
+        return path
+
     def start(self, timeout: float = 30.0) -> None:
         # No persistence: the data of a killed server is gone, as after a failover to an empty replica.
         self.proc = subprocess.Popen(
-            [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
+            [str(REDIS_SERVER), str(self._config_file()), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.base), "--daemonize", "no",
              "--logfile", str(self.base / "log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
