@@ -123,8 +123,13 @@ class Relabelled:
             if usage:  # the last usage is the total
                 self._usage = usage
             if store is not None:
-                self._fold(chunk)
-                store = self._store
+                try:
+                    if not store.add(chunk):
+                        self._fold_failed(None)
+                        store = None
+                except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
+                    self._fold_failed(exc)
+                    store = None
             out.append(raw if raw is not None else orjson.dumps(chunk))
         if out and not self._seen:
             self._seen = True
@@ -140,6 +145,15 @@ class Relabelled:
             if store.add(chunk):
                 return
         except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
+            self._fold_failed(exc)
+        else:
+            self._fold_failed(None)
+
+    def _fold_failed(self, exc: Exception | None) -> None:
+        """The completion is not stored: a chunk could not be folded in (``exc``) or it passed the budget."""
+        store = self._store
+        assert store is not None
+        if exc is not None:
             log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "
                         "assembled (%s: %s)", self.identifier, type(exc).__name__, exc)
         else:

@@ -229,10 +229,14 @@ def upstream_errors(provider_id: str, url: str) -> Iterator[None]:
         ) from None
 
 
+# A JSON text of at most this many bytes cannot nest deeper than ANSWER_MAX_DEPTH.
+_SHALLOW_BYTES = 2 * ANSWER_MAX_DEPTH
+
+
 def _too_deep(data: Any, provider_id: str, what: str, raw: bytes | None = None) -> None:
     # An answer nested deeper than stackd could write back (or store and list) is refused here,
     # as a bad answer, rather than failing later as a 500 or breaking a stored list.
-    if raw is not None and (len(raw) <= 2 * ANSWER_MAX_DEPTH
+    if raw is not None and (len(raw) <= _SHALLOW_BYTES
                             or raw.count(b"{") + raw.count(b"[") <= ANSWER_MAX_DEPTH):
         # Stream events are small and many: N levels need 2N bytes and N opening brackets, and
         # these two C-speed tests (about 0.03 and 0.25 µs) spare most events the walk (1.5 µs).
@@ -601,7 +605,7 @@ async def _sse_reads(
                 events: list[Any] = []
                 failure: StackdError | None = None
                 for raw in batch:
-                    if not raw.startswith(b"data:"):
+                    if not raw or not raw.startswith(b"data:"):
                         continue  # blank separators, comments, event:/id: fields, keep-alives
                     payload = raw[5:].strip()
                     if payload == b"[DONE]":
@@ -622,12 +626,13 @@ async def _sse_reads(
                         payloads.append(None if b"\r" in payload else payload)
                     else:
                         payloads.append(None)
-                    try:
-                        _too_deep(data, provider_id, "a stream event", payload)
-                    except StackdError as exc:
-                        payloads.pop()
-                        failure = exc
-                        break
+                    if len(payload) > _SHALLOW_BYTES:  # _too_deep's own first test, without the call
+                        try:
+                            _too_deep(data, provider_id, "a stream event", payload)
+                        except StackdError as exc:
+                            payloads.pop()
+                            failure = exc
+                            break
                     events.append(data)
                 if events:
                     watchdog.deadline = None  # the consumer's time with the events is not the upstream's
