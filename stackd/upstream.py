@@ -183,10 +183,17 @@ def _observed(provider_id: str | None) -> ClientMiddlewareType:
     return middleware
 
 
-def stream_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
+def stream_timeout(timeout: float | None, idle_timeout: float | None = None) -> aiohttp.ClientTimeout:
     """The per-request timeout of a streaming call: no total (a stream may run long), each
-    wait for a byte bounded by ``timeout``; pass it as ``session.post(..., timeout=...)``."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=min(timeout or 30, 30), sock_read=timeout)
+    wait for a byte bounded by ``timeout``; pass it as ``session.post(..., timeout=...)``.
+
+    With the stream's ``idle_timeout`` (the readers' bound on each wait for an event) at most
+    ``timeout``, the byte bound adds nothing and is left out: aiohttp moves that timer on every
+    read, which a token-by-token stream pays once per token.
+    """
+    covered = idle_timeout is not None and (timeout is None or idle_timeout <= timeout)
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(timeout or 30, 30),
+                                 sock_read=None if covered else timeout)
 
 
 @contextlib.contextmanager
@@ -417,7 +424,7 @@ class _Watchdog:
     in progress fails with 504 and the connection is dropped.
     """
 
-    __slots__ = ("_first_by", "_loop", "_provider_id", "_resp", "clock", "deadline", "handle", "idle")
+    __slots__ = ("_first_by", "_loop", "_provider_id", "_resp", "clock", "deadline", "first_timer", "handle", "idle")
 
     def __init__(
         self, resp: aiohttp.ClientResponse, provider_id: str, first_event_by: float | None, idle: float | None
@@ -430,19 +437,26 @@ class _Watchdog:
         self.clock = self._loop.time
         self.handle: asyncio.TimerHandle | None = None
         self.deadline: float | None = None
+        # The pending timer is the first event's: it may fire long after the idle bound
+        # (stream_first_byte_timeout is usually the longer), so the first re-arm replaces it.
+        self.first_timer = False
         if first_event_by is not None:
             self.deadline = first_event_by
             self.arm()
+            self.first_timer = True
         elif idle is not None:
             self.deadline = self.clock() + idle
             self.arm()
 
     # The readers set ``deadline`` themselves on the per-event path (a method call per event
     # costs more than the rest of it): None while an event is out, the next one's deadline when
-    # the consumer asks for it, then ``arm()`` if ``handle`` is None. The timer is not moved per
-    # event: it fires at the old deadline, finds a later one and sleeps again.
+    # the consumer asks for it, then ``arm()`` if ``handle`` is None or ``first_timer``. The timer
+    # is not moved per event: it fires at the old deadline, finds a later one and sleeps again.
 
     def arm(self) -> None:
+        if self.first_timer:
+            self.first_timer = False
+            self.cancel()
         if self.deadline is not None:
             self.handle = self._loop.call_at(self.deadline, self._check)
 
@@ -643,7 +657,7 @@ async def _sse_reads(
                     return
                 if events and idle_timeout is not None:
                     watchdog.deadline = clock() + idle_timeout
-                    if watchdog.handle is None:
+                    if watchdog.handle is None or watchdog.first_timer:
                         watchdog.arm()
     finally:
         watchdog.cancel()
@@ -685,7 +699,7 @@ async def iter_ndjson(
                 yield data
                 if idle_timeout is not None:
                     watchdog.deadline = clock() + idle_timeout
-                    if watchdog.handle is None:
+                    if watchdog.handle is None or watchdog.first_timer:
                         watchdog.arm()
     finally:
         watchdog.cancel()

@@ -177,6 +177,18 @@ async def test_a_stream_dripping_before_its_first_event_meets_the_first_byte_tim
     assert time.monotonic() - started < 5.0
 
 
+async def test_a_stall_after_the_first_event_meets_the_idle_timeout_not_the_first_event_bound(
+    fake: FakeOpenAI,
+) -> None:
+    """The first event's timer (60 s here, stream_first_byte_timeout) must not hold the idle bound
+    (0.3 s) back once an event came: the stall is cut at the idle bound."""
+    fake.chunk_delay = 30
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match=r"sent no stream event for 0\.3 s \(stream_idle_timeout\)"):
+        await sse_events(fake, first=60, idle=0.3)
+    assert time.monotonic() - started < 5.0
+
+
 async def test_a_stream_dripping_between_events_meets_the_idle_timeout(fake: FakeOpenAI) -> None:
     fake.fault = Fault(drip=0.05, drip_after=3)
     seen: list[dict[str, Any]] = []

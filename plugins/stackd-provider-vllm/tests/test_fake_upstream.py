@@ -347,6 +347,20 @@ async def test_stall_mid_stream_is_504(fake: FakeOpenAI, make_provider: MakeProv
         await collect(stream)
 
 
+async def test_stall_mid_stream_meets_the_idle_timeout_when_it_is_the_tighter_bound(
+    fake: FakeOpenAI, make_provider: MakeProvider
+) -> None:
+    """stream_idle_timeout under timeout: the byte timer is left out of streams (aiohttp would move it
+    on every read), and the stall is still cut, by the idle bound."""
+    provider = await make_provider(url=fake.url, timeout=600, stream_idle_timeout=0.3)
+    assert provider._stream_timeout.sock_read is None
+    fake.chunk_delay = 3
+    stream = as_stream(await provider.openai_chat_completion(chat(stream=True), CTX))
+    await anext(stream)
+    with pytest.raises(UpstreamTimeout, match=r"sent no stream event for 0\.3 s \(stream_idle_timeout\)"):
+        await collect(stream)
+
+
 @pytest.mark.parametrize("status", [400, 404, 422, 429])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_upstream_4xx_passes_through(

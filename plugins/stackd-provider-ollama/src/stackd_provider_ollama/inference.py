@@ -49,7 +49,7 @@ class OllamaInferenceProvider:
         self._url = str(config.url)
         self._session = make_session(timeout=float(config.timeout), total_timeout=float(config.total_timeout),
                                      provider_id=provider_id)
-        self._stream_timeout = stream_timeout(float(config.timeout))
+        self._stream_timeout = stream_timeout(float(config.timeout), float(config.stream_idle_timeout))
 
     def __repr__(self) -> str:
         return f"<OllamaInferenceProvider {self.provider_id!r} {self._url}>"

@@ -67,7 +67,7 @@ class VLLMInferenceProvider:
         self._completions_url = base / "v1/completions"
         self._embeddings_url = base / "v1/embeddings"
         self._models_url = base / "v1/models"
-        self._stream_timeout = stream_timeout(self.config.timeout)
+        self._stream_timeout = stream_timeout(self.config.timeout, self.config.stream_idle_timeout)
 
     def __repr__(self) -> str:
         return f"VLLMInferenceProvider(provider_id={self.provider_id!r}, url={self.config.base_url!r})"
