@@ -77,7 +77,7 @@ def nginx_argv(config: Path) -> list[str]:
 
 
 # --stackd-config of bench/run.py: what is switched on beside the proxy path.
-STACKD_VARIANTS = ("default", "no-store", "no-log", "auth-quota")
+STACKD_VARIANTS = ("default", "no-store", "no-log", "no-metrics", "bare", "auth-quota")
 BEARER = "bench-token"  # what the load generator sends to the auth-quota variant
 
 
@@ -86,14 +86,17 @@ def write_stackd_config(
 ) -> Path:
     """stackd's config for the benchmark: ``default`` has the inference store on (as every
     config does unless it says otherwise), ``no-store`` says ``inference_store: {type: none}``,
-    ``no-log`` says ``server.access_log: false``,
+    ``no-log`` says ``server.access_log: false``, ``no-metrics`` ``server.metrics.enabled: false``,
+    ``bare`` all three off (stackd as a pure proxy),
     ``auth-quota`` adds custom bearer auth (decisions cached, the IdP is ``idp_url``) and a quota."""
     path = directory / "stackd-bench.yaml"
-    store = ("{type: none}" if variant == "no-store"
+    store = ("{type: none}" if variant in ("no-store", "bare")
              else f"\n  type: sqlite\n  db_path: {directory}/stackd/inference_store.db")
     extra = ""
-    if variant == "no-log":
-        extra = "  access_log: false\n"
+    if variant in ("no-log", "bare"):
+        extra += "  access_log: false\n"
+    if variant in ("no-metrics", "bare"):
+        extra += "  metrics: {enabled: false}\n"
     if variant == "auth-quota":
         extra = (f"  auth:\n    provider_type: custom\n    config:\n      endpoint: {idp_url}/auth\n"
                  f"      cache_ttl: 3600\n"

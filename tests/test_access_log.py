@@ -193,3 +193,23 @@ def test_auto_is_text_on_a_terminal_and_json_elsewhere(tmp_path: Path) -> None:
     finally:
         os.close(replica)
         os.close(master)
+
+
+def test_generated_request_ids_are_unique_here_and_in_a_forked_worker() -> None:
+    """New ids are a per-process random prefix and a count: a forked process (a worker) draws its own prefix."""
+    import os
+
+    from stackd.server.http import _ids
+
+    ids = {_ids.new() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(GENERATED.fullmatch(i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write one id and leave at once
+        os.write(write, _ids.new().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert GENERATED.fullmatch(child) and child[:12] != next(iter(ids))[:12]

@@ -187,6 +187,20 @@ class ChatStreamAssembler:
             kept = choices.get(index)
             if kept is None:
                 kept = choices[index] = _Choice()
+            # A token: one piece of content and nothing else (what nearly every chunk is),
+            # appended here without the general walk of the choice.
+            delta = choice.get("delta")
+            if (delta.__class__ is dict and len(delta) == 1 and choice.get("finish_reason") is None
+                    and not choice.get("logprobs")):
+                content = delta.get("content")
+                if content.__class__ is str:
+                    pieces = kept.texts.get("content")
+                    if pieces is None:
+                        kept.texts["content"] = [content]
+                    else:
+                        pieces.append(content)
+                    self.kept += _PIECE + len(content)
+                    continue
             self.kept += kept.add(choice)
         usage = chunk.get("usage")
         if usage is not None:
