@@ -20,12 +20,18 @@ set the variable to an empty directory before it starts them, and call
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
-from collections.abc import Callable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "CONTENT_TYPE",
@@ -67,12 +73,79 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _TTFT = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
-def _counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-    return Counter(name, doc, labels, registry=REGISTRY)
+class _CounterValue:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
 
 
-def _histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
-    return Histogram(name, doc, labels, buckets=buckets, registry=REGISTRY)
+class _HistogramValue:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        # The first bucket whose upper bound is at least ``amount`` (Prometheus' ``le``).
+        self.counts[bisect_left(self.bounds, amount)] += 1
+
+
+class _Family:
+    """A labelled counter or histogram of one process, kept as plain numbers and exposed by
+    :meth:`collect` when scraped: prometheus-client's own objects take a lock and walk their
+    buckets in Python on every update (about 1 µs for a count, 2 µs for a latency), and every
+    request makes several. Updates come from the event loop's thread only."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...] | None) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = labels
+        self.bounds = (*buckets, math.inf) if buckets is not None else None
+        self.children: dict[tuple[str, ...], Any] = {}
+        REGISTRY.register(self)
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = (
+                _CounterValue() if self.bounds is None else _HistogramValue(self.bounds))
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        if self.bounds is None:
+            counter = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for values, child in list(self.children.items()):
+                counter.add_metric(values, child.value, created=child.created)
+            yield counter
+            return
+        histogram = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        bounds = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        for values, child in list(self.children.items()):
+            cumulative = list(itertools.accumulate(child.counts))
+            histogram.add_metric(values, list(zip(bounds, cumulative, strict=True)), child.sum)
+        yield histogram
+
+
+def _counter(name: str, doc: str, labels: tuple[str, ...]) -> Any:
+    if _MULTIPROC:  # values in files, summed by whichever process is scraped
+        return Counter(name, doc, labels, registry=REGISTRY)
+    return _Family(name, doc, labels, None)
+
+
+def _histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Any:
+    if _MULTIPROC:
+        return Histogram(name, doc, labels, buckets=buckets, registry=REGISTRY)
+    return _Family(name, doc, labels, buckets)
 
 
 def _gauge(name: str, doc: str) -> Gauge:

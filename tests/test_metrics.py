@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from stackd.loading import LoadedConfig
@@ -348,3 +350,28 @@ def test_model_and_shield_labels_are_capped_over_a_long_life(monkeypatch: pytest
     assert value(samples, "stackd_shield_verdicts_total", shield="label-test-shield-1", verdict="pass") == 1
     assert value(samples, "stackd_shield_verdicts_total", shield="label-test-shield-2", verdict="pass") == 0
     assert value(samples, "stackd_shield_verdicts_total", shield="other", verdict="pass") == before + 3
+
+
+@given(st.lists(st.sampled_from([0.0, 0.005, 0.0051, 0.01, 1.0, 119.9, 120.0, 121.0, 1e9]) | st.floats(0, 200),
+                max_size=30))
+def test_the_plain_histogram_counts_what_prometheus_client_counts(values: list[float]) -> None:
+    """stackd's one-process histogram (plain numbers) exposes the buckets, count and sum that
+    prometheus-client's own Histogram does for the same observations."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from stackd import metrics
+
+    family = metrics._Family.__new__(metrics._Family)  # not registered in stackd's registry
+    family.name, family.doc, family.labelnames = "h", "doc", ("route",)
+    family.bounds, family.children = (*metrics._SECONDS, float("inf")), {}
+    theirs = Histogram("h", "doc", ("route",), buckets=metrics._SECONDS, registry=CollectorRegistry())
+    for v in values:
+        family.labels("/r").observe(v)
+        theirs.labels("/r").observe(v)
+    ours = {(s.name, frozenset(s.labels.items())): s.value for f in family.collect() for s in f.samples}
+    assert ours == pytest.approx(_histogram_samples(theirs))
+
+
+def _histogram_samples(histogram: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in histogram.collect() for s in f.samples if not s.name.endswith("_created")}
