@@ -20,6 +20,7 @@ from typing import Any
 from stackd.apis.context import CallContext
 from stackd.apis.inference import close_stream
 from stackd.apis.models import Model
+from stackd.apis.safety import flagged_violation
 from stackd.errors import BadRequest, NotFound, StackdError, UpstreamUnavailable, quote_id
 from stackd.registry import Registry
 
@@ -51,8 +52,8 @@ class Guardrails:
                 raise UpstreamUnavailable(
                     f"the {stage} guardrail {quote_id(shield_id)} could not check this request: {exc.message}"
                 ) from None
-            violation = answer.get("violation") if isinstance(answer, dict) else None
-            if isinstance(violation, dict) and violation.get("violation_level") in ("warn", "error"):
+            violation = flagged_violation(answer)
+            if violation is not None:
                 return {"shield_id": shield_id, "stage": stage, **violation}
         return None
 

@@ -13,6 +13,7 @@ from typing import Any
 from stackd import metrics
 from stackd.apis.context import CallContext
 from stackd.apis.models import Model, Shield
+from stackd.apis.safety import flagged_violation
 from stackd.auth.policy import owner_json
 from stackd.errors import BadRequest, FieldError, NotFound, UpstreamUnavailable, quote_id
 from stackd.guardrails import Guardrails, single, violation_answer, violation_chunk
@@ -266,10 +267,8 @@ class SafetyRouter:
         except Exception:
             metrics.shield_verdict(shield.identifier, "error")
             raise
-        violation = result.get("violation") if isinstance(result, dict) else None
         # The verdict as guardrails read it: only warn and error levels stop an answer.
-        flagged = isinstance(violation, dict) and violation.get("violation_level") in ("warn", "error")
-        metrics.shield_verdict(shield.identifier, "violation" if flagged else "pass")
+        metrics.shield_verdict(shield.identifier, "pass" if flagged_violation(result) is None else "violation")
         return result
 
     async def shield_for(self, name: str, ctx: CallContext) -> str:

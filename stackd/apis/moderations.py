@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from stackd.apis.context import CallContext
-from stackd.apis.safety import SafetyRouting
+from stackd.apis.safety import SafetyRouting, flagged_violation
 from stackd.errors import BadRequest, FieldError
 
 __all__ = ["LLAMA_GUARD_TO_OPENAI", "OPENAI_CATEGORIES", "moderate", "result_of"]
@@ -72,10 +72,9 @@ def _inputs(body: dict[str, Any], max_inputs: int) -> list[str]:
 
 def result_of(answer: dict[str, Any]) -> dict[str, Any]:
     """One ``results[]`` item from a run-shield answer."""
-    violation = answer.get("violation")
-    flagged = isinstance(violation, dict) and violation.get("violation_level") in ("warn", "error")
+    violation = flagged_violation(answer)
     names: set[str] = set()
-    if flagged and isinstance(violation, dict):
+    if violation is not None:
         metadata = violation.get("metadata") if isinstance(violation.get("metadata"), dict) else {}
         assert isinstance(metadata, dict)
         codes = metadata.get("violation_type")
@@ -88,11 +87,11 @@ def result_of(answer: dict[str, Any]) -> dict[str, Any]:
             names.update(n for n in given if isinstance(n, str) and n in OPENAI_CATEGORIES + EXTRA_CATEGORIES)
     every = OPENAI_CATEGORIES + EXTRA_CATEGORIES
     result: dict[str, Any] = {
-        "flagged": flagged,
+        "flagged": violation is not None,
         "categories": {name: name in names for name in every},
         "category_scores": {name: 1.0 if name in names else 0.0 for name in every},
     }
-    if flagged and isinstance(violation, dict):
+    if violation is not None:
         result["user_message"] = violation.get("user_message")
         result["metadata"] = violation.get("metadata") or {}
     return result

@@ -16,7 +16,19 @@ from stackd.apis.models import Shield
 from stackd.apis.native.types import Message
 from stackd.convert import structure
 
-__all__ = ["message_text", "RunShieldRequest", "SafetyProvider", "SafetyRouting", "run_shield"]
+__all__ = ["flagged_violation", "message_text", "RunShieldRequest", "SafetyProvider", "SafetyRouting", "run_shield"]
+
+# The levels that stop an answer; ``info`` is reported and lets it through.
+BLOCKING_LEVELS = ("warn", "error")
+
+
+def flagged_violation(answer: Any) -> dict[str, Any] | None:
+    """The violation of a run-shield answer when it stops an answer (``warn`` or ``error``), else None:
+    how guardrails, moderations and the shield-verdict metric all read a verdict."""
+    violation = answer.get("violation") if isinstance(answer, dict) else None
+    if isinstance(violation, dict) and violation.get("violation_level") in BLOCKING_LEVELS:
+        return violation
+    return None
 
 
 @runtime_checkable
