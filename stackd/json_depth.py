@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ANSWER_MAX_DEPTH", "ORJSON_MAX_DEPTH", "STORED_MAX_DEPTH", "deeper_than"]
+__all__ = ["ANSWER_MAX_DEPTH", "ORJSON_MAX_DEPTH", "STORED_MAX_DEPTH", "deeper_than", "may_nest_deeper"]
 
 ORJSON_MAX_DEPTH = 255
 """The deepest nesting orjson can write."""
@@ -28,6 +28,13 @@ STORED_MAX_DEPTH = ORJSON_MAX_DEPTH - 5
 
 # The path of a too-deep value names this many steps, then "…": enough to find the field.
 _PATH_LEVELS = 6
+
+
+def may_nest_deeper(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` could nest deeper than ``limit``: N levels need 2N bytes and
+    N opening brackets. Two C-speed tests (well under a microsecond) that spare nearly every body
+    and stream event the walk of :func:`deeper_than`."""
+    return len(raw) > 2 * limit and raw.count(b"{") + raw.count(b"[") > limit
 
 
 def deeper_than(data: Any, limit: int) -> str | None:

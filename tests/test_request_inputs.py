@@ -18,6 +18,8 @@ import orjson
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stackd.errors import BadRequest, UpstreamBadResponse, quote_id
 from stackd.json_depth import ORJSON_MAX_DEPTH, deeper_than
@@ -540,3 +542,15 @@ def test_stackd_serve_guards_hosts_by_the_address_it_listens_on(
     assert _status_for_host(port, f"localhost:{port}") == 200
     assert _status_for_host(port, "evil.example") == evil_status
     assert proc.stop() == 0
+
+
+@given(st.recursive(st.none() | st.integers(-(2**53), 2**53) | st.text(alphabet="[]{}\",:ab", max_size=4),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=2), c, max_size=3),
+                    max_leaves=40),
+       st.integers(1, 12))
+def test_the_byte_test_never_spares_a_value_that_nests_too_deep(value: Any, limit: int) -> None:
+    """may_nest_deeper is a shortcut before the walk: whenever it says no, the walk finds nothing."""
+    from stackd.json_depth import may_nest_deeper
+
+    if deeper_than(value, limit) is not None:
+        assert may_nest_deeper(orjson.dumps(value), limit)

@@ -22,7 +22,7 @@ from stackd.errors import (
     UnsupportedMediaType,
     UpstreamBadResponse,
 )
-from stackd.json_depth import deeper_than
+from stackd.json_depth import deeper_than, may_nest_deeper
 from stackd.server.keys import BODY_TIMEOUT, CALLER, DISCARD_BODY, MAX_BODY, MAX_JSON_DEPTH, REQUEST_ID
 
 __all__ = ["body_too_large", "context", "json_response", "provider_data", "read_json", "request_id"]
@@ -126,9 +126,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     # orjson reads far deeper than it writes: a body accepted deeper than it can be written
     # back would break every later answer that includes it (a list of models, of completions).
     limit = request.app[MAX_JSON_DEPTH]
-    loc = deeper_than(data, limit)
-    if loc is not None:
-        raise _too_deep("the body", loc, limit)
+    if may_nest_deeper(raw, limit):
+        loc = deeper_than(data, limit)
+        if loc is not None:
+            raise _too_deep("the body", loc, limit)
     return data
 
 
