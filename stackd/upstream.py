@@ -464,6 +464,7 @@ class _Watchdog:
             return  # an event is out with the consumer: the readers re-arm when it asks again
         if self.clock() < deadline:
             self.arm()
+            self.first_timer = deadline == self._first_by  # woken early: still the first event's timer
             return
         what = (
             "did not send its first stream event in time (stream_first_byte_timeout)"
