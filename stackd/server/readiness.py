@@ -142,9 +142,12 @@ def _as_async(call: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
 
 
 async def _provider(impl: Any, is_ready: bool) -> dict[str, Any]:
+    health = await health_of(impl)
     if not is_ready:
         from stackd.routing import not_ready_reason
 
         reason = not_ready_reason(impl)
-        return {"status": "Error", "message": f"not ready: {reason}" if reason else "not ready: still loading"}
-    return await health_of(impl)
+        # The provider's own details stay (a llama.cpp model's last exit, say): /v1/providers shows them.
+        return {**health, "status": "Error",
+                "message": f"not ready: {reason}" if reason else "not ready: still loading"}
+    return health

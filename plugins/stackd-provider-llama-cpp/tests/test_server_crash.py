@@ -77,8 +77,16 @@ class Server:
         return "".join(self.lines)
 
     def worker_pid(self, provider: str, model: str) -> int:
-        health = httpx.get(f"{self.base}/v1/providers/{provider}", timeout=5).json()["health"]
-        return int(health["models"][model]["pid"])
+        """The model's live worker: /v1/providers shows the health of the last readiness run (at most
+        1.5 s old), which may still name a worker that was just replaced."""
+        deadline = time.monotonic() + 10
+        while True:
+            health = httpx.get(f"{self.base}/v1/providers/{provider}", timeout=5).json()["health"]
+            pid = health["models"][model].get("pid")
+            if pid is not None and _alive(int(pid)):
+                return int(pid)
+            assert time.monotonic() < deadline, f"no live worker of {model} reported: {health}"
+            time.sleep(0.2)
 
     def model_health(self, provider: str, model: str) -> dict[str, Any]:
         health = httpx.get(f"{self.base}/v1/providers/{provider}", timeout=5).json()["health"]
