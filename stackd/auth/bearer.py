@@ -16,9 +16,11 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 
 from stackd import metrics
+from stackd.caller import Caller
 from stackd.errors import Unauthorized
 
-__all__ = ["AuthRequest", "DecisionCache", "SingleFlight", "bearer_token", "keyed_hash", "token_hash"]
+__all__ = ["AuthRequest", "DecisionCache", "Refusal", "RemoteDecisions", "SingleFlight", "bearer_token", "keyed_hash",
+           "token_hash"]
 
 T = TypeVar("T")
 
@@ -130,3 +132,47 @@ class SingleFlight(Generic[T]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._calls.clear()
+
+
+@attrs.frozen
+class Refusal:
+    """An identity provider's "no" to a token, remembered for a while: 401 with ``message``."""
+
+    message: str
+
+
+Decision = Caller | Refusal
+# Asks the identity provider about a token: its decision, and for how many seconds to keep it.
+Decide = Callable[[str], Awaitable[tuple[Decision, float]]]
+
+
+@attrs.define
+class RemoteDecisions:
+    """Decisions an endpoint makes about bearer tokens (custom auth, RFC 7662 introspection):
+    kept by token hash until each one's deadline, and asked for once per token at a time."""
+
+    cache: DecisionCache[Decision]
+    _flight: SingleFlight[Decision] = attrs.field(factory=SingleFlight)
+
+    async def caller(self, request: AuthRequest, decide: Decide) -> Caller:
+        """The request's caller, from the cache or ``decide``; 401 for a refused token."""
+        token = bearer_token(request.headers)
+        key = token_hash(token)
+        decision = self.cache.get(key)
+        if decision is None:
+            decision = await self._flight.run(key, lambda: self._fetch(key, token, decide))
+        if isinstance(decision, Refusal):
+            raise Unauthorized(decision.message)
+        if decision.client_address != request.client_address:
+            # Most requests of one token come from one address: no copy for those.
+            decision = attrs.evolve(decision, client_address=request.client_address)
+        return decision
+
+    async def _fetch(self, key: bytes, token: str, decide: Decide) -> Decision:
+        decision, ttl = await decide(token)
+        self.cache.put(key, decision, ttl)
+        return decision
+
+    async def close(self) -> None:
+        await self._flight.close()
+        self.cache.clear()

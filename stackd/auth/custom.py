@@ -27,10 +27,10 @@ import attrs
 import orjson
 
 from stackd import metrics
-from stackd.auth.bearer import AuthRequest, DecisionCache, SingleFlight, bearer_token, keyed_hash, token_hash
+from stackd.auth.bearer import AuthRequest, DecisionCache, Refusal, RemoteDecisions, keyed_hash
 from stackd.caller import Caller
 from stackd.config.auth import CustomAuthConfig
-from stackd.errors import StackdError, Unauthorized, UpstreamUnavailable
+from stackd.errors import StackdError, UpstreamUnavailable
 from stackd.upstream import make_session
 
 __all__ = ["CustomAuthenticator"]
@@ -39,11 +39,6 @@ log = logging.getLogger("stackd.auth")
 
 _MAX_ANSWER_BYTES = 256 * 1024
 _CATEGORIES = ("roles", "teams", "projects", "namespaces")
-
-
-@attrs.frozen
-class _Refused:
-    message: str
 
 
 def _jwt_exp(token: str) -> float | None:
@@ -84,11 +79,10 @@ class CustomAuthenticator:
     config: CustomAuthConfig
     hash_key: bytes
     _session: aiohttp.ClientSession | None = None
-    _flight: SingleFlight[Caller | _Refused] = attrs.field(factory=SingleFlight)
-    _decisions: DecisionCache[Caller | _Refused] = attrs.field(init=False)
+    _decisions: RemoteDecisions = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._decisions = DecisionCache(self.config.max_cached_tokens, "custom")
+        self._decisions = RemoteDecisions(DecisionCache(self.config.max_cached_tokens, "custom"))
 
     async def open(self) -> None:
         cfg = self.config
@@ -101,38 +95,24 @@ class CustomAuthenticator:
                                      provider_id="server.auth")
 
     async def close(self) -> None:
-        await self._flight.close()
+        await self._decisions.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._decisions.clear()
 
     async def authenticate(self, request: AuthRequest) -> Caller:
-        token = bearer_token(request.headers)
-        key = token_hash(token)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = await self._flight.run(key, lambda: self._decide(key, token, request))
-        if isinstance(decision, _Refused):
-            raise Unauthorized(decision.message)
-        if decision.client_address != request.client_address:
-            # Most requests of one token come from one address: no copy for those.
-            decision = attrs.evolve(decision, client_address=request.client_address)
-        return decision
+        return await self._decisions.caller(request, lambda token: self._decide(token, request))
 
-    async def _decide(self, key: bytes, token: str, request: AuthRequest) -> Caller | _Refused:
+    async def _decide(self, token: str, request: AuthRequest) -> tuple[Caller | Refusal, float]:
         decision = await self._call(token, request)
-        if isinstance(decision, Caller):
-            decision = attrs.evolve(decision, client_address=request.client_address)
         cfg = self.config
-        ttl = float(cfg.failure_cache_ttl if isinstance(decision, _Refused) else cfg.cache_ttl)
+        ttl = float(cfg.failure_cache_ttl if isinstance(decision, Refusal) else cfg.cache_ttl)
         exp = _jwt_exp(token)
         if exp is not None:
             ttl = min(ttl, exp - time.time())
-        self._decisions.put(key, decision, ttl)
-        return decision
+        return decision, ttl
 
-    async def _call(self, token: str, request: AuthRequest) -> Caller | _Refused:
+    async def _call(self, token: str, request: AuthRequest) -> Caller | Refusal:
         endpoint = self.config.endpoint
         body = {
             "api_key": token,
@@ -156,13 +136,13 @@ class CustomAuthenticator:
             raise UpstreamUnavailable("the authentication service is unavailable; try again later") from None
         metrics.auth_fetch("custom", ok=True)
         if status != 200:
-            return _Refused(f"invalid token: the authentication service refused it (HTTP {status})")
+            return Refusal(f"invalid token: the authentication service refused it (HTTP {status})")
         caller = self._parse(raw, token)
         if caller is None:
             log.error("server.auth: the auth endpoint %s answered 200 with a body in neither documented form "
                       "({\"access_attributes\": {...}} or {\"principal\", \"attributes\"}): treated as a refusal",
                       endpoint)
-            return _Refused("invalid token: the authentication service gave no usable answer")
+            return Refusal("invalid token: the authentication service gave no usable answer")
         return caller
 
     def _parse(self, raw: bytes, token: str) -> Caller | None:

@@ -19,11 +19,11 @@ import attrs
 import orjson
 
 from stackd import metrics
-from stackd.auth.bearer import AuthRequest, DecisionCache, SingleFlight, bearer_token, token_hash
+from stackd.auth.bearer import AuthRequest, DecisionCache, Refusal, RemoteDecisions
 from stackd.auth.claims import caller_from_claims
 from stackd.caller import Caller
 from stackd.config.auth import IntrospectionConfig, OAuth2TokenConfig
-from stackd.errors import Unauthorized, UpstreamUnavailable
+from stackd.errors import UpstreamUnavailable
 from stackd.upstream import make_session
 
 __all__ = ["IntrospectionAuthenticator"]
@@ -33,20 +33,14 @@ log = logging.getLogger("stackd.auth")
 _MAX_ANSWER_BYTES = 256 * 1024
 
 
-@attrs.frozen
-class _Inactive:
-    message: str
-
-
 @attrs.define
 class IntrospectionAuthenticator:
     config: OAuth2TokenConfig
     _session: aiohttp.ClientSession | None = None
-    _flight: SingleFlight[tuple[Caller | _Inactive, float]] = attrs.field(factory=SingleFlight)
-    _cache: DecisionCache[Caller | _Inactive] = attrs.field(init=False)
+    _decisions: RemoteDecisions = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._cache = DecisionCache(self.config.max_cached_tokens, "introspection")
+        self._decisions = RemoteDecisions(DecisionCache(self.config.max_cached_tokens, "introspection"))
 
     @property
     def _endpoint(self) -> IntrospectionConfig:
@@ -61,26 +55,15 @@ class IntrospectionAuthenticator:
                                      provider_id="server.auth")
 
     async def close(self) -> None:
-        await self._flight.close()
+        await self._decisions.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._cache.clear()
 
     async def authenticate(self, request: AuthRequest) -> Caller:
-        token = bearer_token(request.headers)
-        key = token_hash(token)
-        decision = self._cache.get(key)
-        if decision is None:
-            decision, ttl = await self._flight.run(key, lambda: self._ask(token))
-            self._cache.put(key, decision, ttl)
-        if isinstance(decision, _Inactive):
-            raise Unauthorized(decision.message)
-        if decision.client_address != request.client_address:
-            decision = attrs.evolve(decision, client_address=request.client_address)
-        return decision
+        return await self._decisions.caller(request, self._ask)
 
-    async def _ask(self, token: str) -> tuple[Caller | _Inactive, float]:
+    async def _ask(self, token: str) -> tuple[Caller | Refusal, float]:
         endpoint = self._endpoint
         form = {"token": token, "token_type_hint": "access_token"}
         headers = {}
@@ -112,24 +95,24 @@ class IntrospectionAuthenticator:
         metrics.auth_fetch("introspection", ok=True)
         # Refusals are remembered briefly: a client retrying a dead token must not flood the IdP.
         if not data["active"]:
-            return _Inactive("invalid token: the identity provider says it is not active"), 1.0
+            return Refusal("invalid token: the identity provider says it is not active"), 1.0
         return self._caller(data)
 
-    def _caller(self, claims: dict[str, Any]) -> tuple[Caller | _Inactive, float]:
+    def _caller(self, claims: dict[str, Any]) -> tuple[Caller | Refusal, float]:
         cfg = self.config
         now = time.time()
         exp = claims.get("exp")
         if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp <= now - cfg.leeway:
-            return _Inactive("invalid token: expired"), 1.0
+            return Refusal("invalid token: expired"), 1.0
         if cfg.issuer is not None and claims.get("iss") not in (None, cfg.issuer):
-            return _Inactive("invalid token: wrong issuer"), 1.0
+            return Refusal("invalid token: wrong issuer"), 1.0
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
         if cfg.audience is not None and aud is not None and cfg.audience not in auds:
-            return _Inactive("invalid token: wrong audience"), 1.0
+            return Refusal("invalid token: wrong audience"), 1.0
         principal = claims.get("sub") or claims.get("username")
         if not isinstance(principal, str) or not principal:
-            return _Inactive("invalid token: the identity provider names no subject"), 1.0
+            return Refusal("invalid token: the identity provider names no subject"), 1.0
         ttl = float(self._endpoint.cache_ttl)
         if isinstance(exp, (int, float)) and not isinstance(exp, bool):
             ttl = min(ttl, exp - now)
