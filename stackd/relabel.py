@@ -99,7 +99,7 @@ class Relabelled:
             self._head_new = out[:end - len(old) + len(self._new)]
         return out
 
-    def frames(self, payloads: list[bytes | None], events: list[Any]) -> bytes:
+    def frames(self, payloads: list[bytes | None], events: list[dict[str, Any]]) -> bytes:
         """The SSE frames of one upstream read (:meth:`stackd.upstream.SSEStream.next_read`),
         each event relabelled, counted and folded in as :meth:`take` does one: the per-read work
         of the server's writer, written out here rather than as a call of :meth:`take` per event."""
@@ -107,9 +107,6 @@ class Relabelled:
         store = self._store
         out: list[bytes] = []
         for raw, chunk in zip(payloads, events, strict=True):
-            if type(chunk) is not dict:
-                out.append(orjson.dumps(chunk))
-                continue
             name = chunk.get("model")
             if name != identifier:
                 if raw is not None:

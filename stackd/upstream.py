@@ -540,8 +540,8 @@ async def open_sse(
 
 
 # What one read of the upstream delivered: each event's payload bytes (None where they cannot be
-# forwarded as they are) and the event parsed, in two lists of one length.
-Read = tuple[list[bytes | None], list[Any]]
+# forwarded as they are) and the event parsed (a JSON object), in two lists of one length.
+Read = tuple[list[bytes | None], list[dict[str, Any]]]
 
 # Yielded once by an owning stream before its first read (see open_sse).
 _PRIMER: Read = ([], [])
@@ -549,7 +549,8 @@ _PRIMER: Read = ([], [])
 
 class SSEStream:
     """The events of an upstream's SSE stream: an async iterator of events like any provider's
-    stream (object events are :class:`SSEEvent`), read from the upstream a read at a time.
+    stream (each an :class:`SSEEvent`), read from the upstream a read at a time. An event that is
+    not a JSON object is a bad answer (502), like one that is not JSON.
 
     The server's SSE writer takes whole reads (:meth:`next_read`): the events that arrived
     together are relabelled, stored and written together, with no step per event between the
@@ -562,7 +563,7 @@ class SSEStream:
     def __init__(self, reads: AsyncGenerator[Read, None]) -> None:
         self.reads = reads
         self._payloads: list[bytes | None] = []
-        self._events: list[Any] = []
+        self._events: list[dict[str, Any]] = []
         self._i = 0
 
     def __aiter__(self) -> SSEStream:
@@ -574,8 +575,7 @@ class SSEStream:
             self._payloads, self._events = await self.reads.__anext__()
             i = 0
         self._i = i + 1
-        event = self._events[i]
-        return SSEEvent(event, self._payloads[i]) if type(event) is dict else event
+        return SSEEvent(self._events[i], self._payloads[i])
 
     async def next_read(self) -> Read:
         """The events of the next read (after any of the last one not yet taken one by one);
@@ -614,7 +614,7 @@ async def _sse_reads(
         with errors:
             while (batch := await _next_lines(blocks, lines)) is not None:
                 payloads: list[bytes | None] = []
-                events: list[Any] = []
+                events: list[dict[str, Any]] = []
                 failure: StackdError | None = None
                 for raw in batch:
                     if not raw or not raw.startswith(b"data:"):
@@ -629,15 +629,16 @@ async def _sse_reads(
                         failure = _bad_answer(provider_id,
                                               f"provider {provider_id!r} sent a stream event that is not JSON")
                         break
-                    if type(data) is dict:
-                        if "error" in data and "choices" not in data and "data" not in data:
-                            failure = _bad_answer(
-                                provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-                            break
-                        # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
-                        payloads.append(None if b"\r" in payload else payload)
-                    else:
-                        payloads.append(None)
+                    if type(data) is not dict:
+                        failure = _bad_answer(
+                            provider_id, f"provider {provider_id!r} sent a stream event that is not a JSON object")
+                        break
+                    if "error" in data and "choices" not in data and "data" not in data:
+                        failure = _bad_answer(
+                            provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
+                        break
+                    # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
+                    payloads.append(None if b"\r" in payload else payload)
                     if len(payload) > _SHALLOW_BYTES:  # _too_deep's own first test, without the call
                         try:
                             _too_deep(data, provider_id, "a stream event", payload)

@@ -272,6 +272,18 @@ async def test_a_malformed_event_is_the_same_error_frame(client: Client, fake: F
         "message": "provider 'vllm' sent a stream event that is not JSON", "type": "upstream_error"}}
 
 
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'"text"', b"7", b"null"])
+async def test_an_event_that_is_not_an_object_is_an_error_frame_after_the_events_before_it(
+    client: Client, fake: FakeOpenAI, payload: bytes
+) -> None:
+    good = _sse({"id": "c1", "model": "fake-model", "choices": [{"index": 0, "delta": {"content": "a"}}]})
+    fake.fault = Fault(events=(good, b"data: " + payload + b"\n\n"))
+    got = await _stream(client)
+    assert len(got) == 2 and orjson.loads(got[0])["model"] == "chat"
+    assert orjson.loads(got[-1]) == {"error": {
+        "message": "provider 'vllm' sent a stream event that is not a JSON object", "type": "upstream_error"}}
+
+
 async def test_an_oversized_event_is_the_same_error_frame_after_the_events_before_it(
     client: Client, fake: FakeOpenAI
 ) -> None:
