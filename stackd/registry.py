@@ -6,9 +6,11 @@ reads the store, so a resource registered by another replica sharing the store i
 
 Several processes on one store (workers, replicas) agree within :data:`CACHE_SECONDS`: a
 new resource is found at once (a miss reads the store), lists read the store, and a removed
-or changed one is dropped from another process's cache when its entry ages out, or at once
-when the store has a change feed (:class:`stackd.kvstore.ChangeFeed`). Registering and
-unregistering always decide on the store's record, never on a cached one.
+or changed one is dropped from another process's cache when its entry ages out, or as soon as
+the notice arrives when the store has a change feed (:class:`stackd.kvstore.ChangeFeed`: the
+Redis store; not SQLite or PostgreSQL). A feed's notices can be lost (while it reconnects), so
+the cache time stays the bound either way. Registering and unregistering always decide on the
+store's record, never on a cached one.
 """
 
 from __future__ import annotations
