@@ -173,6 +173,48 @@ async def test_with_a_feed_a_removal_is_seen_at_once(tmp_path: Path) -> None:
         await b.kv.close()
 
 
+class _NoticeDuringReads(_NotifyingStore):
+    """A notice for every key read arrives while the read's reply is on its way (a race a real
+    feed can lose: the reply and the notice come on different connections)."""
+
+    on_read: Callable[[str], None] = staticmethod(lambda key: None)
+    gets = 0
+
+    async def get(self, key: str) -> str | None:
+        value = await self.inner.get(key)
+        self.gets += 1
+        self.on_read(key)
+        return value
+
+    async def scan(self, prefix: str) -> list[tuple[str, str]]:
+        rows = await self.inner.scan(prefix)
+        for key, _ in rows:
+            self.on_read(key)
+        return rows
+
+
+async def test_a_read_overtaken_by_a_notice_is_not_trusted(tmp_path: Path) -> None:
+    kv = _NoticeDuringReads(await SqliteKVStore.open(tmp_path / "registry.db"), _Bus())
+    registry = _registry(kv)
+    try:
+        await registry.register_model(Caller(), "m", "echo-1")
+        registry.models.cache.clear()
+        kv.on_read = registry.models.changed
+        before = kv.gets
+        await registry.get_model("m", Caller())
+        await registry.get_model("m", Caller())
+        assert kv.gets == before + 2  # the first read was not cached: it may be older than the notice
+        await registry.list_models(Caller())
+        await registry.get_model("m", Caller())
+        assert kv.gets == before + 3  # nor was the list's
+        kv.on_read = lambda key: None
+        await registry.get_model("m", Caller())
+        await registry.get_model("m", Caller())
+        assert kv.gets == before + 4  # without a notice, a read is cached as before
+    finally:
+        await kv.close()
+
+
 async def _refused_within(b: Registry, seconds: float, kind: str, identifier: str) -> float:
     """How soon B refuses ``identifier`` (polling); fails after ``seconds``."""
     began = time.monotonic()
