@@ -213,3 +213,40 @@ async def test_the_feed_comes_back_with_the_server(own_redis_server: RedisServer
     assert not any(r.exc_info for r in caplog.records)
     assert "Traceback" not in caplog.text
     assert own_redis_server.password not in caplog.text
+
+
+async def test_a_silent_subscription_is_pinged_and_replaced_when_no_answer_comes(
+        own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stackd.kvstore.redis._IDLE_SECONDS", 0.2)  # 30 s in service
+    caplog.set_level(logging.INFO, logger="stackd.kvstore")
+    raw = aioredis.Redis(host=own_redis_server.host, port=own_redis_server.port,
+                         password=own_redis_server.password, decode_responses=True)
+    a, b = await _stores(own_redis_server, 2)
+    seen = _Seen()
+    try:
+        stop = await a.watch("model:", seen)
+        before = (await raw.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+        await asyncio.sleep(1.0)  # idle: pinged, and the pongs come
+        stats = await raw.info("commandstats")
+        assert stats["cmdstat_ping"]["calls"] >= before + 2
+        assert not [r for r in caplog.records if r.name == "stackd.kvstore"]
+        await b.set("model:x", "1")
+        await seen.until(lambda keys: keys == ["model:x"])
+
+        # A server that takes the connection's commands but never answers (as a peer gone
+        # without closing it): after one unanswered ping the feed gives up on it and subscribes anew.
+        await raw.client_pause(1500, all=True)
+        await asyncio.sleep(1.6)
+        deadline = time.monotonic() + 10
+        while "model:probe" not in seen.keys:
+            assert time.monotonic() < deadline, f"no notice after the pause: {seen.keys}"
+            await b.set("model:probe", "1")
+            await asyncio.sleep(0.1)
+        await stop()
+    finally:
+        await a.close()
+        await b.close()
+        await raw.aclose()
+    messages = [r.getMessage() for r in caplog.records if r.name == "stackd.kvstore"]
+    assert any("no answer to PING" in m for m in messages), messages
+    assert any("is receiving again" in m for m in messages), messages
