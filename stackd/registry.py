@@ -6,9 +6,11 @@ reads the store, so a resource registered by another replica sharing the store i
 
 Several processes on one store (workers, replicas) agree within :data:`CACHE_SECONDS`: a
 new resource is found at once (a miss reads the store), lists read the store, and a removed
-or changed one is dropped from another process's cache when its entry ages out, or at once
-when the store has a change feed (:class:`stackd.kvstore.ChangeFeed`). Registering and
-unregistering always decide on the store's record, never on a cached one.
+or changed one is dropped from another process's cache when its entry ages out, or as soon as
+the notice arrives when the store has a change feed (:class:`stackd.kvstore.ChangeFeed`: the
+Redis store; not SQLite or PostgreSQL). A feed's notices can be lost (while it reconnects), so
+the cache time stays the bound either way. Registering and unregistering always decide on the
+store's record, never on a cached one.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class _Table(Generic[R]):
         self._fresh_until: dict[str, float] = {}
         self._parsed: dict[str, tuple[str, R]] = {}  # key -> (stored text, item made of it)
         self._unreadable: set[str] = set()  # keys logged already: one line per bad record, not per list
+        # Change notices so far: a read that a notice overtook (the reply was on its way when the
+        # notice came) may hold the old record, so it is not trusted for ``ttl``.
+        self._notices = 0
 
     def _key(self, identifier: str) -> str:
         return f"{self.kind}:{identifier}"
@@ -127,7 +132,10 @@ class _Table(Generic[R]):
         """Every stored item (the cache is replaced by what the store holds now)."""
         cache: dict[str, R] = {}
         fresh_until = time.monotonic() + self.ttl
+        notices = self._notices
         rows = await self.kv.scan(f"{self.kind}:")
+        if self._notices != notices:
+            fresh_until = 0.0  # kept, but read again at the next lookup
         for key, value in rows:
             item = self._parse(key, value)
             if item is not None:
@@ -152,6 +160,7 @@ class _Table(Generic[R]):
     def changed(self, key: str) -> None:
         """A change notice from the store (another process wrote ``key``): read it next time."""
         identifier = key[len(self.kind) + 1:]
+        self._notices += 1
         self.cache.pop(identifier, None)
         self._fresh_until.pop(identifier, None)
 
@@ -160,12 +169,13 @@ class _Table(Generic[R]):
         item = self.cache.get(identifier)
         if not fresh and item is not None and self._fresh_until.get(identifier, 0.0) > time.monotonic():
             return item
+        notices = self._notices
         raw = await self.kv.get(self._key(identifier))
         if raw is None:
             self.cache.pop(identifier, None)
             return None
         found = self._parse(self._key(identifier), raw)
-        if found is not None:
+        if found is not None and self._notices == notices:
             self._remember(found)
         else:
             self.cache.pop(identifier, None)

@@ -1,14 +1,18 @@
 """Several registries on one store (what workers and replicas are): how soon one sees another's
 changes, with the cache time alone and with a store that has a change feed.
 
-The feed here is a small store of the test's own: SQLite plus an in-process bus, standing in
-for what a Redis (pub/sub) or PostgreSQL (LISTEN/NOTIFY) store does across processes. The
-cross-process behaviour with real workers is in test_workers.py.
+The feed of most tests here is a small store of the test's own: SQLite plus an in-process bus,
+standing in for a store that announces changes across processes. The Redis store has a real
+one (pub/sub), tested at the end on a real server (its own tests: test_kvstore_redis_feed.py);
+SQLite and PostgreSQL have none. The cross-process behaviour with real workers is in
+test_workers.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +22,10 @@ from stackd import Caller
 from stackd.apis.models import Model, Shield
 from stackd.errors import BadRequest, NotFound
 from stackd.kvstore import ChangeFeed, KVStore, Unwatch
+from stackd.kvstore.redis import RedisKVStore
 from stackd.kvstore.sqlite import SqliteKVStore
 from stackd.registry import CACHE_SECONDS, Registry
+from stackd.testing.stores import RedisServer
 
 
 class _Bus:
@@ -163,5 +169,94 @@ async def test_with_a_feed_a_removal_is_seen_at_once(tmp_path: Path) -> None:
         for stop in stops:
             await stop()
         assert bus.watchers == []
+        await a.kv.close()
+        await b.kv.close()
+
+
+class _NoticeDuringReads(_NotifyingStore):
+    """A notice for every key read arrives while the read's reply is on its way (a race a real
+    feed can lose: the reply and the notice come on different connections)."""
+
+    on_read: Callable[[str], None] = staticmethod(lambda key: None)
+    gets = 0
+
+    async def get(self, key: str) -> str | None:
+        value = await self.inner.get(key)
+        self.gets += 1
+        self.on_read(key)
+        return value
+
+    async def scan(self, prefix: str) -> list[tuple[str, str]]:
+        rows = await self.inner.scan(prefix)
+        for key, _ in rows:
+            self.on_read(key)
+        return rows
+
+
+async def test_a_read_overtaken_by_a_notice_is_not_trusted(tmp_path: Path) -> None:
+    kv = _NoticeDuringReads(await SqliteKVStore.open(tmp_path / "registry.db"), _Bus())
+    registry = _registry(kv)
+    try:
+        await registry.register_model(Caller(), "m", "echo-1")
+        registry.models.cache.clear()
+        kv.on_read = registry.models.changed
+        before = kv.gets
+        await registry.get_model("m", Caller())
+        await registry.get_model("m", Caller())
+        assert kv.gets == before + 2  # the first read was not cached: it may be older than the notice
+        await registry.list_models(Caller())
+        await registry.get_model("m", Caller())
+        assert kv.gets == before + 3  # nor was the list's
+        kv.on_read = lambda key: None
+        await registry.get_model("m", Caller())
+        await registry.get_model("m", Caller())
+        assert kv.gets == before + 4  # without a notice, a read is cached as before
+    finally:
+        await kv.close()
+
+
+async def _refused_within(b: Registry, seconds: float, kind: str, identifier: str) -> float:
+    """How soon B refuses ``identifier`` (polling); fails after ``seconds``."""
+    began = time.monotonic()
+    get = b.get_model if kind == "model" else b.get_shield
+    while True:
+        try:
+            await get(identifier, Caller())
+        except NotFound:
+            return time.monotonic() - began
+        assert time.monotonic() - began < seconds, f"{kind} {identifier!r} still served after {seconds} s"
+        await asyncio.sleep(0.01)
+
+
+async def test_on_redis_a_removal_is_seen_well_within_the_cache_time(redis_server: RedisServer) -> None:
+    config = redis_server.config(namespace=f"t{uuid.uuid4().hex[:12]}")
+    a = _registry(await RedisKVStore.open(config))
+    b = _registry(await RedisKVStore.open(config))
+    assert isinstance(b.kv, ChangeFeed)  # Redis has a feed, unlike SQLite (above)
+    stops = await b.watch()
+    assert len(stops) == 2  # models and shields (one subscription between them)
+    try:
+        assert b.models.ttl == CACHE_SECONDS  # the real cache time: only the feed can be this quick
+        await a.register_model(Caller(), "m", "echo-1")
+        assert (await b.get_model("m", Caller())).identifier == "m"  # cached by B now
+        await a.unregister_model("m", Caller())
+        assert await _refused_within(b, 0.5, "model", "m") < 0.5
+        # a changed one too: B's copy is dropped and the new record read
+        await a.register_model(Caller(), "m", "echo-1")
+        assert (await b.get_model("m", Caller())).provider_resource_id == "echo-1"
+        await a.unregister_model("m", Caller())
+        await a.register_model(Caller(), "m", "echo-2")
+        began = time.monotonic()
+        while (await b.get_model("m", Caller())).provider_resource_id != "echo-2":
+            assert time.monotonic() - began < 0.5
+            await asyncio.sleep(0.01)
+        # shields the same way
+        await a.register_shield(Caller(), "s")
+        assert (await b.get_shield("s", Caller())).identifier == "s"
+        await a.unregister_shield("s", Caller())
+        assert await _refused_within(b, 0.5, "shield", "s") < 0.5
+    finally:
+        for stop in stops:
+            await stop()
         await a.kv.close()
         await b.kv.close()

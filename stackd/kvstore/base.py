@@ -42,11 +42,13 @@ class KVStore(Protocol):
 class ChangeFeed(Protocol):
     """The optional change notification of a kvstore shared by several processes.
 
-    A store that can tell every process on it which keys changed (Redis pub/sub, PostgreSQL
-    LISTEN/NOTIFY) implements ``watch``; its own ``set``/``delete`` announce the key. Readers
-    that cache (the registry) then drop an entry as soon as the notice arrives instead of
-    when their cache time runs out. Stores without it (SQLite) are read on the cache's time
-    alone. Notices may be lost (a reconnect), so a cache keeps its time limit either way.
+    A store that can tell every process on it which keys changed implements ``watch``; its own
+    ``set``/``delete`` (and a ``setdefault`` that stores) announce the key, to every watcher of
+    the store, the writing process's included; ``incr`` need not. Readers that cache (the
+    registry) then drop an entry as soon as the notice arrives instead of when their cache time
+    runs out. The Redis store has one (pub/sub); SQLite and PostgreSQL (which could, with
+    LISTEN/NOTIFY) do not, and are read on the cache's time alone. Notices may be lost (while a
+    connection reconnects), so a cache keeps its time limit either way.
     """
 
     async def watch(self, prefix: str, on_change: Callable[[str], None]) -> Unwatch:
