@@ -390,6 +390,17 @@ def own_redis_server() -> Iterator[RedisServer]:
     server.remove()
 
 
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A plain client of the session's Redis, for what the stores do not show."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password,
+                            decode_responses=True)
+    yield client
+    await client.aclose()
+
+
 class FreshVenv:
     """A new virtual environment, as a user's machine would have it: nothing of this checkout in it until
     a test installs it (from built distributions), and a home of its own."""

@@ -8,23 +8,12 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from stackd.kvstore.redis import INDEX_SUFFIX, RedisKVStore
 from stackd.testing.stores import RedisServer
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[Any]:
-    """A plain client of the session's Redis, for what the store does not show."""
-    client = aioredis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password,
-                            decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def _stores(server: RedisServer, n: int) -> list[RedisKVStore]:

@@ -8,30 +8,15 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from stackd.kvstore import ChangeFeed
-from stackd.kvstore.redis import RedisKVStore
 from stackd.testing.stores import RedisServer
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[Any]:
-    client = aioredis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password,
-                            decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-async def _stores(server: RedisServer, n: int) -> list[RedisKVStore]:
-    """``n`` stores (as separate processes would have) on one namespace of this test."""
-    config = server.config(namespace=f"t{uuid.uuid4().hex[:12]}")
-    return [await RedisKVStore.open(config) for _ in range(n)]
+from tests.test_kvstore_redis import _stores
 
 
 class _Seen:
