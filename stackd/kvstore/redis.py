@@ -35,13 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 from stackd.db.redis import RedisDb
-from stackd.kvstore.base import Unwatch
 
 if TYPE_CHECKING:
     from stackd.config.stores import RedisStoreConfig
@@ -185,7 +184,8 @@ class RedisKVStore:
                                      args=[key, amount, "" if expires_at is None else _ms(expires_at)], client=r)
         return int(value)
 
-    async def watch(self, prefix: str, on_change: Callable[[str], None]) -> Unwatch:
+    # Returns a stackd.kvstore.Unwatch, spelled out: stackd.kvstore.base imports this module.
+    async def watch(self, prefix: str, on_change: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
         """:meth:`stackd.kvstore.ChangeFeed.watch`: subscribed when this returns (unless the
         server is unreachable now: then the feed retries, with a warning, as after a loss)."""
         async with self._feed_lock:
