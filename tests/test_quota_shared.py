@@ -1,6 +1,8 @@
 """Quota counters on Redis and PostgreSQL (and SQLite where the contract is common): exact
 under concurrency across counters and `stackd serve` processes, the window from the store's
-clock, fail closed while the store is down and count again once it is back."""
+clock, fail closed while the store is down and count again once it is back. Hits of a busy key
+go in batches (stackd.quota.coalesce) and stay exact: each request its own place; a failure
+reaches every waiting request; one that gives up while it waits is not counted."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import redis.asyncio as aioredis
 
 from stackd.config.stores import SqliteStoreConfig, StoreConfig
 from stackd.errors import UpstreamUnavailable
-from stackd.quota.counter import window_of
+from stackd.quota.coalesce import CoalescingCounter
+from stackd.quota.counter import Period, window_of
 from stackd.quota.limiter import open_counter
 
 
@@ -327,3 +330,101 @@ async def test_replicas_on_one_metadata_store_serve_each_others_registrations(
             assert "added" not in {m["identifier"] for m in (await r.json())["data"]}
     for p in (one, two):
         assert p.stop() == 0
+
+
+# -- batches of a busy key (stackd.quota.coalesce) ------------------------------------------------
+
+class _Counting:
+    """A real counter, with the number of round trips it made and the sizes of its batches."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+
+    async def hit(self, key: str, period: Period, n: int = 1) -> tuple[int, float]:
+        self.calls.append(n)
+        return await self.inner.hit(key, period, n)  # type: ignore[no-any-return]
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_burst_over_two_coalescing_counters_is_exact_in_fewer_round_trips(store: StoreConfig) -> None:
+    counters = [_Counting(await open_counter(store)) for _ in range(2)]
+    coalescing = [CoalescingCounter(c) for c in counters]  # type: ignore[arg-type]
+    try:
+        results = await asyncio.gather(*(coalescing[i % 2].hit("a:burst", "day") for i in range(600)))
+        assert sorted(n for n, _ in results) == list(range(1, 601))  # each its own place: exact
+        assert len({reset for _, reset in results}) == 1
+        trips = sum(len(c.calls) for c in counters)
+        assert sum(sum(c.calls) for c in counters) == 600 and trips < 100, [c.calls for c in counters]
+        # Quiet keys and other periods are apart, and a lone hit goes at once.
+        assert (await coalescing[0].hit("a:quiet", "day"))[0] == 1
+        assert (await coalescing[1].hit("a:burst", "minute"))[0] == 1
+    finally:
+        for c in coalescing:
+            await c.close()
+
+
+async def test_arrival_order_is_count_order_within_a_process(store: StoreConfig) -> None:
+    counter = CoalescingCounter(await open_counter(store))
+    try:
+        tasks = [asyncio.create_task(counter.hit("a:order", "day")) for _ in range(50)]
+        results = await asyncio.gather(*tasks)
+        assert [n for n, _ in results] == list(range(1, 51))
+    finally:
+        await counter.close()
+
+
+class _Failing:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def hit(self, key: str, period: Period, n: int = 1) -> tuple[int, float]:
+        await self.release.wait()
+        raise UpstreamUnavailable("the quota store 'x' cannot count this request: down")
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def test_a_store_failure_reaches_every_request_of_the_batch() -> None:
+    failing = _Failing()
+    counter = CoalescingCounter(failing)  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(counter.hit("a:x", "day")) for _ in range(5)]
+    await asyncio.sleep(0)
+    failing.release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, UpstreamUnavailable) for r in results), results
+    assert counter._waiting == {}  # nothing left behind for the key
+
+
+async def test_a_request_that_gives_up_while_it_waits_is_not_counted(store: StoreConfig) -> None:
+    inner = _Counting(await open_counter(store))
+    counter = CoalescingCounter(inner)  # type: ignore[arg-type]
+    try:
+        first = asyncio.create_task(counter.hit("a:gone", "day"))
+        waiting = [asyncio.create_task(counter.hit("a:gone", "day")) for _ in range(3)]
+        await asyncio.sleep(0)  # all four started: the first is out, three wait
+        waiting[1].cancel()
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        assert sorted(r[0] for r in results if isinstance(r, tuple)) == [1, 2, 3]
+        assert sum(inner.calls) == 3
+        assert (await counter.hit("a:gone", "day"))[0] == 4
+    finally:
+        await counter.close()
+
+
+@pytest.mark.parametrize("n", [1, 5])
+async def test_counters_add_n_at_once(store: StoreConfig, n: int) -> None:
+    counter = await open_counter(store)
+    try:
+        assert (await counter.hit("a:n", "day", n))[0] == n
+        assert (await counter.hit("a:n", "day", n))[0] == 2 * n
+    finally:
+        await counter.close()

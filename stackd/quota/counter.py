@@ -28,8 +28,8 @@ def window_of(period: Period, now: float) -> tuple[int, int]:
 
 
 class Counter(Protocol):
-    async def hit(self, key: str, period: Period) -> tuple[int, float]:
-        """Count one hit of ``key`` in the current window of ``period``, atomically; return the
+    async def hit(self, key: str, period: Period, n: int = 1) -> tuple[int, float]:
+        """Count ``n`` hits of ``key`` in the current window of ``period``, atomically; return the
         new count and when the window resets (Unix seconds). Raise UpstreamUnavailable (503,
         naming the store) when the store fails."""
         ...

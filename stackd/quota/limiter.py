@@ -15,6 +15,7 @@ from stackd.config.schema import QuotaConfig
 from stackd.config.stores import RedisStoreConfig, SqliteStoreConfig, StoreConfig
 from stackd.db.drivers import require_driver
 from stackd.errors import QuotaExceeded
+from stackd.quota.coalesce import CoalescingCounter
 from stackd.quota.counter import Counter, Period
 from stackd.quota.sqlite import SqliteCounter
 
@@ -70,7 +71,7 @@ async def open_counter(store: StoreConfig) -> Counter:
 
 
 async def open_quota(config: QuotaConfig) -> QuotaLimiter:
-    counter = await open_counter(config.kvstore)
+    counter = CoalescingCounter(await open_counter(config.kvstore))
     authenticated = config.authenticated_max_requests
     return QuotaLimiter(counter, config.period, config.anonymous_max_requests,
                         DEFAULT_AUTHENTICATED_MAX if authenticated is None else authenticated)

@@ -19,13 +19,13 @@ class PostgresCounter:
         self._table = t = table
         self._prefix = prefix
         self._next_sweep = 0.0
-        # $1: the caller's key, $2: the window size in seconds. The window's start is part of
-        # the key, so a new window starts a new row whatever the sweep has done.
+        # $1: the caller's key, $2: the window size in seconds, $3: the hits to add. The window's
+        # start is part of the key, so a new window starts a new row whatever the sweep has done.
         self._hit = (
             f"WITH w AS (SELECT (floor(extract(epoch FROM now()) / $2::bigint)::bigint * $2::bigint) AS start) "
             f"INSERT INTO {t} (key, count, expires_at) "
-            "SELECT $1::text || '@' || w.start::text, 1, w.start + $2::bigint FROM w "
-            f"ON CONFLICT (key) DO UPDATE SET count = {t}.count + 1 "
+            "SELECT $1::text || '@' || w.start::text, $3::bigint, w.start + $2::bigint FROM w "
+            f"ON CONFLICT (key) DO UPDATE SET count = {t}.count + excluded.count "
             "RETURNING count, expires_at"
         )
         self._sweep = f"DELETE FROM {t} WHERE expires_at <= extract(epoch FROM now())"
@@ -43,10 +43,10 @@ class PostgresCounter:
     def __repr__(self) -> str:
         return f"PostgresCounter({self._db.where!r}, table={self._table!r})"
 
-    async def hit(self, key: str, period: Period) -> tuple[int, float]:
+    async def hit(self, key: str, period: Period, n: int = 1) -> tuple[int, float]:
         size = PERIOD_SECONDS[period]
         async with self._db.use("cannot count this request") as conn:
-            count, reset = await conn.fetchrow(self._hit, f"{self._prefix}{period}:{key}", size)
+            count, reset = await conn.fetchrow(self._hit, f"{self._prefix}{period}:{key}", size, n)
             now = time.monotonic()
             if now >= self._next_sweep:
                 self._next_sweep = now + SWEEP_EVERY

@@ -17,13 +17,14 @@ __all__ = ["RedisCounter"]
 
 # KEYS[1]: the counter of a caller; ARGV[1]: the window size in seconds. The key carries no
 # window: it expires at the window's end, and the first hit after that creates it again.
-# EXPIREAT only on creation (n == 1), so it is set once, by the store's clock.
+# EXPIREAT only on creation (the count is what this call added), so it is set once, by the store's clock.
 _HIT = """
 local now = tonumber(redis.call('TIME')[1])
 local size = tonumber(ARGV[1])
+local added = tonumber(ARGV[2])
 local reset = now - (now % size) + size
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIREAT', KEYS[1], reset) end
+local n = redis.call('INCRBY', KEYS[1], added)
+if n == added then redis.call('EXPIREAT', KEYS[1], reset) end
 return {n, reset}
 """
 
@@ -42,10 +43,10 @@ class RedisCounter:
     def __repr__(self) -> str:
         return f"RedisCounter({self._db.where!r}, prefix={self._prefix!r})"
 
-    async def hit(self, key: str, period: Period) -> tuple[int, float]:
+    async def hit(self, key: str, period: Period, n: int = 1) -> tuple[int, float]:
         size = PERIOD_SECONDS[period]
         async with self._db.use("cannot count this request") as r:
-            count, reset = await self._hit(keys=[f"{self._prefix}{period}:{key}"], args=[size], client=r)
+            count, reset = await self._hit(keys=[f"{self._prefix}{period}:{key}"], args=[size, n], client=r)
         return int(count), float(reset)
 
     async def ping(self) -> None:

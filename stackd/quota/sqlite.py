@@ -25,8 +25,8 @@ CREATE TABLE IF NOT EXISTS quota_counters (
 )
 """
 _HIT = """
-INSERT INTO quota_counters (key, count, expires_at) VALUES (?, 1, ?)
-ON CONFLICT (key) DO UPDATE SET count = count + 1
+INSERT INTO quota_counters (key, count, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET count = count + excluded.count
 RETURNING count
 """
 _SWEEP = "DELETE FROM quota_counters WHERE expires_at <= ?"
@@ -51,12 +51,12 @@ class SqliteCounter:
         return cls(await SqliteDb.open(path, [_SCHEMA], label="the quota store", shared=True,
                                        setting="server.quota.kvstore.db_path"))
 
-    async def hit(self, key: str, period: Period) -> tuple[int, float]:
+    async def hit(self, key: str, period: Period, n: int = 1) -> tuple[int, float]:
         now = time.time()
         start, end = window_of(period, now)
         async with self._db.use("cannot count this request") as db:
             # One trip to aiosqlite's thread (execute, fetch and close would be three).
-            rows = await db.execute_fetchall(_HIT, (f"{key}@{start}", end))
+            rows = await db.execute_fetchall(_HIT, (f"{key}@{start}", n, end))
             if now >= self._next_sweep:
                 self._next_sweep = now + SWEEP_EVERY
                 await db.execute(_SWEEP, (int(now),))
