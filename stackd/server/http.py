@@ -203,12 +203,14 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 
 
 class _Ids:
-    """New request ids: 12 random bytes per process, then a count (24 hex digits in all, as
-    unique as random ones without a system call per request). A forked worker draws its own."""
+    """New request ids: a random 6-byte prefix per process, then a 6-byte count from a random
+    start (24 hex digits, as unique as random ones without a system call per request). A forked
+    worker draws its own prefix."""
 
     def __init__(self) -> None:
         self.draw()
-        os.register_at_fork(after_in_child=self.draw)
+        if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere there are no forked workers
+            os.register_at_fork(after_in_child=self.draw)
 
     def draw(self) -> None:
         self._prefix = os.urandom(6).hex()
