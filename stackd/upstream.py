@@ -236,10 +236,6 @@ def upstream_errors(provider_id: str, url: str) -> Iterator[None]:
         ) from None
 
 
-# A JSON text of at most this many bytes cannot nest deeper than ANSWER_MAX_DEPTH.
-_SHALLOW_BYTES = 2 * ANSWER_MAX_DEPTH
-
-
 def _too_deep(data: Any, provider_id: str, what: str, raw: bytes | None = None) -> None:
     # An answer nested deeper than stackd could write back (or store and list) is refused here,
     # as a bad answer, rather than failing later as a 500 or breaking a stored list.
@@ -637,15 +633,13 @@ async def _sse_reads(
                         failure = _bad_answer(
                             provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
                         break
+                    try:
+                        _too_deep(data, provider_id, "a stream event", payload)
+                    except StackdError as exc:
+                        failure = exc
+                        break
                     # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
                     payloads.append(None if b"\r" in payload else payload)
-                    if len(payload) > _SHALLOW_BYTES:  # _too_deep's own first test, without the call
-                        try:
-                            _too_deep(data, provider_id, "a stream event", payload)
-                        except StackdError as exc:
-                            payloads.pop()
-                            failure = exc
-                            break
                     events.append(data)
                 if events:
                     watchdog.deadline = None  # the consumer's time with the events is not the upstream's
