@@ -65,27 +65,54 @@ class Relabelled:
         self._head_new = b""
 
     def take(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        """One chunk of ``source``, relabelled, counted and folded in; the per-event work."""
-        identifier = self.identifier
-        if chunk.__class__ is SSEEvent and chunk.raw is not None:
-            name = chunk.get("model")
-            if name != identifier:
-                chunk.raw = self._relabel(chunk.raw, name)
-        chunk["model"] = identifier
-        if not self._seen:
-            self._seen = True
-            if self._obs is not None:
-                self._obs.first_chunk()
+        """One chunk of ``source``, relabelled, counted and folded in (its upstream bytes too, when
+        it is an :class:`SSEEvent` that has them)."""
+        if chunk.__class__ is SSEEvent:
+            chunk.raw = self._one(chunk.raw, chunk)
+        else:
+            self._one(None, chunk)
+        self._first()
+        return chunk
+
+    def frames(self, payloads: list[bytes | None], events: list[dict[str, Any]]) -> bytes:
+        """The SSE frames of one upstream read (:meth:`stackd.upstream.SSEStream.next_read`), each
+        event as :meth:`take` makes it, written from its own bytes where they could be relabelled."""
+        if not events:
+            return b""
+        one = self._one
+        out = [raw if (raw := one(payload, chunk)) is not None else orjson.dumps(chunk)
+               for payload, chunk in zip(payloads, events, strict=True)]
+        self._first()
+        return b"data: " + b"\n\ndata: ".join(out) + b"\n\n"
+
+    def _one(self, raw: bytes | None, chunk: dict[str, Any]) -> bytes | None:
+        """The per-event work: ``chunk`` relabelled (and ``raw``, its bytes, or None when they
+        cannot be), its usage noted, folded into the stored completion."""
+        name = chunk.get("model")
+        if name != self.identifier:
+            if raw is not None:
+                raw = self._relabel(raw, name)
+            chunk["model"] = self.identifier
         usage = chunk.get("usage")
         if usage:  # the last usage is the total
             self._usage = usage
         if self._store is not None:
             self._fold(chunk)
-        return chunk
+        return raw
+
+    def _first(self) -> None:
+        if not self._seen:
+            self._seen = True
+            if self._obs is not None:
+                self._obs.first_chunk()
 
     def _relabel(self, raw: bytes, name: Any) -> bytes | None:
-        """``raw`` relabelled (:func:`stackd.upstream.relabel_bytes`), or None; remembers the head
-        it proved for the events after it."""
+        """``raw`` relabelled, or None when that cannot be done safely. An event that starts with the
+        head the first one proved needs only the check that no other ``"model"`` follows; any other
+        goes through :func:`stackd.upstream.relabel_bytes`, and its head is remembered."""
+        head = self._head
+        if raw.startswith(head) and raw.find(b'"model"', len(head)) < 0:
+            return self._head_new + raw[len(head):]
         if name != self._upstream_name:
             self._upstream_name = name
             self._old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
@@ -99,41 +126,6 @@ class Relabelled:
             self._head_new = out[:end - len(old) + len(self._new)]
         return out
 
-    def frames(self, payloads: list[bytes | None], events: list[dict[str, Any]]) -> bytes:
-        """The SSE frames of one upstream read (:meth:`stackd.upstream.SSEStream.next_read`),
-        each event relabelled, counted and folded in as :meth:`take` does one: the per-read work
-        of the server's writer, written out here rather than as a call of :meth:`take` per event."""
-        identifier = self.identifier
-        store = self._store
-        out: list[bytes] = []
-        for raw, chunk in zip(payloads, events, strict=True):
-            name = chunk.get("model")
-            if name != identifier:
-                if raw is not None:
-                    head = self._head
-                    if raw.startswith(head) and raw.find(b'"model"', len(head)) < 0:
-                        raw = self._head_new + raw[len(head):]
-                    else:
-                        raw = self._relabel(raw, name)
-                chunk["model"] = identifier
-            usage = chunk.get("usage")
-            if usage:  # the last usage is the total
-                self._usage = usage
-            if store is not None:
-                try:
-                    if not store.add(chunk):
-                        self._fold_failed(None)
-                        store = None
-                except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
-                    self._fold_failed(exc)
-                    store = None
-            out.append(raw if raw is not None else orjson.dumps(chunk))
-        if out and not self._seen:
-            self._seen = True
-            if self._obs is not None:
-                self._obs.first_chunk()
-        return b"data: " + b"\n\ndata: ".join(out) + b"\n\n" if out else b""
-
     def _fold(self, chunk: dict[str, Any]) -> None:
         """Add a chunk to what is kept; on failure (logged once) the completion is not stored."""
         store = self._store
@@ -142,15 +134,6 @@ class Relabelled:
             if store.add(chunk):
                 return
         except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
-            self._fold_failed(exc)
-        else:
-            self._fold_failed(None)
-
-    def _fold_failed(self, exc: Exception | None) -> None:
-        """The completion is not stored: a chunk could not be folded in (``exc``) or it passed the budget."""
-        store = self._store
-        assert store is not None
-        if exc is not None:
             log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "
                         "assembled (%s: %s)", self.identifier, type(exc).__name__, exc)
         else:
