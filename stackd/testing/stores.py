@@ -93,16 +93,24 @@ class PgServer:
 
 def start_postgres() -> PgServer:
     if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        raise ServerUnavailable(f"PostgreSQL 15 server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
+        raise ServerUnavailable(f"PostgreSQL server binaries (initdb, pg_ctl) not found in {PG_BIN}: "
+                                "apt-get install -y postgresql, or set STACKD_PG_BIN to their directory")
+    run_as: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        # initdb refuses to run as root; the Debian package provides the postgres user. runuser
+        # lives in /usr/sbin, which the PATH of an unprivileged shell may lack.
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+        if runuser is None:
+            raise ServerUnavailable("initdb cannot run as root and runuser (util-linux) was not found to run it "
+                                    "as the postgres user: apt-get install -y util-linux, or run the tests as "
+                                    "another user")
+        run_as = (runuser, "-u", "postgres", "--")
     base = Path(tempfile.mkdtemp(prefix="stackd-pg-"))
     password = secrets.token_urlsafe(16)
     (base / "pw").write_text(password)
-    run_as: tuple[str, ...] = ()
-    if os.geteuid() == 0:
-        # initdb refuses to run as root; the Debian package provides the postgres user.
+    if run_as:
         shutil.chown(base, "postgres")
         shutil.chown(base / "pw", "postgres")
-        run_as = ("runuser", "-u", "postgres", "--")
     server = PgServer("127.0.0.1", _free_port(), "stackd", password, "stackd_test", base, run_as)
 
     def run(*cmd: str) -> None:
