@@ -354,7 +354,7 @@ def _started(start: Callable[[], T]) -> T:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One PostgreSQL 15 cluster for the session (tests keep apart by table or namespace)."""
+    """One PostgreSQL cluster for the session (tests keep apart by table or namespace)."""
     server = _started(start_postgres)
     yield server
     server.remove()

@@ -1,5 +1,5 @@
 """Stored chat completions against real databases: SQLite in tmp_path, and a throwaway
-PostgreSQL 15 cluster started from the Debian binaries for this test session."""
+PostgreSQL cluster started from the Debian binaries for this test session."""
 
 from __future__ import annotations
 
