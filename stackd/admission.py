@@ -43,7 +43,7 @@ def _failure_reason(exc: StackdError) -> str:
     """A bounded label for a refused authentication (set where it was refused, never from its message)."""
     if not isinstance(exc, Unauthorized):
         return "unavailable"  # the identity provider could not be asked: 503
-    return exc.reason if exc.reason in metrics.AUTH_REASONS else "invalid"
+    return exc.reason  # metrics.auth_failure counts a reason outside AUTH_REASONS as "other"
 
 
 @attrs.frozen
