@@ -126,10 +126,13 @@ def _share_metrics() -> str:
     this comes first: before any plugin (plugins import stackd's upstream client, which
     imports stackd.metrics) and before the server, in the process that forks the workers.
     """
-    if "stackd.metrics" in sys.modules or "prometheus_client" in sys.modules:
+    if "stackd.metrics" in sys.modules:
         raise RuntimeError("stackd.metrics was imported before the metrics of several workers could be shared")
     directory = tempfile.mkdtemp(prefix="stackd-metrics-")
     os.environ[MULTIPROC_ENV] = directory
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported early by something else (a sitecustomize): choose again
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return directory
 
 

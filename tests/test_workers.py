@@ -476,15 +476,24 @@ def test_workers_need_linux(monkeypatch: pytest.MonkeyPatch, platform: str) -> N
 
 # -- metrics and logs of several workers ----------------------------------------------------------
 
+@pytest.mark.parametrize("early", [False, True], ids=["plain", "prometheus-imported-first"])
 async def test_every_worker_scrapes_the_sum_of_all_workers_and_log_lines_name_their_worker(
-    stackd_serve: Any, write_config: Callable[..., Path], session: aiohttp.ClientSession,
+    stackd_serve: Any, write_config: Callable[..., Path], session: aiohttp.ClientSession, tmp_path: Path,
+    early: bool,
 ) -> None:
     """workers: 2 — whichever worker answers /metrics counts the requests of both; JSON log lines
-    (access lines included) keep their format and say which worker (and pid) wrote them."""
+    (access lines included) keep their format and say which worker (and pid) wrote them. Also when
+    something imported prometheus-client before stackd could choose its mode (a sitecustomize)."""
     from tests.test_metrics import parse, value
 
+    env = {}
+    if early:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text("import prometheus_client  # noqa: F401\n")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     config = write_config(server="  port: 0\n  workers: 2\n  metrics: {access: public}\n")
-    proc = stackd_serve(str(config))
+    proc = stackd_serve(str(config), env=env)
     url = await asyncio.to_thread(proc.wait_serving, 60)
     pids = await asyncio.to_thread(wait_for_workers, proc.proc.pid, 2)
     answered_by: set[int] = set()
