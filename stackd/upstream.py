@@ -505,8 +505,9 @@ def iter_sse(
     the request was sent) bounds the wait for the first event, ``idle_timeout`` (seconds) each
     wait for the next one: past either, 504. Comments and keep-alives are not events.
 
-    An object event is an :class:`SSEEvent`: its ``raw`` bytes are the payload as the upstream
-    sent it, so the server can forward them instead of serialising the dict again.
+    Each event is an :class:`SSEEvent` (one that is not a JSON object is 502): its ``raw`` bytes
+    are the payload as the upstream sent it, so the server can forward them instead of
+    serialising the dict again.
     The caller keeps the response; :func:`open_sse` hands it over instead.
     """
     return SSEStream(_sse_reads(resp, provider_id, limits, first_event_by, idle_timeout, None))
