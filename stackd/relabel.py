@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -38,8 +39,8 @@ class Relabelled:
     """``source``'s chunks under ``identifier``; with ``keep``, stored once it ran to its end
     (``keep`` gets the assembled ``chat.completion`` body and what it weighs)."""
 
-    __slots__ = ("_done", "_head", "_head_new", "_keep", "_new", "_obs", "_old", "_seen", "_store",
-                 "_upstream_name", "_usage", "identifier", "source")
+    __slots__ = ("_done", "_head", "_head_new", "_keep", "_lead", "_lead_swap", "_new", "_obs", "_old", "_seen",
+                 "_store", "_upstream_name", "_usage", "identifier", "source")
 
     def __init__(self, source: AsyncIterator[dict[str, Any]], identifier: str, keep: Keep | None,
                  max_stored_bytes: int) -> None:
@@ -63,6 +64,9 @@ class Relabelled:
         # them. An event that starts with them needs only the check that no other "model" follows.
         self._head = b"\x00"  # matches no JSON payload until set
         self._head_new = b""
+        # The head as a frame starts (``data: `` and the head), and the model members it swaps.
+        self._lead = b"\x00"
+        self._lead_swap = (b"", b"")
 
     def take(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """One chunk of ``source``, relabelled, counted and folded in (its upstream bytes too, when
@@ -74,16 +78,58 @@ class Relabelled:
         self._first()
         return chunk
 
-    def frames(self, payloads: list[bytes | None], events: list[dict[str, Any]]) -> bytes:
+    def frames(
+        self, payloads: list[bytes | None], events: list[dict[str, Any]], upstream: bytes | None = None
+    ) -> bytes:
         """The SSE frames of one upstream read (:meth:`stackd.upstream.SSEStream.next_read`), each
-        event as :meth:`take` makes it, written from its own bytes where they could be relabelled."""
+        event as :meth:`take` makes it, written from its own bytes where they could be relabelled.
+
+        ``upstream`` is the read's frames as the upstream wrote them, when it held nothing else:
+        when every event in it starts with the proved head and has no other ``"model"``, the
+        frames are relabelled in one replace and the events stored together (:meth:`_whole`).
+        """
         if not events:
             return b""
+        if upstream is not None:
+            whole = self._whole(upstream, payloads, events)
+            if whole is not None:
+                return whole
         one = self._one
         out = [raw if (raw := one(payload, chunk)) is not None else orjson.dumps(chunk)
                for payload, chunk in zip(payloads, events, strict=True)]
         self._first()
         return b"data: " + b"\n\ndata: ".join(out) + b"\n\n"
+
+    def _whole(self, frames: bytes, payloads: list[bytes | None], events: list[dict[str, Any]]) -> bytes | None:
+        """``frames`` (``data: {…}\\n\\n`` per event, nothing else) relabelled, their events counted and
+        stored; None (nothing done) when an event's bytes cannot be relabelled with the others'.
+
+        Events that already name the identifier go out as they are. Otherwise each must start with
+        the head and hold no other ``"model"``: ``data: `` and the head are found only where an
+        event starts (inside a string a quote is escaped, and no event holds a line break), so as
+        many of them as events means each event starts with them, and as many ``"model"`` as events
+        means each event's only one is its head's, the top-level member that is swapped.
+        """
+        n = len(events)
+        identifier = self.identifier
+        if list(map(dict.get, events, repeat("model"))).count(identifier) != n:
+            lead = self._lead
+            if not frames.startswith(lead):
+                first = payloads[0]
+                if first is None or self._prove(first, events[0].get("model")) is None:
+                    return None
+                lead = self._lead
+            if frames.count(lead) != n or frames.count(b'"model"') != n:
+                return None
+            frames = frames.replace(*self._lead_swap)
+            events[0]["model"] = identifier  # every event names the same model; the store takes the first's
+        usages = list(filter(None, map(dict.get, events, repeat("usage"))))
+        if usages:
+            self._usage = usages[-1]  # the last usage is the total
+        if self._store is not None:
+            self._fold(events)
+        self._first()
+        return frames
 
     def _one(self, raw: bytes | None, chunk: dict[str, Any]) -> bytes | None:
         """The per-event work: ``chunk`` relabelled (and ``raw``, its bytes, or None when they
@@ -97,7 +143,7 @@ class Relabelled:
         if usage:  # the last usage is the total
             self._usage = usage
         if self._store is not None:
-            self._fold(chunk)
+            self._fold([chunk])
         return raw
 
     def _first(self) -> None:
@@ -113,6 +159,11 @@ class Relabelled:
         head = self._head
         if raw.startswith(head) and raw.find(b'"model"', len(head)) < 0:
             return self._head_new + raw[len(head):]
+        return self._prove(raw, name)
+
+    def _prove(self, raw: bytes, name: Any) -> bytes | None:
+        """``raw`` relabelled by :func:`stackd.upstream.relabel_bytes` (None when it cannot be), and
+        its bytes up to its top-level model member remembered as the stream's head."""
         if name != self._upstream_name:
             self._upstream_name = name
             self._old = b'"model":' + orjson.dumps(name) if isinstance(name, str) else b""
@@ -124,14 +175,16 @@ class Relabelled:
             end = raw.find(old) + len(old)
             self._head = raw[:end]
             self._head_new = out[:end - len(old) + len(self._new)]
+            self._lead = b"data: " + self._head
+            self._lead_swap = (old, self._new)
         return out
 
-    def _fold(self, chunk: dict[str, Any]) -> None:
-        """Add a chunk to what is kept; on failure (logged once) the completion is not stored."""
+    def _fold(self, chunks: list[dict[str, Any]]) -> None:
+        """Add chunks to what is kept; on failure (logged once) the completion is not stored."""
         store = self._store
         assert store is not None
         try:
-            if store.add(chunk):
+            if store.extend(chunks):
                 return
         except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
             log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -385,10 +387,11 @@ class _Lines:
                 self._head.append(lines[0])
                 lines[0] = b"".join(self._head)
                 self._head = []
-            for i, line in enumerate(lines):
-                if len(line) > limit:
-                    self.over = True
-                    return lines[:i]
+            if max(map(len, lines)) > limit:
+                for i, line in enumerate(lines):
+                    if len(line) > limit:
+                        self.over = True
+                        return lines[:i]
             self._size = 0
         if tail:
             self._head.append(tail)
@@ -396,6 +399,11 @@ class _Lines:
             if self._size > limit:
                 self.over = True
         return lines
+
+    @property
+    def pending(self) -> bool:
+        """Whether a line has begun that no block has ended yet."""
+        return bool(self._head)
 
     def end(self) -> list[bytes]:
         """The last line, when the body does not end with a newline (given once)."""
@@ -537,11 +545,13 @@ async def open_sse(
 
 
 # What one read of the upstream delivered: each event's payload bytes (None where they cannot be
-# forwarded as they are) and the event parsed (a JSON object), in two lists of one length.
-Read = tuple[list[bytes | None], list[dict[str, Any]]]
+# forwarded as they are) and the event parsed (a JSON object), in two lists of one length; then,
+# when the read held nothing but those events' frames as the upstream wrote them
+# (``data: {…}\n\n`` each, see :func:`_whole_events`), those bytes, else None.
+Read = tuple[list[bytes | None], list[dict[str, Any]], bytes | None]
 
 # Yielded once by an owning stream before its first read (see open_sse).
-_PRIMER: Read = ([], [])
+_PRIMER: Read = ([], [], None)
 
 
 class SSEStream:
@@ -569,7 +579,7 @@ class SSEStream:
     async def __anext__(self) -> Any:
         i = self._i
         while i >= len(self._events):
-            self._payloads, self._events = await self.reads.__anext__()
+            self._payloads, self._events, _ = await self.reads.__anext__()
             i = 0
         self._i = i + 1
         return SSEEvent(self._events[i], self._payloads[i])
@@ -579,7 +589,7 @@ class SSEStream:
         ``StopAsyncIteration`` at the end, and the read's failure after the events before it."""
         i = self._i
         if i < len(self._events):
-            read = (self._payloads[i:], self._events[i:])
+            read = (self._payloads[i:], self._events[i:], None)
             self._payloads, self._events, self._i = [], [], 0
             return read
         return await self.reads.__anext__()
@@ -609,42 +619,29 @@ async def _sse_reads(
         if url is not None:
             yield _PRIMER
         with errors:
-            while (batch := await _next_lines(blocks, lines)) is not None:
-                payloads: list[bytes | None] = []
-                events: list[dict[str, Any]] = []
-                failure: StackdError | None = None
-                for raw in batch:
-                    if not raw or not raw.startswith(b"data:"):
-                        continue  # blank separators, comments, event:/id: fields, keep-alives
-                    payload = raw[5:].strip()
-                    if payload == b"[DONE]":
-                        finished = True
+            while True:
+                if lines.over:
+                    raise lines.error()
+                try:
+                    block = await blocks.__anext__()
+                except StopAsyncIteration:
+                    batch = lines.end()
+                    if not batch:
                         break
-                    try:
-                        data = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        failure = _bad_answer(provider_id,
-                                              f"provider {provider_id!r} sent a stream event that is not JSON")
-                        break
-                    if type(data) is not dict:
-                        failure = _bad_answer(
-                            provider_id, f"provider {provider_id!r} sent a stream event that is not a JSON object")
-                        break
-                    if "error" in data and "choices" not in data and "data" not in data:
-                        failure = _bad_answer(
-                            provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}")
-                        break
-                    try:
-                        _too_deep(data, provider_id, "a stream event", payload)
-                    except StackdError as exc:
-                        failure = exc
-                        break
-                    # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
-                    payloads.append(None if b"\r" in payload else payload)
-                    events.append(data)
+                    whole = None
+                else:
+                    whole = None if lines.pending else _whole_events(block, limits.max_line_bytes)
+                    if whole is None:
+                        batch = lines.feed(block)
+                if whole is not None:
+                    frames, payloads, events, finished = whole
+                    failure = None
+                else:
+                    frames = None
+                    payloads, events, failure, finished = _events_of(batch, provider_id)
                 if events:
                     watchdog.deadline = None  # the consumer's time with the events is not the upstream's
-                    yield payloads, events
+                    yield payloads, events, frames
                 if failure is not None:
                     raise failure
                 if finished:
@@ -661,6 +658,86 @@ async def _sse_reads(
             else:
                 resp.close()
     raise _bad_answer(provider_id, f"provider {provider_id!r}: the stream ended before it was complete")
+
+
+_DONE_FRAME = b"data: [DONE]\n\n"
+
+
+def _whole_events(
+    block: bytes, line_limit: int
+) -> tuple[bytes, list[bytes | None], list[dict[str, Any]], bool] | None:
+    """A read that is nothing but whole events, each ``data: {…}`` on a line of its own and a blank
+    line, perhaps ending with ``data: [DONE]`` (what OpenAI, vLLM and llama.cpp send): its frames
+    without ``[DONE]``, each event's payload and parse, and whether ``[DONE]`` came. None for any
+    other read, or one with something :func:`_events_of` has to refuse or say: that path reads it.
+
+    Tested on the read as a whole (a few C-speed counts), so no step per event is taken in Python
+    until the store's: the frames can go to the client as they came (relabelled in one replace,
+    :meth:`stackd.relabel.Relabelled.frames`).
+    """
+    done = block.endswith(_DONE_FRAME)
+    if done:
+        block = block[: -len(_DONE_FRAME)]
+        if not block:
+            return block, [], [], True
+    if not (block.startswith(b"data: {") and block.endswith(b"}\n\n")):
+        return None
+    payloads: list[bytes | None] = block[6:-2].split(b"\n\ndata: ")  # type: ignore[assignment]
+    n = len(payloads)
+    # No line break in any payload (SSE would read two lines) and "}" and "{" around every cut: the
+    # block is nothing but these frames, each "{…}" with nothing around it.
+    joined = b"".join(payloads)  # type: ignore[arg-type]
+    if joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0 or block.count(b"}\n\ndata: {") != n - 1:
+        return None
+    longest = max(map(len, payloads))  # type: ignore[arg-type]
+    if longest + 6 > line_limit:
+        return None
+    if (longest > 2 * ANSWER_MAX_DEPTH and block.count(b"{") + block.count(b"[") > ANSWER_MAX_DEPTH
+            and any(may_nest_deeper(p, ANSWER_MAX_DEPTH) for p in payloads)):  # type: ignore[arg-type]
+        return None
+    try:
+        # Each payload parsed on its own (never joined: see SSEStream); each starts with "{", so
+        # each that parses is an object.
+        events = list(map(orjson.loads, payloads))  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return None
+    if any(map(operator.contains, events, repeat("error"))):
+        return None  # perhaps an upstream's error event: _events_of tells
+    return block, payloads, events, done
+
+
+def _events_of(
+    batch: list[bytes], provider_id: str
+) -> tuple[list[bytes | None], list[dict[str, Any]], StackdError | None, bool]:
+    """The events of these SSE lines, line by line: payloads, parses, the failure that ends them
+    (None) and whether ``[DONE]`` came."""
+    payloads: list[bytes | None] = []
+    events: list[dict[str, Any]] = []
+    for raw in batch:
+        if not raw or not raw.startswith(b"data:"):
+            continue  # blank separators, comments, event:/id: fields, keep-alives
+        payload = raw[5:].strip()
+        if payload == b"[DONE]":
+            return payloads, events, None, True
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return payloads, events, _bad_answer(
+                provider_id, f"provider {provider_id!r} sent a stream event that is not JSON"), False
+        if type(data) is not dict:
+            return payloads, events, _bad_answer(
+                provider_id, f"provider {provider_id!r} sent a stream event that is not a JSON object"), False
+        if "error" in data and "choices" not in data and "data" not in data:
+            return payloads, events, _bad_answer(
+                provider_id, f"provider {provider_id!r} failed mid-stream: {_message_of(payload)}"), False
+        try:
+            _too_deep(data, provider_id, "a stream event", payload)
+        except StackdError as exc:
+            return payloads, events, exc, False
+        # A CR is JSON whitespace but ends an SSE line: such a payload is not forwarded as is.
+        payloads.append(None if payload.find(b"\r") >= 0 else payload)
+        events.append(data)
+    return payloads, events, None, False
 
 
 async def iter_ndjson(

@@ -223,10 +223,10 @@ async def _pump_reads(relabelled: Relabelled, write: Callable[[bytes], Any]) -> 
     frames = relabelled.frames
     while True:
         try:
-            payloads, events = await next_read()
+            payloads, events, upstream = await next_read()
         except StopAsyncIteration:
             break
-        data = frames(payloads, events)
+        data = frames(payloads, events, upstream)
         if data:
             await write(data)
     await relabelled.ended()  # stored (and its provider's stream closed) before [DONE]
