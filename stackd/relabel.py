@@ -90,7 +90,7 @@ class Relabelled:
         """
         if not events:
             return b""
-        if upstream is not None:
+        if upstream is not None and len(events) > 1:  # one event: the per-event path costs less
             whole = self._whole(upstream, payloads, events)
             if whole is not None:
                 return whole

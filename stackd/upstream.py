@@ -687,7 +687,7 @@ def _whole_events(
     # No line break in any payload (SSE would read two lines) and "}" and "{" around every cut: the
     # block is nothing but these frames, each "{…}" with nothing around it.
     joined = b"".join(payloads)  # type: ignore[arg-type]
-    if joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0 or block.count(b"}\n\ndata: {") != n - 1:
+    if joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0 or (n > 1 and block.count(b"}\n\ndata: {") != n - 1):
         return None
     longest = max(map(len, payloads))  # type: ignore[arg-type]
     if longest + 6 > line_limit:
