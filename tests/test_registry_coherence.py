@@ -5,7 +5,8 @@ The feed of most tests here is a small store of the test's own: SQLite plus an i
 standing in for a store that announces changes across processes. The Redis store has a real
 one (pub/sub), tested at the end on a real server (its own tests: test_kvstore_redis_feed.py);
 SQLite and PostgreSQL have none. The cross-process behaviour with real workers is in
-test_workers.py.
+test_workers.py; the Redis feed between two real ``stackd serve`` replicas in
+test_registry_feed_serve.py.
 """
 
 from __future__ import annotations
