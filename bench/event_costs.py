@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args.child, args.events, args.loops)
         return 0
+    missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"python -m bench.event_costs needs {' and '.join(missing)} on PATH: "
+                         "apt-get install -y valgrind")
     few, many = 50, 50 + 10_000 // args.events
     print(f"| step ({args.events} events per read) | instructions per event | what |")
     print("|---|---|---|")

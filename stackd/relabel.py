@@ -16,7 +16,7 @@ a ``StopIteration`` per event).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from itertools import repeat
 from typing import Any
 
@@ -143,7 +143,7 @@ class Relabelled:
         if usage:  # the last usage is the total
             self._usage = usage
         if self._store is not None:
-            self._fold([chunk])
+            self._fold((chunk,))
         return raw
 
     def _first(self) -> None:
@@ -179,12 +179,12 @@ class Relabelled:
             self._lead_swap = (old, self._new)
         return out
 
-    def _fold(self, chunks: list[dict[str, Any]]) -> None:
-        """Add chunks to what is kept; on failure (logged once) the completion is not stored."""
+    def _fold(self, chunks: Iterable[dict[str, Any]]) -> None:
+        """Add chunks to what is kept, in turn; on failure (logged once) the completion is not stored."""
         store = self._store
         assert store is not None
         try:
-            if store.extend(chunks):
+            if all(map(store.add, chunks)):  # stops at the first past the budget
                 return
         except Exception as exc:  # noqa: BLE001 - an odd chunk is passed on; only its record is given up
             log.warning("a streamed chat completion of model %r is not stored: a chunk could not be "

@@ -692,7 +692,9 @@ def _whole_events(
     longest = max(map(len, payloads))  # type: ignore[arg-type]
     if longest + 6 > line_limit:
         return None
-    if (longest > 2 * ANSWER_MAX_DEPTH and block.count(b"{") + block.count(b"[") > ANSWER_MAX_DEPTH
+    # Only an event that could nest too deep needs _events_of's walk. Most reads are ruled out at
+    # once: no event is long enough (N levels take 2N bytes), or the read has too few brackets.
+    if (longest > 2 * ANSWER_MAX_DEPTH and may_nest_deeper(block, ANSWER_MAX_DEPTH)
             and any(may_nest_deeper(p, ANSWER_MAX_DEPTH) for p in payloads)):  # type: ignore[arg-type]
         return None
     try:
@@ -702,7 +704,8 @@ def _whole_events(
     except orjson.JSONDecodeError:
         return None
     if any(map(operator.contains, events, repeat("error"))):
-        return None  # perhaps an upstream's error event: _events_of tells
+        # Any "error" member, a superset of _events_of's error events: that path tells which it is.
+        return None
     return block, payloads, events, done
 
 

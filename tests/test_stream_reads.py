@@ -76,6 +76,17 @@ def test_anything_but_whole_events_is_left_to_the_line_by_line_path(block: bytes
     assert _whole_events(block, 64) is None
 
 
+def test_an_event_that_could_nest_too_deep_is_left_to_the_line_by_line_path() -> None:
+    deep = b'{"a":' + b"[" * (ANSWER_MAX_DEPTH + 2) + b"]" * (ANSWER_MAX_DEPTH + 2) + b"}"
+    flat = orjson.dumps(_token("x"))
+    assert _whole_events(_read(flat, deep, flat), LIMIT) is None
+    failure = _line_by_line(_read(flat, deep, flat))[2]
+    assert failure is not None and "nested deeper" in failure.message
+    # Long events that cannot nest that deep still go whole, however many brackets the read holds.
+    long = orjson.dumps(_token("y" * (2 * ANSWER_MAX_DEPTH)))
+    assert _whole_events(_read(*[long] * 64), LIMIT) is not None
+
+
 _value = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53)
     | st.sampled_from(["model", "error", "data: {", "\n\ndata: ", '"model":"fake-model"', "}\n\n", "\r", "x"]),

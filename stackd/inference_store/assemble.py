@@ -212,10 +212,6 @@ class ChatStreamAssembler:
             return False
         return True
 
-    def extend(self, chunks: list[dict[str, Any]]) -> bool:
-        """:meth:`add` for each chunk in turn; False as soon as one passes the budget."""
-        return all(map(self.add, chunks))
-
     @property
     def id(self) -> Any:
         return self._top.get("id")
